@@ -1,0 +1,3 @@
+"""keda-interceptor: the KEDA HTTP add-on's interceptor, on Twisted."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Shared pytest setup: the suite runs against the source tree."""
