@@ -1,0 +1,231 @@
+"""
+Assembling the interceptor: one L{Interceptor} holds every component, and
+L{InterceptorService} runs its listeners and sources under twistd.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from attrs import define, field
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.web import server
+
+from keda_proxy.admin import admin_root
+from keda_proxy.config import Config
+from keda_proxy.counting import QueueCounter
+from keda_proxy.metrics import MetricsResource, ProxyMetrics
+from keda_proxy.pluginrouting import PluginRouter, discover_routing_plugins
+from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
+from keda_proxy.readiness import ReadinessGate
+from keda_proxy.store import StateStore
+from keda_proxy.upstream import MAX_RETRY_DURATION, SnapshotResolver, make_agent, make_pool
+
+log = Logger()
+
+
+class ProxySite(server.Site):
+    """A Site that writes no access log unless asked to
+    (``KEDA_HTTP_LOG_REQUESTS``) and counts open requests for draining."""
+
+    def __init__(self, resource, log_requests: bool = False, **kw):
+        super().__init__(resource, **kw)
+        self.log_requests = log_requests
+
+    def log(self, request):
+        if self.log_requests:
+            super().log(request)
+
+
+def settings_from_config(config: Config) -> ProxySettings:
+    return ProxySettings(
+        request_timeout=config.request_timeout,
+        response_header_timeout=config.response_header_timeout,
+        readiness_timeout=config.readiness_timeout,
+        enable_cold_start_header=config.enable_cold_start_header,
+        direct_pod_routing=config.direct_pod_routing,
+        upstream_tls=False,
+    )
+
+
+@define
+class Interceptor:
+    """Every long-lived component, wired together; no sockets yet."""
+
+    reactor: object
+    config: Config
+    store: StateStore
+    counter: QueueCounter
+    gate: ReadinessGate
+    pool: object
+    pipeline: Pipeline
+    metrics: ProxyMetrics
+    draining: bool = False
+
+    @classmethod
+    def build(cls, reactor, config: Config, expected_kinds, resolver=None,
+              plugins=None, dial_budget: float = MAX_RETRY_DURATION) -> "Interceptor":
+        store = StateStore(clock=reactor, expected_kinds=frozenset(expected_kinds))
+        counter = QueueCounter()
+
+        def follow_routes(old, new):
+            if old.routes is not new.routes:
+                counter.sync_keys(new.routes.keys())
+
+        store.subscribe(follow_routes)
+        gate = ReadinessGate(store)
+        pool = make_pool(reactor, config.max_idle_conns_per_host)
+        agent = make_agent(reactor, resolver or SnapshotResolver(store), pool,
+                           config.connect_timeout, dial_budget)
+        if plugins is None:
+            plugins = discover_routing_plugins()
+        for p in plugins:
+            log.info("routing plugin {name} loaded", name=getattr(p, "name", repr(p)))
+        metrics = ProxyMetrics(reactor, counter)
+        pipeline = Pipeline(
+            clock=reactor,
+            store=store,
+            router=PluginRouter.with_plugins(store, plugins),
+            counter=counter,
+            gate=gate,
+            agent=agent,
+            cooperator=Cooperator(scheduler=lambda f: reactor.callLater(0, f)),
+            settings=settings_from_config(config),
+            metrics=metrics,
+        )
+        return cls(reactor, config, store, counter, gate, pool, pipeline, metrics)
+
+    def is_ready(self) -> bool:
+        return self.store.current.synced and not self.draining
+
+    def proxy_site(self) -> ProxySite:
+        return ProxySite(ReverseProxy(self.pipeline), log_requests=self.config.log_requests)
+
+    def admin_site(self) -> server.Site:
+        return _QuietSite(admin_root(self.counter, self.is_ready))
+
+    def metrics_site(self) -> server.Site:
+        return _QuietSite(MetricsResource(self.metrics))
+
+
+class _QuietSite(server.Site):
+    def log(self, request):
+        pass
+
+
+@define(slots=False, eq=False)
+class Listener(Service):
+    """Listens on an endpoint description while running; remembers the
+    port so tests and logs can learn an ephemeral port number."""
+
+    reactor: object
+    description: str
+    factory: object
+    name_: str
+    port: Optional[object] = None
+
+    def startService(self):
+        Service.startService(self)
+        ep = serverFromString(self.reactor, self.description)
+        d = ep.listen(self.factory)
+
+        def listening(port):
+            self.port = port
+            log.info("{name} listening on {addr}", name=self.name_, addr=port.getHost())
+            return port
+
+        return d.addCallback(listening)
+
+    def stopService(self):
+        Service.stopService(self)
+        if self.port is None:
+            return succeed(None)
+        port, self.port = self.port, None
+        return port.stopListening()
+
+
+@define(slots=False, eq=False)
+class InterceptorService(MultiService):
+    """The whole interceptor under twistd.
+
+    Shutdown follows KEDA's: /readyz turns 503 at once, the proxy keeps
+    serving for C{shutdown_delay} while Kubernetes removes the pod from its
+    Services, then stops accepting, then waits up to C{drain_timeout} for
+    requests in flight.
+    """
+
+    interceptor: Interceptor
+    proxy: Listener = None
+    admin: Listener = None
+    metrics: Optional[Listener] = None
+
+    def __attrs_post_init__(self):
+        MultiService.__init__(self)
+
+    def stopService(self):
+        ic = self.interceptor
+        ic.draining = True
+        clock = ic.reactor
+        cfg = ic.config
+        d = Deferred()
+        clock.callLater(cfg.shutdown_delay, d.callback, None)
+
+        def close_proxy(_):
+            return self.proxy.stopService() if self.proxy.running else None
+
+        def drain(_):
+            return _wait_idle(clock, ic.counter, cfg.drain_timeout)
+
+        def rest(_):
+            ic.pool.closeCachedConnections()
+            return MultiService.stopService(self)
+
+        return d.addCallback(close_proxy).addCallback(drain).addCallback(rest)
+
+
+def _wait_idle(clock, counter: QueueCounter, timeout: float, step: float = 0.05):
+    """Fire once no request is in flight, or after C{timeout} (0: never
+    give up, as Go's DrainTimeout 0 means)."""
+    d = Deferred()
+    start = clock.seconds()
+
+    def check():
+        busy = sum(c["Concurrency"] for c in counter.as_json_dict().values())
+        if busy <= 0 or (timeout > 0 and clock.seconds() - start >= timeout):
+            if busy > 0:
+                log.warn("drain timeout: {n} requests still in flight", n=busy)
+            d.callback(None)
+        else:
+            clock.callLater(step, check)
+
+    check()
+    return d
+
+
+def build_service(reactor, config: Config, source_factory, interface: str = "") -> InterceptorService:
+    """The MultiService twistd runs.
+
+    @param source_factory: called with the store, returns the source
+        Service (manifest files or the Kubernetes API) and its kinds.
+    """
+    from keda_proxy.model import ALL_KINDS
+
+    ic = Interceptor.build(reactor, config, ALL_KINDS)
+    svc = InterceptorService(ic)
+    source = source_factory(ic.store)
+    source.setServiceParent(svc)
+    iface = f":interface={interface}" if interface else ""
+    svc.proxy = Listener(reactor, f"tcp:{config.proxy_port}{iface}", ic.proxy_site(), "proxy")
+    svc.proxy.setServiceParent(svc)
+    svc.admin = Listener(reactor, f"tcp:{config.admin_port}{iface}", ic.admin_site(), "admin")
+    svc.admin.setServiceParent(svc)
+    if config.prom_exporter_enabled:
+        svc.metrics = Listener(reactor, f"tcp:{config.prom_exporter_port}{iface}",
+                               ic.metrics_site(), "metrics")
+        svc.metrics.setServiceParent(svc)
+    return svc
+

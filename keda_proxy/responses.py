@@ -1,0 +1,111 @@
+"""
+Responses the proxy writes itself: errors, static routes, placeholders.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from http import HTTPStatus
+import posixpath
+from typing import Optional, Tuple
+from urllib.parse import unquote
+
+from twisted.logger import Logger
+from twisted.web import http
+
+from keda_proxy.model import Route, StaticResponse
+from keda_proxy.store import Snapshot
+
+log = Logger()
+
+DEFAULT_CONFIGMAP_KEY = "index.html"
+
+
+def write_error(request, code: int) -> None:
+    """A plain-text error exactly like Go's ``http.Error``: the status text
+    and a newline, ``nosniff``."""
+    if request.finished or request._disconnected:
+        return
+    phrase = status_text(code)
+    request.setResponseCode(code, phrase)
+    headers = request.responseHeaders
+    for name in (b"content-length", b"content-encoding", b"etag", b"last-modified"):
+        headers.removeHeader(name)
+    headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+    headers.setRawHeaders(b"x-content-type-options", [b"nosniff"])
+    body = phrase + b"\n"
+    headers.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
+    request.write(body)
+    request.finish()
+
+
+def status_text(code: int) -> bytes:
+    """The RFC 9110 reason phrase, as Go writes it ("Gateway Timeout",
+    where Twisted's table still says "Gateway Time-out")."""
+    try:
+        return HTTPStatus(code).phrase.encode("ascii")
+    except ValueError:
+        return http.RESPONSES.get(code, b"Unknown")
+
+
+class BodyError(Exception):
+    """A static body that cannot be produced (missing ConfigMap or key)."""
+
+
+def configmap_key_for_path(path: str) -> str:
+    """The ConfigMap key a path maps to: the path without its leading
+    slash, ``index.html`` for the root."""
+    key = unquote(path).lstrip("/")
+    return key or DEFAULT_CONFIGMAP_KEY
+
+
+def resolve_body(route: Route, response: StaticResponse, snapshot: Snapshot,
+                 path: str) -> Tuple[str, Optional[str]]:
+    """The body and the content type guessed from the ConfigMap key.
+
+    An explicit key that is missing is an error (500); a key derived from
+    the path that is missing gives an empty body, so that a missing
+    ``/favicon.ico`` degrades gracefully.
+    """
+    if response.body is not None:
+        return response.body, None
+    ref = response.body_from_configmap
+    if ref is None:
+        return "", None
+    cm = snapshot.configmaps.get(f"{route.namespace}/{ref.name}")
+    if cm is None:
+        raise BodyError(
+            f"ConfigMap {route.namespace}/{ref.name} not found: ensure it exists "
+            f"and has the label http.keda.sh/response-body=true")
+    key = ref.key or configmap_key_for_path(path)
+    if key not in cm.data:
+        if ref.key:
+            raise BodyError(f"key {key!r} not found in ConfigMap {route.namespace}/{ref.name}")
+        return "", None
+    content_type, _ = mimetypes.guess_type(posixpath.basename(key))
+    if content_type and content_type.startswith("text/") and "charset" not in content_type:
+        content_type += "; charset=utf-8"
+    return cm.data[key], content_type
+
+
+def write_static(request, route: Route, response: StaticResponse, snapshot: Snapshot,
+                 path: str, default_code: int) -> None:
+    """Serve a static route or placeholder response."""
+    try:
+        body, content_type = resolve_body(route, response, snapshot, path)
+    except BodyError as e:
+        log.error("static response for {route}: {error}", route=route.key, error=str(e))
+        write_error(request, http.INTERNAL_SERVER_ERROR)
+        return
+    headers = request.responseHeaders
+    for name, value in response.headers:
+        headers.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
+    if content_type and not headers.hasHeader(b"content-type"):
+        headers.setRawHeaders(b"content-type", [content_type.encode("ascii")])
+    data = body.encode("utf-8")
+    code = response.status_code or default_code
+    request.setResponseCode(code, status_text(code))
+    headers.setRawHeaders(b"content-length", [str(len(data)).encode("ascii")])
+    if data:
+        request.write(data)
+    request.finish()
