@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from attrs import define, field
+from attrs import define
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
@@ -206,7 +206,8 @@ def _wait_idle(clock, counter: QueueCounter, timeout: float, step: float = 0.05)
     return d
 
 
-def build_service(reactor, config: Config, source_factory, interface: str = "") -> InterceptorService:
+def build_service(reactor, config: Config, source_factory,
+                  interface: str = "") -> InterceptorService:
     """The MultiService twistd runs.
 
     @param source_factory: called with the store, returns the source

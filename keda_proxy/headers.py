@@ -55,7 +55,8 @@ def upstream_request_headers(incoming: Headers, client_ip: str, scheme: bytes) -
     """
     out = Headers()
     for name, values in end_to_end(incoming):
-        out.setRawHeaders(name, values)
+        if name.lower() != b"content-length":  # the body producer sets it
+            out.setRawHeaders(name, values)
     if b"trailers" in [v.strip().lower() for v in incoming.getRawHeaders(b"te", ())]:
         out.setRawHeaders(b"te", [b"trailers"])
     prior = incoming.getRawHeaders(b"x-forwarded-for")

@@ -23,11 +23,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.client import (
+    URI,
     FileBodyProducer,
     PotentialDataLoss,
     ResponseDone,
     ResponseNeverReceived,
-    URI,
 )
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET

@@ -5,8 +5,8 @@ Responses the proxy writes itself: errors, static routes, placeholders.
 from __future__ import annotations
 
 import mimetypes
-from http import HTTPStatus
 import posixpath
+from http import HTTPStatus
 from typing import Optional, Tuple
 from urllib.parse import unquote
 

@@ -3,6 +3,7 @@
 from keda_proxy.model import (
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
+    KIND_HTTP_SCALED_OBJECT,
     KIND_INTERCEPTOR_ROUTE,
     KIND_SERVICE,
     ConfigMap,
@@ -44,6 +45,7 @@ def configmap(name, data, ns="default"):
 def load(store, routes=(), services=(), slices=(), configmaps=()):
     """Replace the store's objects wholesale and rebuild at once."""
     store.replace(KIND_INTERCEPTOR_ROUTE, {r.key: r for r in routes})
+    store.replace(KIND_HTTP_SCALED_OBJECT, {})
     store.replace(KIND_SERVICE, {s.key: s for s in services})
     store.replace(KIND_ENDPOINT_SLICE, {s.key: s for s in slices})
     store.replace(KIND_CONFIG_MAP, {c.key: c for c in configmaps})

@@ -1,0 +1,477 @@
+"""
+The interceptor's configuration, read from the same environment variables as
+the Go interceptor (same names, defaults and meaning) so that our image is a
+drop-in replacement.
+
+L{ENV_VARS} is the single description of every variable: L{load_config}
+parses from it, L{Config}'s defaults are parsed from its default texts, and
+``docs/configuration.md`` carries the table L{env_table_markdown} renders
+from it (a test keeps the two equal).  An invalid value stops startup with a
+one-line L{ConfigError} naming the variable and the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from attrs import field, fields, frozen
+from twisted.logger import Logger, LogLevel
+
+from keda_proxy.duration import parse_duration
+
+_log = Logger()
+
+#: Cipher suites Go's C{tls.CipherSuites()} accepts by name (the secure set,
+#: as of Go 1.25), mapped to their OpenSSL names for the TLS setup.
+GO_CIPHER_SUITES: Mapping[str, str] = {
+    "TLS_AES_128_GCM_SHA256": "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384": "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256": "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+
+#: Curve names the Go interceptor accepts (Go constant and standard names),
+#: mapped to OpenSSL curve names.
+GO_CURVES: Mapping[str, str] = {
+    "CurveP256": "prime256v1",
+    "CurveP384": "secp384r1",
+    "CurveP521": "secp521r1",
+    "X25519": "X25519",
+    "X25519MLKEM768": "X25519MLKEM768",
+    "P-256": "prime256v1",
+    "P-384": "secp384r1",
+    "P-521": "secp521r1",
+}
+
+#: TLS versions the Go interceptor accepts, in order.
+TLS_VERSIONS = ("1.2", "1.3")
+
+#: Trace exporters Go accepts (compared case-insensitively).
+TRACES_PROTOCOLS = ("console", "http/protobuf", "grpc")
+
+
+class ConfigError(Exception):
+    """An invalid or missing setting; C{str()} is one line for the operator."""
+
+    def __init__(self, name: str, value: str | None, reason: str) -> None:
+        super().__init__(name, value, reason)
+        self.name = name
+        self.value = value
+        self.reason = reason
+
+    def __str__(self) -> str:
+        if self.value is None:
+            return f"missing required {self.name} ({self.reason})"
+        return f"invalid value for {self.name}: {_quote(self.value)} ({self.reason})"
+
+
+def _quote(text: str) -> str:
+    """Double-quote, escaping anything that could break the line."""
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return '"' + "".join(out) + '"'
+
+
+# Parsers: text -> value, raising ValueError(reason) on bad input.
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def _port(text: str) -> int:
+    if not _INT.fullmatch(text) or not 0 <= int(text) <= 65535:
+        raise ValueError("expected a port number from 0 to 65535")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not _INT.fullmatch(text) or int(text) < 0:
+        raise ValueError("expected a non-negative whole number")
+    return int(text)
+
+
+def _bool(text: str) -> bool:
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError('expected a boolean such as "true" or "false"')
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise ValueError('expected a Go duration such as "500ms"') from None
+    if seconds < 0:
+        raise ValueError("expected a duration that is not negative")
+    return seconds
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _tls_version(text: str) -> str:
+    if text and text not in TLS_VERSIONS:
+        raise ValueError('expected "1.2" or "1.3"')
+    return text
+
+
+def _cipher_suites(text: str) -> tuple[str, ...]:
+    names = _names(text)
+    for name in names:
+        if name not in GO_CIPHER_SUITES:
+            raise ValueError(f"unknown cipher suite {name}")
+    return names
+
+
+def _curves(text: str) -> tuple[str, ...]:
+    names = _names(text)
+    for name in names:
+        if name not in GO_CURVES:
+            raise ValueError(f"unknown curve {name}")
+    return names
+
+
+def _traces_protocol(text: str) -> str:
+    if text.lower() not in TRACES_PROTOCOLS:
+        raise ValueError('expected "console", "http/protobuf" or "grpc"')
+    return text
+
+
+@frozen
+class EnvVar:
+    """One environment variable: what it sets, its default and its meaning.
+
+    C{parse} turns the text into the L{Config} value, raising L{ValueError}
+    with what was expected; C{replaced_by} names the current variable that a
+    deprecated one stands in for.
+    """
+
+    name: str
+    config_field: str
+    default: str
+    parse: Callable[[str], Any] = field(repr=False)
+    meaning: str = ""
+    required: bool = False
+    replaced_by: str | None = None
+
+
+#: Every variable the interceptor reads, in documentation order.
+# fmt: off
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("KEDA_HTTP_PROXY_PORT", "proxy_port", "", _port,
+           "Port of the plain-HTTP proxy server that receives user traffic.",
+           required=True),
+    EnvVar("KEDA_HTTP_ADMIN_PORT", "admin_port", "", _port,
+           "Port of the admin server (`/queue`, `/livez`, `/readyz`) that the KEDA "
+           "external scaler polls.",
+           required=True),
+    EnvVar("KEDA_HTTP_PROXY_TLS_PORT", "proxy_tls_port", "8443", _port,
+           "Port of the TLS proxy server, served alongside the plain one when "
+           "`KEDA_HTTP_PROXY_TLS_ENABLED` is true."),
+    EnvVar("KEDA_HTTP_WATCH_NAMESPACE", "watch_namespace", "", _text,
+           "Namespace to watch for routes, Services, EndpointSlices and ConfigMaps; "
+           "empty watches all namespaces."),
+    EnvVar("KEDA_HTTP_SCALER_CONFIG_MAP_INFORMER_RSYNC_PERIOD", "resync_period", "60m",
+           _duration,
+           "How often the Kubernetes watches resync their caches with a full list."),
+    EnvVar("KEDA_HTTP_REQUEST_TIMEOUT", "request_timeout", "0s", _duration,
+           "Total deadline from request arrival to response completion; 0 means "
+           "none."),
+    EnvVar("KEDA_HTTP_RESPONSE_HEADER_TIMEOUT", "response_header_timeout", "300s",
+           _duration,
+           "How long to wait for the upstream's response headers once the request "
+           "is sent; 0 disables it."),
+    EnvVar("KEDA_HTTP_READINESS_TIMEOUT", "readiness_timeout", "0s", _duration,
+           "How long a request waits for its target to have a ready endpoint; 0 "
+           "means bounded only by the request timeout (30s when the route has a "
+           "fallback)."),
+    EnvVar("KEDA_HTTP_CONNECT_TIMEOUT", "connect_timeout", "500ms", _duration,
+           "Timeout of each upstream dial attempt; failed dials are retried every "
+           "50ms until the request deadline (1m when there is none)."),
+    EnvVar("KEDA_HTTP_MAX_IDLE_CONNS", "max_idle_conns", "1000", _count,
+           "Idle upstream connections kept in the pool across all backends; 0 means "
+           "no limit."),
+    EnvVar("KEDA_HTTP_MAX_IDLE_CONNS_PER_HOST", "max_idle_conns_per_host", "200",
+           _count,
+           "Idle upstream connections kept per backend address."),
+    EnvVar("KEDA_HTTP_PROXY_TLS_ENABLED", "proxy_tls_enabled", "false", _bool,
+           "Also serve the proxy over TLS on `KEDA_HTTP_PROXY_TLS_PORT`; requests "
+           "received there are forwarded upstream over TLS."),
+    EnvVar("KEDA_HTTP_PROXY_TLS_CERT_PATH", "tls_cert_path", "/certs/tls.crt", _text,
+           "Default server certificate (PEM) of the TLS proxy."),
+    EnvVar("KEDA_HTTP_PROXY_TLS_KEY_PATH", "tls_key_path", "/certs/tls.key", _text,
+           "Private key (PEM) of the default server certificate."),
+    EnvVar("KEDA_HTTP_PROXY_TLS_CERT_STORE_PATHS", "tls_cert_store_paths", "", _names,
+           "Comma-separated folders of certificate/key pairs, chosen by SNI and "
+           "also trusted for upstream verification."),
+    EnvVar("KEDA_HTTP_PROXY_TLS_SKIP_VERIFY", "tls_skip_verify", "false", _bool,
+           "Skip verification of upstream TLS certificates."),
+    EnvVar("KEDA_HTTP_PROXY_TLS_MIN_VERSION", "tls_min_version", "", _tls_version,
+           'Lowest TLS version accepted, "1.2" or "1.3"; empty means 1.2.'),
+    EnvVar("KEDA_HTTP_PROXY_TLS_MAX_VERSION", "tls_max_version", "", _tls_version,
+           'Highest TLS version accepted, "1.2" or "1.3"; empty means the highest '
+           "supported."),
+    EnvVar("KEDA_HTTP_PROXY_TLS_CIPHER_SUITES", "tls_cipher_suites", "", _cipher_suites,
+           "Comma-separated TLS cipher suite names as Go spells them; empty means "
+           "the defaults."),
+    EnvVar("KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES", "tls_curve_preferences", "",
+           _curves,
+           "Comma-separated elliptic curve names (e.g. `X25519,CurveP256`); empty "
+           "means the defaults."),
+    EnvVar("KEDA_HTTP_ENABLE_COLD_START_HEADER", "enable_cold_start_header", "true",
+           _bool,
+           "Add the `X-KEDA-HTTP-Cold-Start` header to proxied responses."),
+    EnvVar("KEDA_HTTP_LOG_REQUESTS", "log_requests", "false", _bool,
+           "Log every proxied request."),
+    EnvVar("KEDA_HTTP_DIRECT_POD_ROUTING", "direct_pod_routing", "false", _bool,
+           "Send requests to a ready pod's ip:port instead of the Service's "
+           "ClusterIP, bypassing kube-proxy."),
+    EnvVar("KEDA_HTTP_DRAIN_TIMEOUT", "drain_timeout", "30s", _duration,
+           "How long in-flight requests may finish after the proxy stops listening "
+           "at shutdown; 0 waits indefinitely."),
+    EnvVar("KEDA_HTTP_SHUTDOWN_DELAY", "shutdown_delay", "5s", _duration,
+           "Time between SIGTERM and closing the proxy listener, while `/readyz` "
+           "returns 503 and requests are still served."),
+    EnvVar("OTEL_PROM_EXPORTER_ENABLED", "prom_exporter_enabled", "true", _bool,
+           "Serve Prometheus metrics on `/metrics`."),
+    EnvVar("OTEL_PROM_EXPORTER_PORT", "prom_exporter_port", "2223", _port,
+           "Port of the Prometheus metrics server."),
+    EnvVar("OTEL_EXPORTER_OTLP_METRICS_ENABLED", "otlp_metrics_enabled", "false", _bool,
+           "Accepted for compatibility; OTLP metrics export is not implemented and "
+           "a warning is logged when true."),
+    EnvVar("OTEL_EXPORTER_OTLP_TRACES_ENABLED", "otlp_traces_enabled", "false", _bool,
+           "Accepted for compatibility; tracing is not implemented and a warning is "
+           "logged when true."),
+    EnvVar("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "otlp_traces_protocol", "console",
+           _traces_protocol,
+           'Trace exporter, "console", "http/protobuf" or "grpc"; validated but '
+           "unused."),
+    EnvVar("PROFILING_BIND_ADDRESS", "profiling_bind_address", "", _text,
+           "Accepted for compatibility; there is no pprof endpoint, so a warning is "
+           "logged when set."),
+    EnvVar("KUBECONFIG", "kubeconfig", "", _optional_text,
+           "kubeconfig file used to reach the API server; when unset, the "
+           "in-cluster service account is used."),
+    EnvVar("KEDA_CONDITION_WAIT_TIMEOUT", "readiness_timeout", "", _duration,
+           "Deprecated name of `KEDA_HTTP_READINESS_TIMEOUT`; when above 0 it wins "
+           "and a warning is logged.",
+           replaced_by="KEDA_HTTP_READINESS_TIMEOUT"),
+    EnvVar("KEDA_RESPONSE_HEADER_TIMEOUT", "response_header_timeout", "", _duration,
+           "Deprecated name of `KEDA_HTTP_RESPONSE_HEADER_TIMEOUT`; when above 0 it "
+           "wins and a warning is logged.",
+           replaced_by="KEDA_HTTP_RESPONSE_HEADER_TIMEOUT"),
+)
+# fmt: on
+
+_CURRENT = {var.config_field: var for var in ENV_VARS if var.replaced_by is None}
+
+
+def _default(field_name: str) -> Any:
+    var = _CURRENT[field_name]
+    return var.parse(var.default)
+
+
+@frozen
+class Config:
+    """Everything the interceptor is configured with; durations in seconds.
+
+    Build it with L{load_config}; the defaults are those of L{ENV_VARS}, so
+    tests may also construct it directly with just the two ports.
+    C{manifests} (a file or folder of YAML to serve from instead of a
+    cluster) is set only from the command line.
+    """
+
+    proxy_port: int
+    admin_port: int
+    proxy_tls_port: int = _default("proxy_tls_port")
+    watch_namespace: str = _default("watch_namespace")
+    resync_period: float = _default("resync_period")
+    request_timeout: float = _default("request_timeout")
+    response_header_timeout: float = _default("response_header_timeout")
+    readiness_timeout: float = _default("readiness_timeout")
+    connect_timeout: float = _default("connect_timeout")
+    max_idle_conns: int = _default("max_idle_conns")
+    max_idle_conns_per_host: int = _default("max_idle_conns_per_host")
+    proxy_tls_enabled: bool = _default("proxy_tls_enabled")
+    tls_cert_path: str = _default("tls_cert_path")
+    tls_key_path: str = _default("tls_key_path")
+    tls_cert_store_paths: tuple[str, ...] = _default("tls_cert_store_paths")
+    tls_skip_verify: bool = _default("tls_skip_verify")
+    tls_min_version: str = _default("tls_min_version")
+    tls_max_version: str = _default("tls_max_version")
+    tls_cipher_suites: tuple[str, ...] = _default("tls_cipher_suites")
+    tls_curve_preferences: tuple[str, ...] = _default("tls_curve_preferences")
+    enable_cold_start_header: bool = _default("enable_cold_start_header")
+    log_requests: bool = _default("log_requests")
+    direct_pod_routing: bool = _default("direct_pod_routing")
+    drain_timeout: float = _default("drain_timeout")
+    shutdown_delay: float = _default("shutdown_delay")
+    prom_exporter_enabled: bool = _default("prom_exporter_enabled")
+    prom_exporter_port: int = _default("prom_exporter_port")
+    otlp_metrics_enabled: bool = _default("otlp_metrics_enabled")
+    otlp_traces_enabled: bool = _default("otlp_traces_enabled")
+    otlp_traces_protocol: str = _default("otlp_traces_protocol")
+    profiling_bind_address: str = _default("profiling_bind_address")
+    kubeconfig: str | None = _default("kubeconfig")
+    manifests: str | None = None
+
+
+_FIELDS = frozenset(f.name for f in fields(Config))
+
+
+def _parse(var: EnvVar, text: str) -> Any:
+    try:
+        return var.parse(text)
+    except ValueError as e:
+        raise ConfigError(var.name, text, str(e)) from None
+
+
+def load_config(
+    environ: Mapping[str, str], log: Logger | None = None, **overrides: Any
+) -> Config:
+    """Read the configuration from C{environ}, then apply C{overrides}.
+
+    C{overrides} are L{Config} field names with typed values, as the twistd
+    command line gives them; C{None} means "not given".  Given values win
+    over the environment, whose variable is then not read at all.  An empty
+    variable counts as unset, as with the Go interceptor's env library.
+
+    @raise ConfigError: a variable is missing or invalid.
+    @raise TypeError: an override names no L{Config} field.
+    """
+    log = _log if log is None else log
+    unknown = sorted(set(overrides) - _FIELDS)
+    if unknown:
+        raise TypeError(f"unknown configuration override(s): {', '.join(unknown)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+
+    values: dict = {}
+    deprecated = []
+    for var in ENV_VARS:
+        if var.config_field in given:
+            continue
+        text = environ.get(var.name, "")
+        if text == "":
+            if var.required:
+                raise ConfigError(var.name, None, _parse_hint(var))
+            continue
+        value = _parse(var, text)
+        if var.replaced_by is None:
+            values[var.config_field] = value
+        else:
+            deprecated.append((var, value))
+
+    for var, value in deprecated:
+        if value > 0:
+            log.emit(
+                LogLevel.warn,
+                "{old} is deprecated, use {new} instead",
+                old=var.name,
+                new=var.replaced_by,
+            )
+            values[var.config_field] = value
+
+    for name, value in given.items():
+        if name in _CURRENT and _CURRENT[name].parse is _port:
+            _check_port_override(name, value)
+    values.update(given)
+
+    config = Config(**values)
+    _check_tls_range(config)
+    _warn_unsupported(config, log)
+    return config
+
+
+def _parse_hint(var: EnvVar) -> str:
+    """What a missing required variable should hold."""
+    try:
+        var.parse("")
+    except ValueError as e:
+        return str(e)
+    return "must be set"
+
+
+def _check_port_override(name: str, value: Any) -> None:
+    """Command-line ports arrive as ints; still, 70000 must not reach listen()."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(
+            _CURRENT[name].name,
+            str(value),
+            "from the command line; expected a port number from 0 to 65535",
+        )
+
+
+def _check_tls_range(config: Config) -> None:
+    low, high = config.tls_min_version, config.tls_max_version
+    if low and high and TLS_VERSIONS.index(low) > TLS_VERSIONS.index(high):
+        raise ConfigError(
+            "KEDA_HTTP_PROXY_TLS_MIN_VERSION",
+            low,
+            f'above KEDA_HTTP_PROXY_TLS_MAX_VERSION "{high}"',
+        )
+
+
+def _warn_unsupported(config: Config, log: Logger) -> None:
+    """Settings Go honours that we accept but do not act on."""
+    if config.otlp_metrics_enabled:
+        log.emit(
+            LogLevel.warn,
+            "OTEL_EXPORTER_OTLP_METRICS_ENABLED is true but OTLP metrics "
+            "export is not implemented; ignoring it",
+        )
+    if config.otlp_traces_enabled:
+        log.emit(
+            LogLevel.warn,
+            "OTEL_EXPORTER_OTLP_TRACES_ENABLED is true but tracing is not "
+            "implemented; ignoring it",
+        )
+    if config.profiling_bind_address:
+        log.emit(
+            LogLevel.warn,
+            "PROFILING_BIND_ADDRESS is set to {address!r} but profiling is "
+            "not supported; ignoring it",
+            address=config.profiling_bind_address,
+        )
+
+
+def env_table_markdown() -> str:
+    """The Markdown table of L{ENV_VARS} that docs/configuration.md carries."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for var in ENV_VARS:
+        if var.required:
+            default = "*required*"
+        elif var.default:
+            default = f"`{var.default}`"
+        else:
+            default = "*(empty)*"
+        rows.append(f"| `{var.name}` | {default} | {var.meaning} |")
+    return "\n".join(rows) + "\n"
