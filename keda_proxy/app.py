@@ -32,6 +32,8 @@ class ProxySite(server.Site):
     """A Site that writes no access log unless asked to
     (``KEDA_HTTP_LOG_REQUESTS``) and counts open requests for draining."""
 
+    noisy = False
+
     def __init__(self, resource, log_requests: bool = False, **kw):
         super().__init__(resource, **kw)
         self.log_requests = log_requests
@@ -113,6 +115,8 @@ class Interceptor:
 
 
 class _QuietSite(server.Site):
+    noisy = False
+
     def log(self, request):
         pass
 

@@ -60,21 +60,26 @@ def makeService(options):
         )
     except ConfigError as e:
         fail(str(e))
+    if config.proxy_tls_enabled:
+        # Fail closed rather than serve plain HTTP where TLS was asked for.
+        fail("KEDA_HTTP_PROXY_TLS_ENABLED=true is not supported yet by this build")
     return build_service(reactor, config, _source_factory(reactor, config),
                          interface=options["interface"])
 
 
 def _source_factory(reactor, config):
+    """A function of the store that makes the configured source."""
     if config.manifests:
         from keda_proxy.manifests import ManifestError, ManifestSource
 
-        path = config.manifests
-        try:
-            ManifestSource.check_path(path)
-        except ManifestError as e:
-            fail(str(e))
-        return lambda store: ManifestSource(path=path, sink=store, clock=reactor)
-    from keda_proxy.kubernetes import KubeConfigError, KubernetesSource, load_api_client
+        def manifests(store):
+            try:
+                return ManifestSource(path=config.manifests, sink=store, clock=reactor)
+            except ManifestError as e:
+                fail(str(e))
+
+        return manifests
+    from keda_proxy.kube_source import KubeConfigError, KubernetesSource, load_api_client
 
     try:
         api_client = load_api_client(config.kubeconfig)

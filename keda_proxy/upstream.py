@@ -30,7 +30,7 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import Interface, implementer
 
@@ -166,11 +166,18 @@ class UpstreamEndpointFactory:
         return RetryingEndpoint(attempt, self.reactor, self.dial_budget)
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """No "Starting factory" log line per upstream connection."""
+
+    noisy = False
+
+
 def make_pool(reactor, max_idle_per_host: int, idle_timeout: float = 90.0) -> HTTPConnectionPool:
     """A persistent pool sized like Go's Transport (MaxIdleConnsPerHost,
     90 s idle timeout).  Automatic retry stays on: Twisted retries only
     idempotent, body-less requests that failed on a reused connection."""
     pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = max_idle_per_host
     pool.cachedConnectionTimeout = idle_timeout
     return pool

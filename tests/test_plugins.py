@@ -1,0 +1,81 @@
+"""
+Third-party routing plugins: discovered through the Twisted plugin system
+from a separate folder on the path, and consulted before the table.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.plugin import IPlugin
+from zope.interface.verify import verifyObject
+
+from keda_proxy.interfaces import IEndpointSelector, IRouter, IRoutingPlugin
+from keda_proxy.pluginrouting import PluginRouter
+from keda_proxy.proxy import RandomSelector
+from keda_proxy.routing import RoutingTable
+from tests.builders import endpoint_slice, load, route, service
+from tests.proxyfakes import Harness
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "routing-plugin"
+
+DISCOVER = """
+import json
+from keda_proxy.pluginrouting import discover_routing_plugins
+print(json.dumps([[p.name, type(p).__module__] for p in discover_routing_plugins()]))
+"""
+
+
+def discover_with(pythonpath):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, pythonpath)))
+    out = subprocess.run([sys.executable, "-c", DISCOVER], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_example_plugin_is_discovered_from_a_separate_folder():
+    assert discover_with([ROOT]) == []
+    found = discover_with([ROOT, EXAMPLE])
+    assert found == [["route-header", "keda_proxy.plugins.route_header"]]
+
+
+def _load_example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "route_header_example", EXAMPLE / "keda_proxy" / "plugins" / "route_header.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.routeHeader
+
+
+def test_example_plugin_provides_the_interfaces():
+    plugin = _load_example()
+    assert verifyObject(IRoutingPlugin, plugin)
+    assert verifyObject(IPlugin, plugin)
+
+
+def test_example_plugin_is_consulted_before_the_table():
+    h = Harness(plugins=(_load_example(),))
+    preview = route(name="preview", hosts=["preview.internal"])
+    load(h.store, routes=[route(), preview], services=[service()], slices=[endpoint_slice()])
+    h.get(extra=b"X-Route: default/preview\r\n")
+    h.get(extra=b"X-Route: default/unknown\r\n")  # falls through to the table
+    assert h.counter.get("default/preview").request_count == 1
+    assert h.counter.get("default/web").request_count == 1
+
+
+def test_components_provide_their_interfaces():
+    h = Harness()
+    assert verifyObject(IRouter, RoutingTable.build([route()]))
+    assert verifyObject(IRouter, PluginRouter(h.store))
+    assert verifyObject(IEndpointSelector, RandomSelector())
+
+
+def test_store_provides_the_state_sink_interface():
+    from keda_proxy.interfaces import IStateSink
+
+    assert verifyObject(IStateSink, Harness().store)
