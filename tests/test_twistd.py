@@ -1,0 +1,211 @@
+"""
+Black-box tests of the installed ``twistd keda-interceptor``: real
+processes, real sockets, plain HTTP from the standard library.
+"""
+
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.netsupport import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "keda-interceptor"]
+
+
+def http(url, host=None, timeout=5.0):
+    """(status, headers, body) without raising on HTTP errors."""
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def eventually(check, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+def manifest(backend_port, host="demo.test", name="demo"):
+    return textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: demo, namespace: default}}
+        spec:
+          clusterIP: 127.0.0.1
+          ports: [{{name: http, port: {backend_port}}}]
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata:
+          name: demo-1
+          namespace: default
+          labels: {{kubernetes.io/service-name: demo}}
+        addressType: IPv4
+        endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+        ports: [{{name: http, port: {backend_port}}}]
+        ---
+        apiVersion: http.keda.sh/v1beta1
+        kind: InterceptorRoute
+        metadata: {{name: {name}, namespace: default}}
+        spec:
+          target: {{service: demo, portName: http}}
+          rules: [{{hosts: [{host}]}}]
+          scalingMetric: {{concurrency: {{targetValue: 10}}}}
+        """)
+
+
+@pytest.fixture
+def backend():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "backend.py"),
+                             "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        eventually(lambda: http(f"http://127.0.0.1:{port}/")[0] == 200, what="backend")
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class Interceptor:
+    def __init__(self, tmp_path, manifests_path, extra_env=None):
+        self.proxy, self.admin = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KEDA_", "KUBE"))}
+        env.update(KEDA_HTTP_PROXY_PORT=str(self.proxy), KEDA_HTTP_ADMIN_PORT=str(self.admin),
+                   OTEL_PROM_EXPORTER_ENABLED="false", KEDA_HTTP_SHUTDOWN_DELAY="0s")
+        env.update(extra_env or {})
+        self.log = open(tmp_path / "interceptor.log", "w+")
+        self.proc = subprocess.Popen(TWISTD + ["--manifests", str(manifests_path)],
+                                     env=env, cwd=tmp_path, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def url(self, path="/"):
+        return f"http://127.0.0.1:{self.proxy}{path}"
+
+    def ready(self):
+        eventually(lambda: http(f"http://127.0.0.1:{self.admin}/readyz")[0] == 200,
+                   what="/readyz 200")
+        return self
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def run(tmp_path):
+    started = []
+
+    def start(manifests_path, **env):
+        ic = Interceptor(tmp_path, manifests_path, env)
+        started.append(ic)
+        return ic
+
+    yield start
+    for ic in started:
+        ic.stop()
+
+
+def test_routes_counts_and_answers_404(tmp_path, backend, run):
+    (tmp_path / "m.yaml").write_text(manifest(backend))
+    ic = run(tmp_path / "m.yaml").ready()
+    status, headers, body = http(ic.url("/hello?x=1"), host="demo.test")
+    assert status == 200
+    echoed = json.loads(body)
+    assert echoed["path"] == "/hello?x=1"
+    assert echoed["host"] == "demo.test"
+    assert headers["X-KEDA-HTTP-Cold-Start"] == "false"
+    assert http(ic.url(), host="other.test")[0] == 404
+    status, headers, body = http(f"http://127.0.0.1:{ic.admin}/queue")
+    assert json.loads(body) == {"default/demo": {"Concurrency": 0, "RequestCount": 1}}
+    assert http(f"http://127.0.0.1:{ic.admin}/livez")[0] == 200
+
+
+def test_streams_a_slow_response_line_by_line(tmp_path, backend, run):
+    (tmp_path / "m.yaml").write_text(manifest(backend))
+    ic = run(tmp_path / "m.yaml").ready()
+    req = urllib.request.Request(ic.url("/slow"), headers={"Host": "demo.test"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        t0 = time.monotonic()
+        first = resp.readline()
+        first_at = time.monotonic() - t0
+        rest = resp.read()
+        total = time.monotonic() - t0
+    assert first == b"line 1\n"
+    assert rest == b"line 2\nline 3\nline 4\nline 5\n"
+    # the first line arrived well before the body was complete (2+ s)
+    assert first_at < total - 1.0
+
+
+def test_manifest_changes_apply_and_a_broken_file_keeps_the_last_good_state(
+        tmp_path, backend, run):
+    path = tmp_path / "m.yaml"
+    path.write_text(manifest(backend))
+    ic = run(path).ready()
+    assert http(ic.url(), host="new.test")[0] == 404
+    path.write_text(manifest(backend, host="new.test"))
+    eventually(lambda: http(ic.url(), host="new.test")[0] == 200, what="new host routed")
+    path.write_text(manifest(backend, host="newer.test") + "\n  broken: [unclosed\n")
+    eventually(lambda: re.search(r"m\.yaml:\d+:\d+: YAML syntax error", ic.output()),
+               what="the error logged with file, line and column")
+    assert http(ic.url(), host="new.test")[0] == 200  # last good state still serving
+    assert http(ic.url(), host="newer.test")[0] == 404
+
+
+def test_invalid_env_value_stops_startup_with_one_line(tmp_path):
+    (tmp_path / "m.yaml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEDA_")}
+    env.update(KEDA_HTTP_PROXY_PORT="8080", KEDA_HTTP_ADMIN_PORT="9090",
+               KEDA_HTTP_CONNECT_TIMEOUT="5 seconds")
+    proc = subprocess.run(TWISTD + ["--manifests", str(tmp_path / "m.yaml")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "KEDA_HTTP_CONNECT_TIMEOUT" in lines[0] and "5 seconds" in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_sigterm_drains_and_exits_promptly(tmp_path, backend, run):
+    (tmp_path / "m.yaml").write_text(manifest(backend))
+    ic = run(tmp_path / "m.yaml", KEDA_HTTP_DRAIN_TIMEOUT="2s").ready()
+    t0 = time.monotonic()
+    ic.proc.send_signal(signal.SIGTERM)
+    # twistd re-raises the signal after a clean shutdown, as POSIX asks
+    assert ic.proc.wait(timeout=10) in (0, -signal.SIGTERM)
+    assert "Server Shut Down" in ic.output()
+    assert time.monotonic() - t0 < 5
