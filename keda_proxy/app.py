@@ -11,7 +11,6 @@ from attrs import define
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web import server
 
@@ -20,19 +19,19 @@ from keda_proxy.config import Config
 from keda_proxy.counting import QueueCounter
 from keda_proxy.metrics import MetricsResource, ProxyMetrics
 from keda_proxy.pluginrouting import PluginRouter, discover_routing_plugins
+from keda_proxy.pool import ConnectionPool
 from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
 from keda_proxy.readiness import ReadinessGate
+from keda_proxy.server import StreamingSite
 from keda_proxy.store import StateStore
-from keda_proxy.upstream import MAX_RETRY_DURATION, SnapshotResolver, make_agent, make_pool
+from keda_proxy.upstream import MAX_RETRY_DURATION, SnapshotResolver, UpstreamEndpoints
 
 log = Logger()
 
 
-class ProxySite(server.Site):
-    """A Site that writes no access log unless asked to
-    (``KEDA_HTTP_LOG_REQUESTS``) and counts open requests for draining."""
-
-    noisy = False
+class ProxySite(StreamingSite):
+    """The streaming Site, writing no access log unless asked to
+    (``KEDA_HTTP_LOG_REQUESTS``)."""
 
     def __init__(self, resource, log_requests: bool = False, **kw):
         super().__init__(resource, **kw)
@@ -43,7 +42,8 @@ class ProxySite(server.Site):
             super().log(request)
 
 
-def settings_from_config(config: Config) -> ProxySettings:
+def settings_from_config(config: Config, dial_budget: float = MAX_RETRY_DURATION
+                         ) -> ProxySettings:
     return ProxySettings(
         request_timeout=config.request_timeout,
         response_header_timeout=config.response_header_timeout,
@@ -51,6 +51,7 @@ def settings_from_config(config: Config) -> ProxySettings:
         enable_cold_start_header=config.enable_cold_start_header,
         direct_pod_routing=config.direct_pod_routing,
         upstream_tls=False,
+        dial_budget=dial_budget,
     )
 
 
@@ -80,9 +81,11 @@ class Interceptor:
 
         store.subscribe(follow_routes)
         gate = ReadinessGate(store)
-        pool = make_pool(reactor, config.max_idle_conns_per_host)
-        agent = make_agent(reactor, resolver or SnapshotResolver(store), pool,
-                           config.connect_timeout, dial_budget)
+        endpoints = UpstreamEndpoints(reactor, resolver or SnapshotResolver(store),
+                                      config.connect_timeout)
+        pool = ConnectionPool(reactor, endpoints.endpoint_for,
+                              max_idle=config.max_idle_conns,
+                              max_idle_per_host=config.max_idle_conns_per_host)
         if plugins is None:
             plugins = discover_routing_plugins()
         for p in plugins:
@@ -94,9 +97,8 @@ class Interceptor:
             router=PluginRouter.with_plugins(store, plugins),
             counter=counter,
             gate=gate,
-            agent=agent,
-            cooperator=Cooperator(scheduler=lambda f: reactor.callLater(0, f)),
-            settings=settings_from_config(config),
+            pool=pool,
+            settings=settings_from_config(config, dial_budget),
             metrics=metrics,
         )
         return cls(reactor, config, store, counter, gate, pool, pipeline, metrics)
@@ -185,7 +187,7 @@ class InterceptorService(MultiService):
             return _wait_idle(clock, ic.counter, cfg.drain_timeout)
 
         def rest(_):
-            ic.pool.closeCachedConnections()
+            ic.pool.close_idle()
             return MultiService.stopService(self)
 
         return d.addCallback(close_proxy).addCallback(drain).addCallback(rest)

@@ -17,38 +17,32 @@ from __future__ import annotations
 import random
 from typing import Optional, Tuple
 
+import attrs
 from attrs import define, field
 from twisted.internet.defer import CancelledError
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.web import http
-from twisted.web.client import (
-    URI,
-    FileBodyProducer,
-    PotentialDataLoss,
-    ResponseDone,
-    ResponseNeverReceived,
-)
+from twisted.web.client import URI
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from keda_proxy.headers import COLD_START_HEADER, end_to_end, upstream_request_headers
+from keda_proxy.headers import COLD_START_HEADER, is_upgrade, request_head, response_drop
+from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
 from keda_proxy.interfaces import IEndpointSelector, IRouter
 from keda_proxy.model import MODE_ALWAYS, RequestFacts, Route, ServiceRef
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.responses import write_error, write_static
 from keda_proxy.routing import normalize_host, rule_matches
 from keda_proxy.store import Snapshot, StateStore
-from keda_proxy.upstream import CONNECT_ERRORS, ip_version
+from keda_proxy.tunnel import Tunnel
+from keda_proxy.upstream import CONNECT_ERRORS, MAX_RETRY_DURATION, ip_version
 
 log = Logger()
 
 #: Go's default readiness timeout when a fallback exists and none is set.
 DEFAULT_FALLBACK_READINESS = 30.0
-
-_BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
-
 
 @implementer(IEndpointSelector)
 class RandomSelector:
@@ -71,6 +65,8 @@ class ProxySettings:
     enable_cold_start_header: bool = True
     direct_pod_routing: bool = False
     upstream_tls: bool = False
+    #: how long to keep re-dialling a Service address with no request deadline
+    dial_budget: float = MAX_RETRY_DURATION
 
 
 class RouteError(Exception):
@@ -135,11 +131,23 @@ def resolve_port(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> Tuple[i
 
 @define
 class Target:
-    """Where one attempt goes: the pool URI, and the TLS name to verify."""
+    """Where one attempt goes: the pool key, and what to fall back to."""
 
-    uri: bytes
+    scheme: bytes
+    host: str
+    port: int
     server_name: str
     port_name: str = ""
+    #: for a pod target: the other ready pods, then the Service target
+    alternatives: Tuple[Tuple[str, int], ...] = ()
+    service: Optional["Target"] = None
+
+    @property
+    def key(self):
+        return (self.scheme, self.host, self.port, self.server_name)
+
+    def describe(self) -> str:
+        return f"{self.scheme.decode()}://{join_host_port(self.host, self.port)}"
 
 
 @define
@@ -151,8 +159,7 @@ class Pipeline:
     router: IRouter
     counter: object
     gate: ReadinessGate
-    agent: object
-    cooperator: object
+    pool: object
     settings: ProxySettings = ProxySettings()
     selector: IEndpointSelector = field(factory=RandomSelector)
     metrics: object = None
@@ -174,6 +181,7 @@ class Pipeline:
             Exchange(self, request, route, facts).start()
 
 
+@implementer(IResponseSink)
 @define
 class Exchange:
     """One request's journey through the pipeline."""
@@ -185,12 +193,19 @@ class Exchange:
     snapshot: Snapshot = None
     _gone: bool = False
     _wait: object = None
-    _upstream: object = None
     _timers: list = field(factory=list)
     _timed_out: bool = False
     _streaming: bool = False
     _ticket: object = None
-    _body_transport: object = None
+    _connecting: object = None
+    _conn: object = None
+    _target: object = None
+    _body_writer: object = None
+    _header_timer: object = None
+    _deadline_at: Optional[float] = None
+    _retried: bool = False
+    _head: object = None
+    _tunnel: object = None
 
     def start(self) -> None:
         p = self.p
@@ -216,6 +231,7 @@ class Exchange:
         if deadline is None:
             deadline = p.settings.request_timeout
         if deadline > 0:
+            self._deadline_at = p.clock.seconds() + deadline
             self._later(deadline, self._request_deadline)
         self._await_ready()
 
@@ -286,21 +302,20 @@ class Exchange:
     def _service_target(self, ref: ServiceRef) -> Target:
         port, port_name = resolve_port(ref, self.route.namespace, self.snapshot)
         host = f"{ref.name}.{self.route.namespace}"
-        scheme = "https" if self.p.settings.upstream_tls else "http"
-        uri = f"{scheme}://{host}:{port}".encode("ascii")
-        return Target(uri=uri, server_name=host, port_name=port_name)
+        scheme = b"https" if self.p.settings.upstream_tls else b"http"
+        return Target(scheme, host, port, server_name=host, port_name=port_name)
 
-    def _pod_target(self, target: Target) -> Target:
+    def _pod_target(self, service: Target) -> Target:
         eps = self.snapshot.endpoints_for(self.route.service_key)
-        candidates = eps.candidates.get(target.port_name)
+        candidates = eps.candidates.get(service.port_name)
         if not candidates:
-            log.debug("{route}: no pod for port {port!r}; using the Service address",
-                      route=self.route.key, port=target.port_name)
-            return target
+            log.debug("{route}: no ready pod for port {port!r}; using the Service address",
+                      route=self.route.key, port=service.port_name)
+            return service
         ip, port = self.p.selector.select(candidates, self.facts)
-        scheme = "https" if self.p.settings.upstream_tls else "http"
-        uri = f"{scheme}://{join_host_port(ip, port)}".encode("ascii")
-        return Target(uri=uri, server_name=target.server_name, port_name=target.port_name)
+        others = tuple(c for c in candidates if c != (ip, port))
+        return Target(service.scheme, ip, port, service.server_name, service.port_name,
+                      alternatives=others, service=service)
 
     def _route_error(self, e: Exception) -> None:
         log.error("{route}: {error}", route=self.route.key, error=str(e))
@@ -308,31 +323,72 @@ class Exchange:
 
     # -- step 6: forward ------------------------------------------------------
 
-    def _send(self, target: Target) -> None:
+    def _send(self, target: Target, fresh: bool = False) -> None:
+        """Get a connection for C{target} and send the request on it."""
+        self._target = target
+        body = self.request.body
+        has_body = body is not None and not body.empty
+        pool = self.p.pool
+        if target.service is not None:
+            budget = 0.0  # a pod: one attempt, then the next pod
+        else:
+            budget = self._dial_budget()
+        d = pool.connect(target.key, budget) if fresh else \
+            pool.acquire(target.key, budget, has_body)
+        self._connecting = d
+        d.addCallbacks(self._connected, self._connect_failed,
+                       callbackArgs=(target,), errbackArgs=(target,))
+
+    def _dial_budget(self) -> float:
+        if self._deadline_at is not None:
+            return max(0.0, self._deadline_at - self.p.clock.seconds())
+        return self.p.settings.dial_budget
+
+    def _connect_failed(self, f, target: Target) -> None:
+        self._connecting = None
+        if f.check(CancelledError) or self._gone or self.request.finished:
+            return
+        if target.service is not None:
+            # a stale pod: nothing was sent, so try another, then the Service
+            if target.alternatives:
+                ip, port = self.p.selector.select(target.alternatives, self.facts)
+                rest = tuple(c for c in target.alternatives if c != (ip, port))
+                log.info("{route}: pod {pod} refused; trying another",
+                         route=self.route.key, pod=target.describe())
+                self._send(attrs.evolve(target, host=ip, port=port, alternatives=rest))
+            else:
+                log.info("{route}: no ready pod answered; using the Service address",
+                         route=self.route.key)
+                self._send(target.service)
+            return
+        self._fail_upstream(f, target)
+
+    def _connected(self, conn, target: Target) -> None:
+        self._connecting = None
         req = self.request
-        scheme = b"https" if req.isSecure() else b"http"
-        headers = upstream_request_headers(req.requestHeaders, self._client_ip(), scheme)
-        path = req.uri if req.uri.startswith(b"/") else _origin_form(req.uri)
-        body = self._body_producer()
-        d = self._upstream = self.p.agent.request(req.method, target.uri + path, headers, body)
+        if self._gone or req.finished:
+            conn.owner and conn.owner.connection_reusable(conn)
+            return
+        self._conn = conn
+        body = req.body
+        length = 0 if body is None else body.length
+        upgrade = is_upgrade(req.requestHeaders)
+        head = request_head(req.method, self._origin_target(), req.requestHeaders,
+                            self._client_ip(), b"https" if req.isSecure() else b"http",
+                            length, upgrade)
+        conn.send(req.method, head, self, chunked_body=length is None)
+        if body is not None and not body.empty:
+            self._body_writer = _BodyWriter(conn, body)
+            body.attach(self._body_writer)
         timeout = self.route.timeouts.response_header
         if timeout is None:
             timeout = self.p.settings.response_header_timeout
         if timeout > 0:
-            d.addBoth(_disarm, self._later(timeout, self._response_header_timeout))
-        d.addCallbacks(self._got_response, self._upstream_failed, errbackArgs=(target,))
+            self._header_timer = self._later(timeout, self._response_header_timeout)
 
-    def _body_producer(self):
-        content = self.request.content
-        if content is None:
-            return None
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        if size == 0 and self.request.method in _BODYLESS_METHODS and \
-                not self.request.requestHeaders.hasHeader(b"content-length"):
-            return None
-        return FileBodyProducer(content, cooperator=self.p.cooperator)
+    def _origin_target(self) -> bytes:
+        uri = self.request.uri
+        return uri if uri.startswith(b"/") else _origin_form(uri)
 
     def _client_ip(self) -> str:
         addr = self.request.getClientAddress()
@@ -340,42 +396,105 @@ class Exchange:
 
     def _response_header_timeout(self) -> None:
         self._timed_out = True
-        if self._upstream is not None:
-            self._upstream.cancel()
+        if self._conn is not None:
+            self._conn.abort_with(_Timeout())
 
-    def _got_response(self, response) -> None:
-        self._upstream = None
+    # IResponseSink -----------------------------------------------------------
+
+    def response_head(self, code: int, phrase: bytes, headers) -> None:
+        if self._header_timer is not None and self._header_timer.active():
+            self._header_timer.cancel()
         req = self.request
-        if self._gone:
-            response.deliverBody(_Discard())
+        if self._gone or req.finished:
+            self._abort_upstream()
             return
-        req.setResponseCode(response.code, response.phrase)
+        req.setResponseCode(code, phrase)
         out = req.responseHeaders
-        if not response.headers.hasHeader(b"server"):
-            out.removeHeader(b"server")
-        for name, values in end_to_end(response.headers):
-            out.setRawHeaders(name, values)
+        drop = response_drop(headers)
+        out.removeHeader(b"server")
+        for name, value in headers:
+            lname = name.lower()
+            if lname in drop:
+                continue
+            if lname == b"date":
+                out.removeHeader(b"date")
+            out.addRawHeader(name, value)
+        self._head = headers
         self._streaming = True
-        response.deliverBody(_Relay(self))
+        if code != 101 and self._conn is not None and self._conn.transport is not None:
+            req.registerProducer(self._conn.transport, True)
 
-    def _upstream_failed(self, f, target: Target) -> None:
-        self._upstream = None
-        if self._gone or self.request.finished:
+    def response_data(self, data: bytes) -> None:
+        if not self._gone and not self.request.finished:
+            self.request.write(data)
+
+    def response_done(self) -> None:
+        self._release_body()
+        self._conn = None
+        req = self.request
+        if self._gone or req.finished:
             return
-        if self._timed_out or (f.check(ResponseNeverReceived) and _cancelled(f)):
+        req.unregisterProducer()
+        req.finish()
+
+    def response_failed(self, reason, response_started: bool) -> None:
+        conn, self._conn = self._conn, None
+        self._release_body()
+        req = self.request
+        if self._gone or req.finished:
+            return
+        if response_started:
+            log.info("{route}: upstream body broke off: {error}",
+                     route=self.route.key, error=reason.getErrorMessage())
+            req.unregisterProducer()
+            req.channel.transport.abortConnection()
+            return
+        if not self._timed_out and conn is not None and conn.uses > 1 \
+                and not self._retried and self._replayable():
+            # a pooled connection the upstream had closed: once more, fresh
+            self._retried = True
+            self._send(self._target, fresh=True)
+            return
+        self._fail_upstream(reason, self._target)
+
+    def response_upgraded(self, conn, rest: bytes) -> None:
+        req = self.request
+        if self._gone or req.finished:
+            conn.abort()
+            return
+        self._conn = None
+        self._tunnel = Tunnel.open(self, conn, rest)
+
+    # -- endings --------------------------------------------------------------
+
+    def _replayable(self) -> bool:
+        body = self.request.body
+        return self.request.method in _IDEMPOTENT and (body is None or body.empty)
+
+    def _fail_upstream(self, f, target: Target) -> None:
+        if self._timed_out or f.check(_Timeout):
             log.info("{route}: upstream {uri} timed out", route=self.route.key,
-                     uri=target.uri.decode())
+                     uri=target.describe())
             write_error(self.request, http.GATEWAY_TIMEOUT)
             return
-        if f.check(*CONNECT_ERRORS):
-            log.info("{route}: cannot reach {uri}: {error}", route=self.route.key,
-                     uri=target.uri.decode(), error=f.getErrorMessage())
+        if f.check(*CONNECT_ERRORS, ConnectionLost, ConnectionDone, UpstreamProtocolError):
+            log.info("{route}: upstream {uri} failed: {error}", route=self.route.key,
+                     uri=target.describe(), error=f.getErrorMessage())
         else:
             log.failure("{route}: upstream {uri} failed", f, route=self.route.key,
-                        uri=target.uri.decode())
+                        uri=target.describe())
         write_error(self.request, http.BAD_GATEWAY)
 
-    # -- deadlines and endings ----------------------------------------------
+    def _release_body(self) -> None:
+        writer, self._body_writer = self._body_writer, None
+        if writer is not None:
+            writer.close()
+
+    def _abort_upstream(self) -> None:
+        conn, self._conn = self._conn, None
+        self._release_body()
+        if conn is not None:
+            conn.abort()
 
     def _later(self, delay: float, fn):
         timer = self.p.clock.callLater(delay, fn)
@@ -388,12 +507,16 @@ class Exchange:
             return
         if self._streaming:
             # Headers are out: the only honest signal left is a cut.
+            self._abort_upstream()
             self.request.channel.transport.abortConnection()
             return
         if self._wait is not None:
             self._wait.cancel()
-        elif self._upstream is not None:
-            self._upstream.cancel()
+        elif self._connecting is not None:
+            self._connecting.cancel()
+            write_error(self.request, http.GATEWAY_TIMEOUT)
+        elif self._conn is not None:
+            self._conn.abort_with(_Timeout())
         else:
             write_error(self.request, http.GATEWAY_TIMEOUT)
 
@@ -409,10 +532,44 @@ class Exchange:
         if self._gone:
             if self._wait is not None:
                 self._wait.cancel()
-            if self._upstream is not None:
-                self._upstream.cancel()
-            if self._body_transport is not None:
-                self._body_transport.stopProducing()
+            if self._connecting is not None:
+                self._connecting.cancel()
+            self._abort_upstream()
+
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE", b"PUT"})
+
+
+class _Timeout(Exception):
+    """A response-header or request deadline passed (504)."""
+
+
+class _BodyWriter:
+    """Streams a request body onto an upstream connection, pausing the
+    client while the upstream's send buffer is full."""
+
+    def __init__(self, conn, body):
+        self.conn = conn
+        self.body = body
+        self.registered = False
+        if conn.transport is not None:
+            conn.transport.registerProducer(body, True)
+            self.registered = True
+
+    def write_body(self, data: bytes) -> None:
+        self.conn.write_body(data)
+
+    def end_body(self) -> None:
+        self.conn.end_body()
+        self.close()
+
+    def close(self) -> None:
+        self.body.detach()
+        if self.registered:
+            self.registered = False
+            if self.conn.transport is not None:
+                self.conn.transport.unregisterProducer()
+            self.body.resumeProducing()
 
 
 def _disarm(result, timer):
@@ -426,48 +583,6 @@ def _origin_form(uri: bytes) -> bytes:
     parsed = URI.fromBytes(uri)
     path = parsed.path or b"/"
     return path + (b"?" + parsed.query if parsed.query else b"")
-
-
-def _cancelled(f) -> bool:
-    return any(r.check(CancelledError) for r in getattr(f.value, "reasons", ()))
-
-
-class _Relay(Protocol):
-    """Streams an upstream body to the client as it arrives, pausing the
-    upstream when the client's transport is full."""
-
-    def __init__(self, exchange: Exchange):
-        self.exchange = exchange
-
-    def connectionMade(self):
-        ex = self.exchange
-        ex._body_transport = self.transport
-        if not ex.request.finished and not ex._gone:
-            ex.request.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        ex = self.exchange
-        if not ex._gone and not ex.request.finished:
-            ex.request.write(data)
-
-    def connectionLost(self, reason) -> None:
-        ex = self.exchange
-        req = ex.request
-        ex._body_transport = None
-        if ex._gone or req.finished:
-            return
-        req.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
-            req.finish()
-        else:
-            log.info("{route}: upstream body broke off: {error}",
-                     route=ex.route.key, error=reason.getErrorMessage())
-            req.channel.transport.abortConnection()
-
-
-class _Discard(Protocol):
-    def dataReceived(self, data):
-        pass
 
 
 class ReverseProxy(Resource):

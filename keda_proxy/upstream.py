@@ -1,10 +1,10 @@
 """
-Reaching upstreams: name resolution, dialling with retries, pooled Agent.
+Reaching upstreams: name resolution and dialling with retries.
 
-The proxy addresses an upstream as ``http://<service>.<namespace>:<port>``
-(or a pod's ``ip:port``).  The pool keys connections on that URI's
-``(scheme, host, port)``; the endpoint factory decides where the TCP
-connection actually goes:
+The proxy addresses an upstream as ``<service>.<namespace>:<port>`` (or a
+pod's ``ip:port``).  The pool (L{keda_proxy.pool}) keys connections on
+``(scheme, host, port, server_name)``; L{UpstreamEndpoints} decides where
+the TCP connection actually goes:
 
  - an IP literal is dialled directly (no DNS, no thread);
  - a name is first offered to the injected L{IServiceResolver} (by default
@@ -28,10 +28,9 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
+    wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import Interface, implementer
 
 from keda_proxy.store import StateStore
@@ -141,55 +140,42 @@ class RetryingEndpoint:
         return result
 
 
-@implementer(IAgentEndpointFactory)
 @define
-class UpstreamEndpointFactory:
-    """Chooses the TCP destination for a pool key (see module docstring)."""
+class UpstreamEndpoints:
+    """Chooses the TCP (and, for https, TLS) endpoint for a pool key.
+
+    C{endpoint_for((scheme, host, port, server_name), budget)} dials an IP
+    literal directly, a name through the resolver or else DNS, retrying
+    every 50 ms within C{budget} seconds.
+    """
 
     reactor: object
     resolver: IServiceResolver
     connect_timeout: float = 0.5
-    dial_budget: float = MAX_RETRY_DURATION
+    tls: object = None  # an L{keda_proxy.tls.UpstreamTLS} when upstreams are https
 
-    def endpointForURI(self, uri):
-        host = uri.host.decode("ascii") if isinstance(uri.host, bytes) else uri.host
-        port = uri.port
+    def endpoint_for(self, key, budget: float):
+        scheme, host, port, server_name = key
         target = host if ip_version(host) else self.resolver.resolve(host)
+        tls = self.tls if scheme == b"https" else None
+        if tls is not None:
+            creator = tls.creator_for(server_name)
 
         def attempt():
             if target is None:
-                return HostnameEndpoint(self.reactor, host.encode("idna"), port,
-                                        timeout=self.connect_timeout)
-            cls = TCP6ClientEndpoint if ip_version(target) == 6 else TCP4ClientEndpoint
-            return cls(self.reactor, target, port, timeout=self.connect_timeout)
+                ep = HostnameEndpoint(self.reactor, host.encode("idna"), port,
+                                      timeout=self.connect_timeout)
+            else:
+                cls = TCP6ClientEndpoint if ip_version(target) == 6 else TCP4ClientEndpoint
+                ep = cls(self.reactor, target, port, timeout=self.connect_timeout)
+            if tls is not None:
+                ep = wrapClientTLS(creator, ep)
+            return ep
 
-        return RetryingEndpoint(attempt, self.reactor, self.dial_budget)
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """No "Starting factory" log line per upstream connection."""
-
-    noisy = False
+        return RetryingEndpoint(attempt, self.reactor, budget)
 
 
-def make_pool(reactor, max_idle_per_host: int, idle_timeout: float = 90.0) -> HTTPConnectionPool:
-    """A persistent pool sized like Go's Transport (MaxIdleConnsPerHost,
-    90 s idle timeout).  Automatic retry stays on: Twisted retries only
-    idempotent, body-less requests that failed on a reused connection."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
-    pool.maxPersistentPerHost = max_idle_per_host
-    pool.cachedConnectionTimeout = idle_timeout
-    return pool
-
-
-def make_agent(reactor, resolver, pool, connect_timeout: float, dial_budget: float) -> Agent:
-    factory = UpstreamEndpointFactory(reactor, resolver, connect_timeout, dial_budget)
-    return Agent.usingEndpointFactory(reactor, factory, pool=pool)
-
-
-#: Connection errors worth a 502 (everything else unexpected is a 502 too,
-#: but these are logged quietly).
+#: Connection errors worth a quiet 502 (anything else is a 502 logged loudly).
 CONNECT_ERRORS = (
     ierror.ConnectError,
     ierror.ConnectionRefusedError,

@@ -1,93 +1,101 @@
 """
-In-memory fakes for driving the proxy pipeline without sockets: an
-C{IAgent} whose responses the test controls, and a harness that feeds raw
-HTTP into the real Site over a C{StringTransport}.
+In-memory harness for the proxy pipeline: the real Site and the real
+upstream client protocol and pool, over C{StringTransport}s, on a
+C{MemoryReactorClock}.  Dialling is faked at the endpoint: each dial waits
+until the test lets it succeed or fail.
 """
 
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import Cooperator
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseNeverReceived
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
-from zope.interface import implementer
 
 from keda_proxy.app import ProxySite
 from keda_proxy.counting import QueueCounter
 from keda_proxy.pluginrouting import PluginRouter
+from keda_proxy.pool import ConnectionPool
 from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.store import StateStore
 
 
-class FakeUpstreamTransport:
-    def __init__(self):
-        self.paused = False
-        self.stopped = False
+class Upstream:
+    """One dialled upstream connection, as the test sees it."""
 
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-
-    def stopProducing(self):
-        self.stopped = True
-
-
-class FakeResponse:
-    def __init__(self, code=200, phrase=b"OK", headers=None):
-        self.code = code
-        self.phrase = phrase
-        self.headers = Headers(headers or {})
-        self.length = None
-        self.protocol = None
-        self.transport = FakeUpstreamTransport()
-
-    def deliverBody(self, protocol):
+    def __init__(self, dial, protocol, transport):
+        self.dial = dial
         self.protocol = protocol
-        protocol.makeConnection(self.transport)
+        self.transport = transport
 
-    def push(self, data: bytes):
-        self.protocol.dataReceived(data)
+    @property
+    def key(self):
+        return self.dial.key
 
-    def end(self, reason=None):
-        self.protocol.connectionLost(Failure(reason or ResponseDone()))
+    def sent(self) -> bytes:
+        return self.transport.value()
+
+    def request_line(self) -> bytes:
+        return self.sent().split(b"\r\n", 1)[0]
+
+    def request_headers(self) -> dict:
+        head = self.sent().split(b"\r\n\r\n", 1)[0]
+        out: dict = {}
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            out.setdefault(name.strip().lower(), []).append(value.strip())
+        return out
+
+    def respond(self, raw: bytes):
+        self.protocol.dataReceived(raw)
+
+    def close(self, reason=None):
+        self.transport.disconnecting = True
+        self.protocol.connectionLost(Failure(reason or ConnectionDone()))
 
 
-class PendingRequest:
-    def __init__(self, method, uri, headers, body):
-        self.method, self.uri, self.headers, self.body = method, uri, headers, body
+class PendingDial:
+    def __init__(self, key, budget, factory):
+        self.key = key
+        self.budget = budget
+        self.factory = factory
         self.cancelled = False
         self.deferred = Deferred(self._cancel)
 
     def _cancel(self, d):
         self.cancelled = True
-        d.errback(Failure(ResponseNeverReceived([Failure(CancelledError())])))
 
-    def respond(self, code=200, phrase=b"OK", headers=None) -> FakeResponse:
-        resp = FakeResponse(code, phrase, headers)
-        self.deferred.callback(resp)
-        return resp
+    def succeed(self) -> Upstream:
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 80))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.deferred.callback(proto)
+        return Upstream(self, proto, transport)
+
+    def fail(self, exc):
+        self.deferred.errback(Failure(exc))
 
 
-@implementer(IAgent)
-class FakeAgent:
+class FakeEndpoints:
     def __init__(self):
-        self.requests: list[PendingRequest] = []
+        self.dials: list[PendingDial] = []
 
-    def request(self, method, uri, headers=None, bodyProducer=None):
-        pending = PendingRequest(method, uri, headers, bodyProducer)
-        self.requests.append(pending)
-        return pending.deferred
+    def endpoint_for(self, key, budget):
+        endpoints = self
+
+        class _Endpoint:
+            def connect(self, factory):
+                dial = PendingDial(key, budget, factory)
+                endpoints.dials.append(dial)
+                return dial.deferred
+
+        return _Endpoint()
 
 
 class Harness:
-    """A complete pipeline on a MemoryReactorClock with a FakeAgent."""
+    """A complete pipeline on a MemoryReactorClock with faked dialling."""
 
     def __init__(self, settings=ProxySettings(), plugins=()):
         self.clock = MemoryReactorClock()
@@ -95,14 +103,22 @@ class Harness:
         self.counter = QueueCounter()
         self.store.subscribe(lambda old, new: self.counter.sync_keys(new.routes.keys()))
         self.gate = ReadinessGate(self.store)
-        self.agent = FakeAgent()
+        self.endpoints = FakeEndpoints()
+        self.pool = ConnectionPool(self.clock, self.endpoints.endpoint_for)
         self.pipeline = Pipeline(
             clock=self.clock, store=self.store,
             router=PluginRouter.with_plugins(self.store, plugins),
-            counter=self.counter, gate=self.gate, agent=self.agent,
-            cooperator=Cooperator(scheduler=lambda f: self.clock.callLater(0, f)),
+            counter=self.counter, gate=self.gate, pool=self.pool,
             settings=settings)
         self.site = ProxySite(ReverseProxy(self.pipeline), reactor=self.clock)
+
+    @property
+    def dials(self):
+        return self.endpoints.dials
+
+    def upstream(self, i=-1) -> Upstream:
+        """Let dial C{i} succeed and return the connection."""
+        return self.dials[i].succeed()
 
     def connect(self):
         proto = self.site.buildProtocol(IPv4Address("TCP", "10.1.2.3", 5555))
@@ -124,14 +140,17 @@ def status_line(transport) -> bytes:
     return transport.value().split(b"\r\n", 1)[0]
 
 
-def response_headers(transport) -> Headers:
+def response_headers(transport) -> dict:
     head = transport.value().split(b"\r\n\r\n", 1)[0]
-    h = Headers()
+    out: dict = {}
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        h.addRawHeader(name, value.strip())
-    return h
+        out.setdefault(name.strip().lower(), []).append(value.strip())
+    return out
 
 
 def response_body(transport) -> bytes:
     return transport.value().split(b"\r\n\r\n", 1)[1]
+
+
+OK_5 = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"

@@ -61,7 +61,7 @@ class Rig:
     @inlineCallbacks
     def stop(self):
         yield self.client.close()
-        yield self.ic.pool.closeCachedConnections()
+        self.ic.pool.close_idle()
         yield self.proxy_port.stopListening()
         yield self.admin_port.stopListening()
         yield self.backend_port.stopListening()

@@ -1,11 +1,11 @@
 """
-Unit tests for the request pipeline (keda_proxy.proxy), driven through the
-real Site over StringTransport with a fake upstream agent and a
-MemoryReactorClock.
+Unit tests for the request pipeline (keda_proxy.proxy, server, http1client,
+pool), driven through the real Site and the real upstream protocol over
+StringTransports on a MemoryReactorClock.
 """
 
 import attrs
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -22,7 +22,13 @@ from keda_proxy.model import (
 )
 from keda_proxy.proxy import ProxySettings, join_host_port
 from tests.builders import configmap, endpoint_slice, load, route, service
-from tests.proxyfakes import Harness, response_body, response_headers, status_line
+from tests.proxyfakes import (
+    OK_5,
+    Harness,
+    response_body,
+    response_headers,
+    status_line,
+)
 
 
 def warm(h, *routes, slices=None, **kw):
@@ -38,8 +44,8 @@ def test_no_route_is_404_with_go_style_body():
     _, t = h.get(host=b"nowhere.example")
     assert status_line(t) == b"HTTP/1.1 404 Not Found"
     assert response_body(t) == b"Not Found\n"
-    assert response_headers(t).getRawHeaders(b"content-type") == [b"text/plain; charset=utf-8"]
-    assert h.agent.requests == []
+    assert response_headers(t)[b"content-type"] == [b"text/plain; charset=utf-8"]
+    assert h.dials == []
 
 
 def test_http11_without_host_is_400():
@@ -54,7 +60,7 @@ def test_connect_is_refused_and_never_dialled():
     warm(h)
     _, t = h.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
     assert status_line(t) == b"HTTP/1.1 405 Method Not Allowed"
-    assert h.agent.requests == []
+    assert h.dials == []
 
 
 def test_absolute_uri_routes_by_its_authority_and_never_reaches_other_hosts():
@@ -62,9 +68,52 @@ def test_absolute_uri_routes_by_its_authority_and_never_reaches_other_hosts():
     warm(h)
     _, t = h.send(b"GET http://evil.example/steal HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert status_line(t) == b"HTTP/1.1 404 Not Found"
-    assert h.agent.requests == []
+    assert h.dials == []
     h.send(b"GET http://example.com/a?b=1 HTTP/1.1\r\nHost: other\r\n\r\n")
-    assert h.agent.requests[0].uri == b"http://web.default:8080/a?b=1"
+    up = h.upstream()
+    assert up.key == (b"http", "web.default", 8080, "web.default")
+    assert up.request_line() == b"GET /a?b=1 HTTP/1.1"
+
+
+def test_content_length_with_transfer_encoding_is_refused():
+    h = Harness()
+    warm(h)
+    _, t = h.send(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert status_line(t) == b"HTTP/1.1 400 Bad Request"
+    assert h.dials == []
+
+
+def test_differing_content_lengths_are_refused():
+    h = Harness()
+    warm(h)
+    _, t = h.send(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n"
+                  b"Content-Length: 6\r\n\r\nhello!")
+    assert status_line(t) == b"HTTP/1.1 400 Bad Request"
+    assert h.dials == []
+
+
+def test_oversized_request_line_is_414_and_headers_431():
+    h = Harness()
+    warm(h)
+    _, t = h.send(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert status_line(t) == b"HTTP/1.1 414 Request URI Too Long"
+    _, t = h.send(b"GET / HTTP/1.1\r\nHost: example.com\r\n" +
+                  b"".join(b"X-%d: %s\r\n" % (i, b"v" * 1000) for i in range(80)) + b"\r\n")
+    assert status_line(t) == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert h.dials == []
+
+
+def test_slow_request_head_is_cut_off():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: exa")
+    h.clock.advance(29)
+    proto.dataReceived(b"m")  # trickling bytes do not extend the deadline
+    h.clock.advance(1)
+    assert status_line(t) == b"HTTP/1.1 408 Request Timeout"
+    assert t.disconnecting
 
 
 def test_plugins_are_consulted_first_and_a_raising_plugin_is_skipped():
@@ -95,66 +144,138 @@ def test_plugins_are_consulted_first_and_a_raising_plugin_is_skipped():
     assert h.pipeline.router.failures == {"boom": 2}
 
 
+def test_header_rules_route_requests():
+    canary = attrs.evolve(route(name="canary"), rules=(
+        RoutingRule(hosts=("example.com",), headers=(HeaderMatch("X-Canary", "1"),)),))
+    h = Harness()
+    warm(h, route(), canary)
+    h.get(extra=b"X-Canary: 1\r\n")
+    h.get()
+    assert h.counter.get("default/canary").request_count == 1
+    assert h.counter.get("default/web").request_count == 1
+
+
 # -- forwarding ---------------------------------------------------------------
 
-def test_forwards_to_service_address_with_host_and_forwarded_headers():
+def test_forwards_with_host_and_forwarded_headers_and_without_hop_by_hop():
     h = Harness()
     warm(h)
-    h.get(b"/a/b?x=1", extra=(b"X-Forwarded-For: 1.1.1.1\r\nConnection: close, X-Hop\r\n"
-                              b"X-Hop: 1\r\nKeep-Alive: 5\r\nX-Keep: yes\r\n"))
-    [req] = h.agent.requests
-    assert req.method == b"GET"
-    assert req.uri == b"http://web.default:8080/a/b?x=1"
-    hd = req.headers
-    assert hd.getRawHeaders(b"host") == [b"example.com"]
-    assert hd.getRawHeaders(b"x-forwarded-for") == [b"1.1.1.1, 10.1.2.3"]
-    assert hd.getRawHeaders(b"x-forwarded-host") == [b"example.com"]
-    assert hd.getRawHeaders(b"x-forwarded-proto") == [b"http"]
-    assert hd.getRawHeaders(b"x-keep") == [b"yes"]
-    for hop in (b"connection", b"x-hop", b"keep-alive"):
-        assert not hd.hasHeader(hop), hop
+    h.get(b"/a/b?x=1", extra=(b"X-Forwarded-For: 1.1.1.1\r\nConnection: keep-alive, X-Hop\r\n"
+                              b"X-Hop: 1\r\nKeep-Alive: 5\r\nX-Keep: yes\r\nX-Multi: a\r\n"
+                              b"X-Multi: b\r\n"))
+    up = h.upstream()
+    assert up.request_line() == b"GET /a/b?x=1 HTTP/1.1"
+    hd = up.request_headers()
+    assert hd[b"host"] == [b"example.com"]
+    assert hd[b"x-forwarded-for"] == [b"1.1.1.1, 10.1.2.3"]
+    assert hd[b"x-forwarded-host"] == [b"example.com"]
+    assert hd[b"x-forwarded-proto"] == [b"http"]
+    assert hd[b"x-keep"] == [b"yes"]
+    assert hd[b"x-multi"] == [b"a", b"b"]
+    for hop in (b"connection", b"x-hop", b"keep-alive", b"content-length"):
+        assert hop not in hd, hop
 
 
 def test_outer_proxy_forwarded_host_and_proto_are_kept():
     h = Harness()
     warm(h)
     h.get(extra=b"X-Forwarded-Host: public.example\r\nX-Forwarded-Proto: https\r\n")
-    hd = h.agent.requests[0].headers
-    assert hd.getRawHeaders(b"x-forwarded-host") == [b"public.example"]
-    assert hd.getRawHeaders(b"x-forwarded-proto") == [b"https"]
+    hd = h.upstream().request_headers()
+    assert hd[b"x-forwarded-host"] == [b"public.example"]
+    assert hd[b"x-forwarded-proto"] == [b"https"]
 
 
 def test_response_streams_as_it_arrives_without_hop_by_hop_headers():
     h = Harness()
     warm(h)
     _, t = h.get()
-    resp = h.agent.requests[0].respond(
-        200, b"OK", {b"content-type": [b"text/plain"], b"connection": [b"x-secret"],
-                     b"x-secret": [b"1"], b"set-cookie": [b"a=1", b"b=2"]})
-    resp.push(b"first ")
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: x-secret\r\n"
+               b"X-Secret: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n6\r\nfirst \r\n")
     assert status_line(t) == b"HTTP/1.1 200 OK"
-    assert t.value().endswith(b"first \r\n")  # chunk on the wire before the end
+    assert t.value().endswith(b"first \r\n")  # on the wire before the end
     hd = response_headers(t)
-    assert hd.getRawHeaders(b"set-cookie") == [b"a=1", b"b=2"]
-    assert not hd.hasHeader(b"x-secret")
-    assert not hd.hasHeader(b"server")
-    assert hd.getRawHeaders(b"x-keda-http-cold-start") == [b"false"]
-    resp.push(b"second")
-    resp.end()
+    assert hd[b"set-cookie"] == [b"a=1", b"b=2"]
+    assert b"x-secret" not in hd
+    assert b"server" not in hd
+    assert hd[b"x-keda-http-cold-start"] == [b"false"]
+    up.respond(b"6\r\nsecond\r\n0\r\n\r\n")
     assert t.value().endswith(b"second\r\n0\r\n\r\n")
+    assert h.pool.idle_count() == 1  # back in the pool
+
+
+def test_content_length_response_is_passed_with_its_length():
+    h = Harness()
+    warm(h)
+    _, t = h.get()
+    h.upstream().respond(OK_5)
+    assert response_headers(t)[b"content-length"] == [b"5"]
+    assert response_body(t) == b"hello"
+
+
+def test_head_204_and_304_carry_no_body():
+    h = Harness()
+    warm(h)
+    _, t = h.send(b"HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert response_headers(t)[b"content-length"] == [b"1000"]
+    assert response_body(t) == b""
+    assert h.pool.idle_count() == 1
+    for code, phrase in ((204, b"No Content"), (304, b"Not Modified")):
+        _, t = h.get()  # reuses the pooled connection
+        up.respond(b"HTTP/1.1 %d %s\r\n\r\n" % (code, phrase))
+        assert status_line(t) == b"HTTP/1.1 %d %s" % (code, phrase)
+        assert response_body(t) == b""
+
+
+def test_pooled_connection_is_reused():
+    h = Harness()
+    warm(h)
+    h.get()
+    up = h.upstream()
+    up.respond(OK_5)
+    _, t = h.get()
+    assert len(h.dials) == 1  # no new dial
+    assert up.sent().count(b"GET / HTTP/1.1") == 2
+    up.respond(OK_5)
+    assert response_body(t) == b"hello"
+
+
+def test_stale_pooled_connection_is_retried_once_for_a_get():
+    h = Harness()
+    warm(h)
+    h.get()
+    up = h.upstream()
+    up.respond(OK_5)
+    _, t = h.get()
+    up.close(ConnectionLost())  # the upstream had closed it meanwhile
+    assert len(h.dials) == 2
+    h.upstream().respond(OK_5)
+    assert response_body(t) == b"hello"
+
+
+def test_request_with_body_never_takes_an_idle_connection_that_may_be_stale():
+    h = Harness()
+    warm(h)
+    h.get()
+    h.upstream().respond(OK_5)
+    h.clock.advance(5)
+    h.send(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi")
+    assert len(h.dials) == 2
 
 
 def test_slow_client_pauses_the_upstream():
     h = Harness()
     warm(h)
     proto, t = h.get()
-    resp = h.agent.requests[0].respond()
-    channel = proto._channel
-    channel.pauseProducing()  # what the transport does when the client is slow
-    resp.push(b"x")
-    assert resp.transport.paused
-    channel.resumeProducing()
-    assert not resp.transport.paused
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nx")
+    proto._channel.pauseProducing()  # what the transport does when the client is slow
+    assert up.transport.producerState == "paused"
+    proto._channel.resumeProducing()
+    assert up.transport.producerState == "producing"
 
 
 def test_counts_while_in_flight_and_releases_on_completion():
@@ -162,28 +283,40 @@ def test_counts_while_in_flight_and_releases_on_completion():
     warm(h)
     h.get()
     assert h.counter.as_json_dict() == {"default/web": {"Concurrency": 1, "RequestCount": 1}}
-    resp = h.agent.requests[0].respond()
-    resp.end()
+    h.upstream().respond(OK_5)
     assert h.counter.as_json_dict() == {"default/web": {"Concurrency": 0, "RequestCount": 1}}
 
 
-def test_client_disconnect_cancels_upstream_and_releases_count():
+def test_client_disconnect_while_dialling_cancels_and_releases():
     h = Harness()
     warm(h)
     proto, _ = h.get()
-    proto.connectionLost(Failure(ConnectionRefusedError()))
-    assert h.agent.requests[0].cancelled
+    proto.connectionLost(Failure(ConnectionLost()))
+    assert h.dials[0].cancelled
     assert h.counter.get("default/web").concurrency == 0
 
 
-def test_client_disconnect_mid_body_stops_the_upstream():
+def test_client_disconnect_mid_body_drops_the_upstream():
     h = Harness()
     warm(h)
     proto, _ = h.get()
-    resp = h.agent.requests[0].respond()
-    resp.push(b"partial")
-    proto.connectionLost(Failure(ConnectionRefusedError()))
-    assert resp.transport.stopped
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+    proto.connectionLost(Failure(ConnectionLost()))
+    assert up.transport.disconnecting or up.transport.disconnected
+    assert h.counter.get("default/web").concurrency == 0
+    assert h.pool.idle_count() == 0
+
+
+def test_upstream_breaking_mid_body_cuts_the_client():
+    h = Harness()
+    warm(h)
+    proto, t = h.get()
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+    up.close(ConnectionLost())
+    assert t.disconnecting or t.disconnected
+    proto.connectionLost(Failure(ConnectionLost()))  # what the transport then reports
     assert h.counter.get("default/web").concurrency == 0
 
 
@@ -191,9 +324,17 @@ def test_refused_upstream_is_502_and_released():
     h = Harness()
     warm(h)
     _, t = h.get()
-    h.agent.requests[0].deferred.errback(Failure(ConnectionRefusedError()))
+    h.dials[0].fail(ConnectionRefusedError())
     assert status_line(t) == b"HTTP/1.1 502 Bad Gateway"
     assert h.counter.get("default/web").concurrency == 0
+
+
+def test_garbage_from_upstream_is_502():
+    h = Harness()
+    warm(h)
+    _, t = h.get()
+    h.upstream().respond(b"SSH-2.0-OpenSSH\r\n\r\n")
+    assert status_line(t) == b"HTTP/1.1 502 Bad Gateway"
 
 
 def test_response_header_timeout_is_504_global_and_per_route():
@@ -202,13 +343,25 @@ def test_response_header_timeout_is_504_global_and_per_route():
                            timeouts=Timeouts(response_header=1)))
     _, slow = h.get()
     _, fast = h.get(host=b"fast.example")
+    up_slow, up_fast = h.upstream(0), h.upstream(1)
     h.clock.advance(1)
     assert status_line(fast) == b"HTTP/1.1 504 Gateway Timeout"
     assert slow.value() == b""
     h.clock.advance(9)
     assert status_line(slow) == b"HTTP/1.1 504 Gateway Timeout"
-    assert all(r.cancelled for r in h.agent.requests)
+    assert up_slow.transport.disconnecting or up_slow.transport.disconnected
+    assert up_fast.transport.disconnecting or up_fast.transport.disconnected
     assert h.counter.get("default/web").concurrency == 0
+
+
+def test_request_timeout_is_504_while_dialling():
+    h = Harness(settings=ProxySettings(request_timeout=3))
+    warm(h)
+    _, t = h.get()
+    assert h.dials[0].budget == 3
+    h.clock.advance(3)
+    assert status_line(t) == b"HTTP/1.1 504 Gateway Timeout"
+    assert h.dials[0].cancelled
 
 
 def test_unresolvable_port_name_is_500():
@@ -223,16 +376,68 @@ def test_numeric_port_needs_no_service():
     h = Harness()
     load(h.store, routes=[route(port=9000, port_name="")], slices=[endpoint_slice()])
     h.get()
-    assert h.agent.requests[0].uri == b"http://web.default:9000/"
+    assert h.dials[0].key == (b"http", "web.default", 9000, "web.default")
 
 
-def test_post_body_is_sent_upstream():
+# -- request bodies -----------------------------------------------------------------
+
+def test_request_body_streams_before_it_is_complete():
     h = Harness()
     warm(h)
-    h.send(b"POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello")
-    [req] = h.agent.requests
-    assert req.method == b"POST"
-    assert req.body.length == 5
+    proto, t = h.connect()
+    proto.dataReceived(b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\n"
+                       b"hello")
+    up = h.upstream()  # dialled before the body is complete
+    assert up.sent().endswith(b"Content-Length: 10\r\n\r\nhello")
+    proto.dataReceived(b"world")
+    assert up.sent().endswith(b"helloworld")
+    up.respond(OK_5)
+    assert response_body(t) == b"hello"
+
+
+def test_chunked_request_body_is_sent_chunked():
+    h = Harness()
+    warm(h)
+    proto, _ = h.connect()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked"
+                       b"\r\n\r\n3\r\nabc\r\n")
+    up = h.upstream()
+    assert b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n" in up.sent()
+    proto.dataReceived(b"0\r\n\r\n")
+    assert up.sent().endswith(b"0\r\n\r\n")
+
+
+def test_slow_upstream_pauses_the_client_upload():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 100\r\n\r\nx")
+    up = h.upstream()
+    up.transport.producer.pauseProducing()  # upstream send buffer full
+    assert t.producerState == "paused"
+    up.transport.producer.resumeProducing()
+    assert t.producerState == "producing"
+
+
+def test_early_response_to_an_upload_closes_the_connection_safely():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"POST /nowhere HTTP/1.1\r\nHost: nowhere.example\r\n"
+                       b"Content-Length: 10\r\n\r\nhello")
+    assert status_line(t) == b"HTTP/1.1 404 Not Found"
+    proto.dataReceived(b"world")  # the rest of the body: no crash, no second response
+    assert t.value().count(b"HTTP/1.1") == 1
+    assert t.disconnecting
+
+
+def test_expect_continue_is_answered():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n"
+                       b"Expect: 100-continue\r\n\r\n")
+    assert t.value().startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 # -- cold start -----------------------------------------------------------------
@@ -241,21 +446,19 @@ def test_cold_request_is_held_then_forwarded_when_ready():
     h = Harness()
     load(h.store, routes=[route()], services=[service()])
     _, t = h.get()
-    assert h.agent.requests == []
+    assert h.dials == []
     assert h.counter.get("default/web").concurrency == 1
     load(h.store, routes=[route()], services=[service()], slices=[endpoint_slice()])
-    [req] = h.agent.requests
-    resp = req.respond()
-    resp.end()
-    assert response_headers(t).getRawHeaders(b"x-keda-http-cold-start") == [b"true"]
+    h.upstream().respond(OK_5)
+    assert response_headers(t)[b"x-keda-http-cold-start"] == [b"true"]
 
 
 def test_cold_start_header_can_be_switched_off():
     h = Harness(settings=ProxySettings(enable_cold_start_header=False))
     warm(h)
     _, t = h.get()
-    h.agent.requests[0].respond().end()
-    assert not response_headers(t).hasHeader(b"x-keda-http-cold-start")
+    h.upstream().respond(OK_5)
+    assert b"x-keda-http-cold-start" not in response_headers(t)
 
 
 def test_readiness_timeout_without_fallback_is_504():
@@ -272,12 +475,11 @@ def test_fallback_gets_30s_default_then_serves_the_fallback_service():
     r = route(fallback=ServiceRef(name="backup", port=8081))
     h = Harness()
     load(h.store, routes=[r], services=[service()])
-    _, t = h.get()
+    h.get()
     h.clock.advance(29.9)
-    assert h.agent.requests == []
+    assert h.dials == []
     h.clock.advance(0.1)
-    [req] = h.agent.requests
-    assert req.uri == b"http://backup.default:8081/"
+    assert h.dials[0].key == (b"http", "backup.default", 8081, "backup.default")
 
 
 def test_request_deadline_passed_means_504_even_with_fallback():
@@ -288,7 +490,7 @@ def test_request_deadline_passed_means_504_even_with_fallback():
     _, t = h.get()
     h.clock.advance(2)
     assert status_line(t) == b"HTTP/1.1 504 Gateway Timeout"
-    assert h.agent.requests == []
+    assert h.dials == []
 
 
 def test_client_leaving_while_held_cancels_the_wait():
@@ -296,7 +498,7 @@ def test_client_leaving_while_held_cancels_the_wait():
     load(h.store, routes=[route()], services=[service()])
     proto, _ = h.get()
     assert h.gate.waiting() == 1
-    proto.connectionLost(Failure(ConnectionRefusedError()))
+    proto.connectionLost(Failure(ConnectionLost()))
     assert h.gate.waiting() == 0
     assert h.counter.get("default/web").concurrency == 0
 
@@ -308,7 +510,7 @@ def test_placeholder_answers_503_at_once_and_still_counts():
     _, t = h.get()
     assert status_line(t) == b"HTTP/1.1 503 Service Unavailable"
     assert response_body(t) == b"<p>waking up</p>"
-    assert response_headers(t).getRawHeaders(b"content-type") == [b"text/html"]
+    assert response_headers(t)[b"content-type"] == [b"text/html"]
     assert h.counter.as_json_dict()["default/web"] == {"Concurrency": 0, "RequestCount": 1}
 
 
@@ -327,14 +529,14 @@ def test_static_always_is_served_and_never_counted():
     assert status_line(t) == b"HTTP/1.1 200 OK"
     assert response_body(t) == b"fine"
     assert h.counter.get("default/web").request_count == 0
-    assert h.agent.requests == []
+    assert h.dials == []
 
 
 def test_static_when_unavailable_forwards_uncounted_when_ready():
     h = Harness()
     warm(h, route(static_routes=(_static("WhenUnavailable", body="down"),)))
     h.get(b"/status")
-    assert len(h.agent.requests) == 1
+    assert len(h.dials) == 1
     assert h.counter.get("default/web").request_count == 0
 
 
@@ -352,9 +554,9 @@ def test_static_configmap_body_by_path_with_content_type():
          configmaps=[configmap("pages", {"index.html": "<h1>hi</h1>", "app.css": "a{}"})])
     _, t = h.get(b"/")
     assert response_body(t) == b"<h1>hi</h1>"
-    assert response_headers(t).getRawHeaders(b"content-type") == [b"text/html; charset=utf-8"]
+    assert response_headers(t)[b"content-type"] == [b"text/html; charset=utf-8"]
     _, t = h.get(b"/app.css")
-    assert response_headers(t).getRawHeaders(b"content-type") == [b"text/css; charset=utf-8"]
+    assert response_headers(t)[b"content-type"] == [b"text/css; charset=utf-8"]
     _, t = h.get(b"/favicon.ico")
     assert status_line(t) == b"HTTP/1.1 200 OK" and response_body(t) == b""
 
@@ -370,11 +572,11 @@ def test_static_missing_explicit_configmap_key_is_500():
 
 # -- direct-pod routing -----------------------------------------------------------
 
-def test_direct_pod_routing_targets_a_ready_pod():
+def test_direct_pod_routing_targets_a_ready_pod_keeping_the_service_name():
     h = Harness(settings=ProxySettings(direct_pod_routing=True))
     warm(h, slices=[endpoint_slice(ips=("10.0.0.7",), ports=(("http", 3000),))])
     h.get()
-    assert h.agent.requests[0].uri == b"http://10.0.0.7:3000/"
+    assert h.dials[0].key == (b"http", "10.0.0.7", 3000, "web.default")
 
 
 def test_direct_pod_routing_resolves_numeric_port_name_through_service():
@@ -382,14 +584,28 @@ def test_direct_pod_routing_resolves_numeric_port_name_through_service():
     warm(h, route(port=8080, port_name=""),
          slices=[endpoint_slice(ips=("fd00::1",), ports=(("http", 3000),))])
     h.get()
-    assert h.agent.requests[0].uri == b"http://[fd00::1]:3000/"
+    assert h.dials[0].key == (b"http", "fd00::1", 3000, "web.default")
 
 
 def test_direct_pod_routing_without_candidates_uses_the_service():
     h = Harness(settings=ProxySettings(direct_pod_routing=True))
     warm(h, slices=[endpoint_slice(ports=(("metrics", 9090),))])
     h.get()
-    assert h.agent.requests[0].uri == b"http://web.default:8080/"
+    assert h.dials[0].key == (b"http", "web.default", 8080, "web.default")
+
+
+def test_stale_pod_is_retried_on_another_pod_then_the_service():
+    h = Harness(settings=ProxySettings(direct_pod_routing=True))
+    warm(h, slices=[endpoint_slice(ips=("10.0.0.7", "10.0.0.8"), ports=(("http", 3000),))])
+    _, t = h.get()
+    first = h.dials[0].key[1]
+    h.dials[0].fail(ConnectionRefusedError())
+    second = h.dials[1].key[1]
+    assert {first, second} == {"10.0.0.7", "10.0.0.8"}
+    h.dials[1].fail(ConnectionRefusedError())
+    assert h.dials[2].key == (b"http", "web.default", 8080, "web.default")
+    h.upstream(2).respond(OK_5)
+    assert response_body(t) == b"hello"
 
 
 def test_join_host_port_brackets_ipv6_only():
@@ -397,12 +613,25 @@ def test_join_host_port_brackets_ipv6_only():
     assert join_host_port("fd00::1", 80) == "[fd00::1]:80"
 
 
-def test_header_rules_route_requests():
-    canary = attrs.evolve(route(name="canary"), rules=(
-        RoutingRule(hosts=("example.com",), headers=(HeaderMatch("X-Canary", "1"),)),))
+# -- upgrades -----------------------------------------------------------------------
+
+def test_websocket_upgrade_becomes_a_counted_two_way_tunnel():
     h = Harness()
-    warm(h, route(), canary)
-    h.get(extra=b"X-Canary: 1\r\n")
-    h.get()
-    assert h.counter.get("default/canary").request_count == 1
-    assert h.counter.get("default/web").request_count == 1
+    warm(h)
+    proto, t = h.get(b"/ws", extra=b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                                   b"Sec-WebSocket-Key: abc\r\n")
+    up = h.upstream()
+    hd = up.request_headers()
+    assert hd[b"upgrade"] == [b"websocket"] and hd[b"connection"] == [b"Upgrade"]
+    up.respond(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Accept: xyz\r\n\r\n\x81\x02hi")
+    assert t.value().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert t.value().endswith(b"\r\n\r\n\x81\x02hi")
+    assert h.counter.get("default/web").concurrency == 1  # counted while open
+    side = t.protocol  # the tunnel took over the client's transport
+    up.transport.clear()
+    side.dataReceived(b"\x81\x02yo")
+    assert up.sent() == b"\x81\x02yo"
+    up.close()
+    assert t.disconnecting
+    assert h.counter.get("default/web").concurrency == 0

@@ -1,0 +1,180 @@
+"""
+The upstream connection pool.
+
+Connections are keyed by ``(scheme, host, port, server_name)``: the address
+actually dialled (a Service name or a pod IP), and the TLS name verified on
+it, so a pod reached for two Services never shares a TLS session across
+identities.  Idle connections are reused newest-first, bounded per key
+(``KEDA_HTTP_MAX_IDLE_CONNS_PER_HOST``) and in total
+(``KEDA_HTTP_MAX_IDLE_CONNS``), and closed after ``idle_timeout``.
+
+A connection that the upstream closed while idle is dropped from the pool
+by its own ``connectionLost``; the remaining risk is a close racing with
+reuse.  Requests with a body never take that risk: they only reuse a
+connection that was busy within the last L{FRESH_ENOUGH} seconds, and
+otherwise dial a new one, because a body that is streaming cannot be
+replayed.  Body-less requests may be retried once (see the proxy).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Tuple
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from zope.interface import implementer
+
+from keda_proxy.http1client import IConnectionOwner, UpstreamConnection
+
+#: A connection idle for less than this may carry a request body.
+FRESH_ENOUGH = 1.0
+
+PoolKey = Tuple[bytes, str, int, str]
+
+
+@implementer(IConnectionOwner)
+class _Owner:
+    """Binds a connection to its key in the pool."""
+
+    def __init__(self, pool: "ConnectionPool", key: PoolKey):
+        self.pool = pool
+        self.key = key
+
+    def connection_reusable(self, connection):
+        self.pool._release(self.key, connection)
+
+    def connection_lost(self, connection):
+        self.pool._forget(self.key, connection)
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, clock, owner):
+        self.clock = clock
+        self.owner = owner
+
+    def buildProtocol(self, addr):
+        conn = UpstreamConnection(self.clock)
+        conn.owner = self.owner
+        conn.factory = self
+        return conn
+
+
+@define
+class ConnectionPool:
+    """
+    @ivar endpoint_for: C{endpoint_for(key, dial_budget)} returns the
+        C{IStreamClientEndpoint} to dial for a key (see L{keda_proxy.upstream}).
+    """
+
+    clock: object
+    endpoint_for: object
+    max_idle: int = 1000
+    max_idle_per_host: int = 200
+    idle_timeout: float = 90.0
+    _idle: Dict[PoolKey, List[UpstreamConnection]] = field(factory=dict)
+    #: every idle connection, oldest first, for the total bound and expiry
+    _idle_order: "OrderedDict[UpstreamConnection, PoolKey]" = field(factory=OrderedDict)
+    _owners: Dict[PoolKey, _Owner] = field(factory=dict)
+    _sweeper: object = None
+    dialled: int = 0
+
+    def acquire(self, key: PoolKey, dial_budget: float, has_body: bool = False) -> Deferred:
+        """A connection for C{key}: a pooled one if suitable, else a new one.
+
+        The Deferred fires with an idle L{UpstreamConnection}; cancelling it
+        stops the dial.
+        """
+        idle = self._idle.get(key)
+        if idle:
+            now = self.clock.seconds()
+            while idle:
+                conn = idle.pop()
+                self._idle_order.pop(conn, None)
+                if not conn.usable:
+                    continue
+                if has_body and now - conn.idle_since >= FRESH_ENOUGH:
+                    conn.owner = None
+                    conn.transport.loseConnection()
+                    continue
+                return succeed(conn)
+        return self.connect(key, dial_budget)
+
+    def connect(self, key: PoolKey, dial_budget: float) -> Deferred:
+        """Dial a new connection for C{key}, bypassing idle ones."""
+        self.dialled += 1
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners[key] = _Owner(self, key)
+        endpoint = self.endpoint_for(key, dial_budget)
+        return endpoint.connect(_ConnectionFactory(self.clock, owner))
+
+    def _release(self, key: PoolKey, conn: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self.max_idle_per_host:
+            self._close(conn)
+            return
+        while len(self._idle_order) >= self.max_idle > 0:
+            old, old_key = self._idle_order.popitem(last=False)
+            self._idle.get(old_key, []).remove(old)
+            self._close(old)
+        if self.max_idle <= 0:
+            self._close(conn)
+            return
+        idle.append(conn)
+        self._idle_order[conn] = key
+        self._ensure_sweeper()
+
+    def _forget(self, key: PoolKey, conn: UpstreamConnection) -> None:
+        if self._idle_order.pop(conn, None) is not None:
+            idle = self._idle.get(key)
+            if idle is not None and conn in idle:
+                idle.remove(conn)
+                if not idle:
+                    del self._idle[key]
+
+    def _close(self, conn: UpstreamConnection) -> None:
+        conn.owner = None
+        if conn.transport is not None:
+            conn.transport.loseConnection()
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None and self.idle_timeout > 0:
+            self._sweeper = LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(max(self.idle_timeout / 4, 0.05), now=False)
+
+    def sweep(self) -> None:
+        """Close connections idle for longer than C{idle_timeout}."""
+        cutoff = self.clock.seconds() - self.idle_timeout
+        while self._idle_order:
+            conn, key = next(iter(self._idle_order.items()))
+            if conn.idle_since > cutoff:
+                break
+            self._idle_order.popitem(last=False)
+            self._idle[key].remove(conn)
+            if not self._idle[key]:
+                del self._idle[key]
+            self._close(conn)
+        if not self._idle_order and self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
+
+    def idle_count(self, key: PoolKey = None) -> int:
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return len(self._idle_order)
+
+    def close_idle(self) -> None:
+        """Close every idle connection (at shutdown)."""
+        while self._idle_order:
+            conn, key = self._idle_order.popitem(last=False)
+            self._close(conn)
+        self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
