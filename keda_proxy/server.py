@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from keda_proxy.responses import status_text
@@ -102,6 +103,18 @@ class BodyStream:
         self._consumer = None
 
 
+_date_cache = [0, b""]
+
+
+def _http_date(clock) -> bytes:
+    """The HTTP Date for now, formatted once per second."""
+    now = int(clock.seconds())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = http.datetimeToString(now)
+    return _date_cache[1]
+
+
 class StreamingRequest(server.Request):
     """A Request that is processed when its head arrives (see module doc)."""
 
@@ -120,6 +133,19 @@ class StreamingRequest(server.Request):
         if hasattr(ch, "head_complete"):
             ch.head_complete()
         self.process()
+
+    def process(self):
+        """Render the root resource directly: the proxy has a single leaf
+        resource, so traversal and the default ``Server`` header (Go sends
+        none) are skipped; ``Date`` is set as Go sets it."""
+        self.site = self.channel.site
+        self.responseHeaders.setRawHeaders(b"date", [_http_date(self.site.reactor)])
+        self.prepath = []
+        self.postpath = []
+        try:
+            self.render(self.site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def handleContentChunk(self, data):
         if self.body is not None and not self.finished:

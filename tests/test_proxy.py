@@ -45,6 +45,8 @@ def test_no_route_is_404_with_go_style_body():
     assert status_line(t) == b"HTTP/1.1 404 Not Found"
     assert response_body(t) == b"Not Found\n"
     assert response_headers(t)[b"content-type"] == [b"text/plain; charset=utf-8"]
+    assert b"server" not in response_headers(t)  # Go sends none
+    assert b"date" in response_headers(t)
     assert h.dials == []
 
 
