@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+import attrs
 from attrs import define
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server
@@ -71,7 +72,13 @@ class Interceptor:
 
     @classmethod
     def build(cls, reactor, config: Config, expected_kinds, resolver=None,
-              plugins=None, dial_budget: float = MAX_RETRY_DURATION) -> "Interceptor":
+              plugins=None, dial_budget: float = MAX_RETRY_DURATION,
+              upstream_tls=None) -> "Interceptor":
+        """Wire every component.
+
+        @param upstream_tls: a L{keda_proxy.tls.UpstreamTLS}, needed for the
+            TLS listener, whose requests go upstream over https (as in Go).
+        """
         store = StateStore(clock=reactor, expected_kinds=frozenset(expected_kinds))
         counter = QueueCounter()
 
@@ -82,7 +89,7 @@ class Interceptor:
         store.subscribe(follow_routes)
         gate = ReadinessGate(store)
         endpoints = UpstreamEndpoints(reactor, resolver or SnapshotResolver(store),
-                                      config.connect_timeout)
+                                      config.connect_timeout, tls=upstream_tls)
         pool = ConnectionPool(reactor, endpoints.endpoint_for,
                               max_idle=config.max_idle_conns,
                               max_idle_per_host=config.max_idle_conns_per_host)
@@ -109,6 +116,12 @@ class Interceptor:
     def proxy_site(self) -> ProxySite:
         return ProxySite(ReverseProxy(self.pipeline), log_requests=self.config.log_requests)
 
+    def tls_proxy_site(self) -> ProxySite:
+        """The site behind the TLS listener: same state, https upstreams."""
+        settings = attrs.evolve(self.pipeline.settings, upstream_tls=True)
+        pipeline = attrs.evolve(self.pipeline, settings=settings)
+        return ProxySite(ReverseProxy(pipeline), log_requests=self.config.log_requests)
+
     def admin_site(self) -> server.Site:
         return _QuietSite(admin_root(self.counter, self.is_ready))
 
@@ -125,19 +138,17 @@ class _QuietSite(server.Site):
 
 @define(slots=False, eq=False)
 class Listener(Service):
-    """Listens on an endpoint description while running; remembers the
-    port so tests and logs can learn an ephemeral port number."""
+    """Listens on an endpoint while running; remembers the port so tests
+    and logs can learn an ephemeral port number."""
 
-    reactor: object
-    description: str
+    endpoint: object
     factory: object
     name_: str
     port: Optional[object] = None
 
     def startService(self):
         Service.startService(self)
-        ep = serverFromString(self.reactor, self.description)
-        d = ep.listen(self.factory)
+        d = self.endpoint.listen(self.factory)
 
         def listening(port):
             self.port = port
@@ -165,9 +176,7 @@ class InterceptorService(MultiService):
     """
 
     interceptor: Interceptor
-    proxy: Listener = None
-    admin: Listener = None
-    metrics: Optional[Listener] = None
+    proxies: list = attrs.Factory(list)
 
     def __attrs_post_init__(self):
         MultiService.__init__(self)
@@ -181,7 +190,7 @@ class InterceptorService(MultiService):
         clock.callLater(cfg.shutdown_delay, d.callback, None)
 
         def close_proxy(_):
-            return self.proxy.stopService() if self.proxy.running else None
+            return gatherResults([p.stopService() for p in self.proxies if p.running])
 
         def drain(_):
             return _wait_idle(clock, ic.counter, cfg.drain_timeout)
@@ -212,27 +221,35 @@ def _wait_idle(clock, counter: QueueCounter, timeout: float, step: float = 0.05)
     return d
 
 
-def build_service(reactor, config: Config, source_factory,
-                  interface: str = "") -> InterceptorService:
+def build_service(reactor, config: Config, source_factory, interface: str = "",
+                  server_tls=None, upstream_tls=None) -> InterceptorService:
     """The MultiService twistd runs.
 
     @param source_factory: called with the store, returns the source
-        Service (manifest files or the Kubernetes API) and its kinds.
+        Service (manifest files or the Kubernetes API).
+    @param server_tls: a L{keda_proxy.tls.ServerTLS}; with it, a second
+        proxy listener serves TLS on C{proxy_tls_port}.
     """
     from keda_proxy.model import ALL_KINDS
 
-    ic = Interceptor.build(reactor, config, ALL_KINDS)
+    ic = Interceptor.build(reactor, config, ALL_KINDS, upstream_tls=upstream_tls)
     svc = InterceptorService(ic)
-    source = source_factory(ic.store)
-    source.setServiceParent(svc)
-    iface = f":interface={interface}" if interface else ""
-    svc.proxy = Listener(reactor, f"tcp:{config.proxy_port}{iface}", ic.proxy_site(), "proxy")
-    svc.proxy.setServiceParent(svc)
-    svc.admin = Listener(reactor, f"tcp:{config.admin_port}{iface}", ic.admin_site(), "admin")
-    svc.admin.setServiceParent(svc)
-    if config.prom_exporter_enabled:
-        svc.metrics = Listener(reactor, f"tcp:{config.prom_exporter_port}{iface}",
-                               ic.metrics_site(), "metrics")
-        svc.metrics.setServiceParent(svc)
-    return svc
+    source_factory(ic.store).setServiceParent(svc)
 
+    def tcp(port):
+        iface = f":interface={interface}" if interface else ""
+        return serverFromString(reactor, f"tcp:{port}{iface}")
+
+    proxy = Listener(tcp(config.proxy_port), ic.proxy_site(), "proxy")
+    svc.proxies.append(proxy)
+    proxy.setServiceParent(svc)
+    if server_tls is not None:
+        tls = Listener(server_tls.endpoint(reactor, config.proxy_tls_port, interface),
+                       ic.tls_proxy_site(), "TLS proxy")
+        svc.proxies.append(tls)
+        tls.setServiceParent(svc)
+    Listener(tcp(config.admin_port), ic.admin_site(), "admin").setServiceParent(svc)
+    if config.prom_exporter_enabled:
+        Listener(tcp(config.prom_exporter_port), ic.metrics_site(),
+                 "metrics").setServiceParent(svc)
+    return svc

@@ -60,11 +60,18 @@ def makeService(options):
         )
     except ConfigError as e:
         fail(str(e))
+    server_tls = upstream_tls = None
     if config.proxy_tls_enabled:
-        # Fail closed rather than serve plain HTTP where TLS was asked for.
-        fail("KEDA_HTTP_PROXY_TLS_ENABLED=true is not supported yet by this build")
+        from keda_proxy.tls import ServerTLS, TLSConfigError, UpstreamTLS
+
+        try:
+            server_tls = ServerTLS.from_config(config)
+            upstream_tls = UpstreamTLS.from_config(config)
+        except TLSConfigError as e:
+            fail(str(e))
     return build_service(reactor, config, _source_factory(reactor, config),
-                         interface=options["interface"])
+                         interface=options["interface"], server_tls=server_tls,
+                         upstream_tls=upstream_tls)
 
 
 def _source_factory(reactor, config):

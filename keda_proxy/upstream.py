@@ -22,8 +22,10 @@ import ipaddress
 from typing import Callable, Optional
 
 from attrs import define, field
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -159,7 +161,10 @@ class UpstreamEndpoints:
         target = host if ip_version(host) else self.resolver.resolve(host)
         tls = self.tls if scheme == b"https" else None
         if tls is not None:
-            creator = tls.creator_for(server_name)
+            try:
+                creator = tls.creator_for(server_name)
+            except ValueError as e:  # no server name: fail closed, as a 502
+                return _Refused(e)
 
         def attempt():
             if target is None:
@@ -175,11 +180,26 @@ class UpstreamEndpoints:
         return RetryingEndpoint(attempt, self.reactor, budget)
 
 
-#: Connection errors worth a quiet 502 (anything else is a 502 logged loudly).
+@implementer(IStreamClientEndpoint)
+@define
+class _Refused:
+    """An endpoint that will not dial (a TLS target without a name)."""
+
+    error: Exception
+
+    def connect(self, protocolFactory):
+        return fail(self.error)
+
+
+#: Connection and handshake errors worth a quiet 502 (anything else is a
+#: 502 logged loudly, with its traceback).
 CONNECT_ERRORS = (
     ierror.ConnectError,
     ierror.ConnectionRefusedError,
     ierror.TCPTimedOutError,
     ierror.TimeoutError,
     ierror.DNSLookupError,
+    SSL.Error,
+    VerificationError,
+    ValueError,
 )

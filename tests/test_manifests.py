@@ -387,10 +387,11 @@ def test_example_manifest_loads(tmp_path):
     h = Harness(example)
     h.source.startService()
     assert h.lines(LogLevel.warn) == [] and h.lines(LogLevel.error) == []
-    assert h.keys() == ["default/demo"]
+    assert h.keys() == ["default/demo", "default/sleepy"]
     assert h.keys(KIND_HTTP_SCALED_OBJECT) == ["default/legacy"]
-    assert h.keys(KIND_SERVICE) == ["default/demo"]
-    assert h.keys(KIND_ENDPOINT_SLICE) == ["default/demo"]
+    assert h.keys(KIND_SERVICE) == ["default/demo", "default/sleepy"]
+    assert h.keys(KIND_ENDPOINT_SLICE) == ["default/demo", "default/sleepy"]
+    assert h.keys(KIND_CONFIG_MAP) == ["default/sleepy-placeholder"]
     h.source.stopService()
 
 

@@ -4,8 +4,8 @@ processes, real sockets, plain HTTP from the standard library.
 """
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,3 +209,44 @@ def test_sigterm_drains_and_exits_promptly(tmp_path, backend, run):
     assert ic.proc.wait(timeout=10) in (0, -signal.SIGTERM)
     assert "Server Shut Down" in ic.output()
     assert time.monotonic() - t0 < 5
+
+
+def test_tls_listener_starts_and_serves(tmp_path, run):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("proxy.example")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+    (tmp_path / "m.yaml").write_text("")
+    tls_port = free_port()
+    ic = run(tmp_path / "m.yaml", KEDA_HTTP_PROXY_TLS_ENABLED="true",
+             KEDA_HTTP_PROXY_TLS_PORT=str(tls_port),
+             KEDA_HTTP_PROXY_TLS_CERT_PATH=str(tmp_path / "tls.crt"),
+             KEDA_HTTP_PROXY_TLS_KEY_PATH=str(tmp_path / "tls.key")).ready()
+    ctx = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    req = urllib.request.Request(f"https://127.0.0.1:{tls_port}/",
+                                 headers={"Host": "nowhere.example"})
+    ctx.check_hostname = False  # the certificate names proxy.example, we dial an IP
+    try:
+        urllib.request.urlopen(req, context=ctx, timeout=5)
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
+    else:
+        raise AssertionError("expected a 404")
+    assert http(ic.url(), host="nowhere.example")[0] == 404  # plain listener too
+
+
+def test_tls_with_a_missing_key_stops_startup_with_one_line(tmp_path):
+    (tmp_path / "m.yaml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEDA_")}
+    env.update(KEDA_HTTP_PROXY_PORT=str(free_port()), KEDA_HTTP_ADMIN_PORT=str(free_port()),
+               KEDA_HTTP_PROXY_TLS_ENABLED="true",
+               KEDA_HTTP_PROXY_TLS_CERT_PATH=str(tmp_path / "missing.crt"))
+    proc = subprocess.run(TWISTD + ["--manifests", str(tmp_path / "m.yaml")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "KEDA_HTTP_PROXY_TLS_CERT_PATH" in lines[0], proc.stderr

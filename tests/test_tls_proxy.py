@@ -1,0 +1,122 @@
+"""
+TLS end to end: a client speaks TLS to the interceptor's TLS listener,
+which forwards over TLS to a pod reached by IP, verifying the pod's
+certificate against the Service hostname (SNI from the route, not the
+address).  Certificates are made at test time.
+"""
+
+import json
+
+import attrs
+import pytest
+import pytest_twisted
+import trustme
+from twisted.internet import reactor, ssl
+from twisted.web import resource, server
+
+from keda_proxy.app import Interceptor
+from keda_proxy.model import ALL_KINDS, ServiceRef
+from keda_proxy.tls import ServerTLS, UpstreamTLS
+from keda_proxy.upstream import StaticResolver
+from tests.builders import endpoint_slice, load, route, service
+from tests.netsupport import RawClient, wait_for
+from tests.test_tls import config, write_pair
+
+
+class Hello(resource.Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return json.dumps({"host": request.getHeader(b"host").decode(),
+                           "secure": request.isSecure()}).encode()
+
+
+class QuietSite(server.Site):
+    def log(self, request):
+        pass
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def rig(tmp_path, ca):
+    listening = []
+
+    def pod(name):
+        cert = ca.issue_cert(name)
+        ctx = ssl.PrivateCertificate.loadPEM(
+            cert.cert_chain_pems[0].bytes() + cert.private_key_pem.bytes()).options()
+        port = reactor.listenSSL(0, QuietSite(Hello()), ctx, interface="127.0.0.1")
+        listening.append(port)
+        return port.getHost().port
+
+    cert_path, key_path = write_pair(tmp_path / "certs", "tls",
+                                     ca.issue_cert("proxy.example"), with_ca=ca)
+    cfg = config(tls_cert_path=cert_path, tls_key_path=key_path)
+
+    def start(direct_pod_routing=True, pod_name="web.default", fallback_name=None):
+        good = pod(pod_name)
+        c = attrs.evolve(cfg, direct_pod_routing=direct_pod_routing)
+        ic = Interceptor.build(reactor, c, ALL_KINDS, plugins=(),
+                               resolver=StaticResolver({"web.default": "127.0.0.1",
+                                                        "backup.default": "127.0.0.1"}),
+                               dial_budget=0.3, upstream_tls=UpstreamTLS.from_config(c))
+        routes = [route(hosts=["web.example"])]
+        services = [service(ports=(("http", good),))]
+        slices = [endpoint_slice(ports=(("http", good),))]
+        if fallback_name is not None:
+            fb = pod(fallback_name)
+            routes = [route(hosts=["web.example"], fallback=ServiceRef(name="backup", port=fb),
+                            timeouts=attrs.evolve(routes[0].timeouts, readiness=0.2))]
+            slices = []
+        load(ic.store, routes=routes, services=services, slices=slices)
+        port = reactor.listenSSL(0, ic.tls_proxy_site(), ServerTLS.from_config(c),
+                                 interface="127.0.0.1")
+        listening.append(port)
+        return ic, port.getHost().port
+
+    yield start
+    for p in listening:
+        pytest_twisted.blockon(p.stopListening())
+
+
+@pytest_twisted.inlineCallbacks
+def _get(port, ca, host=b"web.example"):
+    client_ctx = ssl.optionsForClientTLS(
+        "proxy.example", trustRoot=ssl.Certificate.loadPEM(ca.cert_pem.bytes()))
+    from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+
+    proto = yield connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port, client_ctx),
+                                  RawClient())
+    proto.transport.write(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+    yield wait_for(lambda: proto.lost.called, timeout=10, what="response")
+    return proto.received
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_to_a_pod_ip_verifies_the_service_name(rig, ca):
+    ic, port = rig(direct_pod_routing=True)
+    raw = yield _get(port, ca)
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    body = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    assert body == {"host": "web.example", "secure": True}
+    [(scheme, host, _, server_name)] = list(ic.pool._idle)
+    assert (scheme, host, server_name) == (b"https", "127.0.0.1", "web.default")
+
+
+@pytest_twisted.inlineCallbacks
+def test_pod_certificate_for_another_name_is_502(rig, ca):
+    ic, port = rig(direct_pod_routing=True, pod_name="evil.default")
+    raw = yield _get(port, ca)
+    assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
+
+
+@pytest_twisted.inlineCallbacks
+def test_fallback_uses_the_fallback_service_name(rig, ca):
+    ic, port = rig(direct_pod_routing=False, pod_name="web.default",
+                   fallback_name="backup.default")
+    raw = yield _get(port, ca)
+    assert raw.startswith(b"HTTP/1.1 200 OK"), raw[:200]
