@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import FrozenSet
 
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, _nameEncoder
 
 HOP_BY_HOP: FrozenSet[bytes] = frozenset({
     b"connection",
@@ -36,14 +36,8 @@ def connection_tokens(headers: Headers) -> FrozenSet[bytes]:
     return frozenset(tokens)
 
 
-def is_upgrade(incoming: Headers) -> bool:
-    """A protocol upgrade request (WebSocket): ``Connection: upgrade`` plus
-    an ``Upgrade`` header, forwarded as an exception to the hop-by-hop rule."""
-    return b"upgrade" in connection_tokens(incoming) and incoming.hasHeader(b"upgrade")
-
-
 def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str,
-                 scheme: bytes, body_length, upgrade: bool = False) -> bytes:
+                 scheme: bytes, body_length) -> bytes:
     """The upstream request head, as bytes, in one pass over the headers.
 
     Host is kept as the client sent it.  ``X-Forwarded-For`` gets the client
@@ -53,7 +47,9 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     length, C{None} for a chunked body, or C{0} for none; the framing
     headers are ours, never the client's.
     """
-    drop = HOP_BY_HOP | connection_tokens(incoming) | _FRAMING
+    tokens = connection_tokens(incoming)
+    upgrade = b"upgrade" in tokens and incoming.hasHeader(b"upgrade")
+    drop = (HOP_BY_HOP | tokens | _FRAMING) if tokens else _DROP
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     xff = xfh = xfp = None
     te_trailers = False
@@ -93,13 +89,32 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     return b"".join(parts)
 
 
-def response_drop(headers) -> FrozenSet[bytes]:
-    """Lower-case names of an upstream response's hop-by-hop headers."""
-    tokens = set()
+def copy_response_headers(headers, out: Headers) -> None:
+    """Put an upstream response's end-to-end headers into C{out}.
+
+    The values come from our own parser, which refused CR and LF, so they
+    go into the Headers store as they are, under Twisted's canonical
+    names.  Upstream ``Date`` and ``Server`` replace ours.
+    """
+    drop = _RESPONSE_DROP
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return HOP_BY_HOP | tokens
+            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
+    raw = out._rawHeaders
+    raw.pop(b"Server", None)
+    encode = _nameEncoder.encode
+    fresh = set()
+    for name, value in headers:
+        if name.lower() in drop:
+            continue
+        key = encode(name)
+        if key in fresh:
+            raw[key].append(value)
+        else:
+            fresh.add(key)
+            raw[key] = [value]
 
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_DROP = HOP_BY_HOP | _FRAMING
+_RESPONSE_DROP = HOP_BY_HOP

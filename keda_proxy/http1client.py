@@ -86,6 +86,8 @@ def parse_head(head: bytes) -> Tuple[int, bytes, bytes, List[Tuple[bytes, bytes]
         if line[:1] in (b" ", b"\t"):
             raise UpstreamProtocolError("obsolete header line folding")
         name, sep, value = line.partition(b":")
+        if b"\r" in line or b"\n" in line or b"\x00" in line:
+            raise UpstreamProtocolError("bare CR, LF or NUL in a header line")
         if not sep or not name or name != name.strip():
             raise UpstreamProtocolError(f"bad header line {line[:80]!r}")
         headers.append((name, value.strip(b" \t")))

@@ -64,19 +64,25 @@ class ProxyMetrics:
                                   "Time from request received to response written",
                                   labels, buckets=BUCKETS, registry=self.registry)
         self.registry.register(_ConcurrencyCollector(counter))
+        #: label children by (code, method, route), saving the label lookups
+        self._children = {}
 
-    def observe(self, request, started: float, route) -> None:
-        request.notifyFinish().addBoth(self._record, request, started, route)
-
-    def _record(self, _, request, started, route):
-        method = request.method.decode("latin-1")
-        if method not in _STANDARD_METHODS:
-            method = "_OTHER"
-        labels = (str(request.code), method,
-                  route.name if route is not None else "",
-                  route.namespace if route is not None else "")
-        self.requests.labels(*labels).inc()
-        self.duration.labels(*labels).observe(max(0.0, self.clock.seconds() - started))
+    def record(self, request, started: float, route) -> None:
+        """Count one finished (or abandoned) request."""
+        key = (request.code, request.method, route)
+        children = self._children.get(key)
+        if children is None:
+            method = request.method.decode("latin-1")
+            if method not in _STANDARD_METHODS:
+                method = "_OTHER"
+            labels = (str(request.code), method,
+                      route.name if route is not None else "",
+                      route.namespace if route is not None else "")
+            children = (self.requests.labels(*labels), self.duration.labels(*labels))
+            if len(self._children) < 10_000:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(max(0.0, self.clock.seconds() - started))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

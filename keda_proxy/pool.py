@@ -83,25 +83,33 @@ class ConnectionPool:
     _sweeper: object = None
     dialled: int = 0
 
+    def take_idle(self, key: PoolKey, has_body: bool = False):
+        """A pooled connection for C{key} that is safe for this request, or
+        None.  Synchronous: the common case costs no Deferred."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = self.clock.seconds()
+        while idle:
+            conn = idle.pop()
+            self._idle_order.pop(conn, None)
+            if not conn.usable:
+                continue
+            if has_body and now - conn.idle_since >= FRESH_ENOUGH:
+                self._close(conn)
+                continue
+            return conn
+        return None
+
     def acquire(self, key: PoolKey, dial_budget: float, has_body: bool = False) -> Deferred:
         """A connection for C{key}: a pooled one if suitable, else a new one.
 
         The Deferred fires with an idle L{UpstreamConnection}; cancelling it
         stops the dial.
         """
-        idle = self._idle.get(key)
-        if idle:
-            now = self.clock.seconds()
-            while idle:
-                conn = idle.pop()
-                self._idle_order.pop(conn, None)
-                if not conn.usable:
-                    continue
-                if has_body and now - conn.idle_since >= FRESH_ENOUGH:
-                    conn.owner = None
-                    conn.transport.loseConnection()
-                    continue
-                return succeed(conn)
+        conn = self.take_idle(key, has_body)
+        if conn is not None:
+            return succeed(conn)
         return self.connect(key, dial_budget)
 
     def connect(self, key: PoolKey, dial_budget: float) -> Deferred:

@@ -28,7 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from keda_proxy.headers import COLD_START_HEADER, is_upgrade, request_head, response_drop
+from keda_proxy.headers import COLD_START_HEADER, copy_response_headers, request_head
 from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
 from keda_proxy.interfaces import IEndpointSelector, IRouter
 from keda_proxy.model import MODE_ALWAYS, RequestFacts, Route, ServiceRef
@@ -165,47 +165,56 @@ class Pipeline:
     metrics: object = None
 
     def handle(self, request) -> None:
+        started = self.clock.seconds()
         route = None
         facts = None if request.method == b"CONNECT" else request_facts(request)
         if facts is not None:
             route = self.router.route(facts)
-        if self.metrics is not None:
-            self.metrics.observe(request, self.clock.seconds(), route)
+        if route is not None:
+            Exchange(self, request, route, facts, started).start()
+            return
         if request.method == b"CONNECT":
             write_error(request, http.NOT_ALLOWED)
         elif facts is None:
             write_error(request, http.BAD_REQUEST)
-        elif route is None:
-            write_error(request, http.NOT_FOUND)
         else:
-            Exchange(self, request, route, facts).start()
+            write_error(request, http.NOT_FOUND)
+        if self.metrics is not None:
+            self.metrics.record(request, started, None)
 
 
 @implementer(IResponseSink)
-@define
 class Exchange:
-    """One request's journey through the pipeline."""
+    """One request's journey through the pipeline.
 
-    p: Pipeline
-    request: object
-    route: Route
-    facts: RequestFacts
+    A plain class with class-level defaults: it is made for every request,
+    and most of its state is only ever needed on unusual paths.
+    """
+
     snapshot: Snapshot = None
-    _gone: bool = False
-    _wait: object = None
-    _timers: list = field(factory=list)
-    _timed_out: bool = False
-    _streaming: bool = False
-    _ticket: object = None
-    _connecting: object = None
-    _conn: object = None
-    _target: object = None
-    _body_writer: object = None
-    _header_timer: object = None
+    _gone = False
+    _wait = None
+    _timers = ()
+    _timed_out = False
+    _streaming = False
+    _ticket = None
+    _connecting = None
+    _conn = None
+    _target = None
+    _body_writer = None
+    _header_timer = None
     _deadline_at: Optional[float] = None
-    _retried: bool = False
-    _head: object = None
-    _tunnel: object = None
+    _retried = False
+    _head = None
+    _tunnel = None
+
+    def __init__(self, p: Pipeline, request, route: Route, facts: RequestFacts,
+                 started: float = 0.0):
+        self.p = p
+        self.request = request
+        self.route = route
+        self.facts = facts
+        self.started = started
 
     def start(self) -> None:
         p = self.p
@@ -250,11 +259,10 @@ class Exchange:
             timeout = self.p.settings.readiness_timeout
         if self.route.fallback is not None and timeout == 0:
             timeout = DEFAULT_FALLBACK_READINESS
-        d = self._wait = self.p.gate.wait(self.route.service_key)
-        if d.called:
-            self._wait = None
-            d.addCallback(self._ready)
+        if self.p.gate.is_ready(self.route.service_key):
+            self._forward_primary(False)
             return
+        d = self._wait = self.p.gate.wait(self.route.service_key)
         if timeout > 0:
             d.addBoth(_disarm, self._later(timeout, d.cancel))
         d.addCallbacks(self._ready, self._not_ready)
@@ -333,8 +341,12 @@ class Exchange:
             budget = 0.0  # a pod: one attempt, then the next pod
         else:
             budget = self._dial_budget()
-        d = pool.connect(target.key, budget) if fresh else \
-            pool.acquire(target.key, budget, has_body)
+        if not fresh:
+            conn = pool.take_idle(target.key, has_body)
+            if conn is not None:
+                self._connected(conn, target)
+                return
+        d = pool.connect(target.key, budget)
         self._connecting = d
         d.addCallbacks(self._connected, self._connect_failed,
                        callbackArgs=(target,), errbackArgs=(target,))
@@ -372,10 +384,8 @@ class Exchange:
         self._conn = conn
         body = req.body
         length = 0 if body is None else body.length
-        upgrade = is_upgrade(req.requestHeaders)
         head = request_head(req.method, self._origin_target(), req.requestHeaders,
-                            self._client_ip(), b"https" if req.isSecure() else b"http",
-                            length, upgrade)
+                            *_client_facts(req.channel), length)
         conn.send(req.method, head, self, chunked_body=length is None)
         if body is not None and not body.empty:
             self._body_writer = _BodyWriter(conn, body)
@@ -389,10 +399,6 @@ class Exchange:
     def _origin_target(self) -> bytes:
         uri = self.request.uri
         return uri if uri.startswith(b"/") else _origin_form(uri)
-
-    def _client_ip(self) -> str:
-        addr = self.request.getClientAddress()
-        return getattr(addr, "host", None) or "unknown"
 
     def _response_header_timeout(self) -> None:
         self._timed_out = True
@@ -408,17 +414,9 @@ class Exchange:
         if self._gone or req.finished:
             self._abort_upstream()
             return
-        req.setResponseCode(code, phrase)
-        out = req.responseHeaders
-        drop = response_drop(headers)
-        out.removeHeader(b"server")
-        for name, value in headers:
-            lname = name.lower()
-            if lname in drop:
-                continue
-            if lname == b"date":
-                out.removeHeader(b"date")
-            out.addRawHeader(name, value)
+        req.code = code
+        req.code_message = phrase
+        copy_response_headers(headers, req.responseHeaders)
         self._head = headers
         self._streaming = True
         if code != 101 and self._conn is not None and self._conn.transport is not None:
@@ -498,7 +496,10 @@ class Exchange:
 
     def _later(self, delay: float, fn):
         timer = self.p.clock.callLater(delay, fn)
-        self._timers.append(timer)
+        if self._timers:
+            self._timers.append(timer)
+        else:
+            self._timers = [timer]
         return timer
 
     def _request_deadline(self) -> None:
@@ -524,6 +525,8 @@ class Exchange:
         """The client got its response, or went away; either way, once."""
         if result is not None:
             self._gone = True
+        if self.p.metrics is not None:
+            self.p.metrics.record(self.request, self.started, self.route)
         for timer in self._timers:
             if timer.active():
                 timer.cancel()
@@ -570,6 +573,17 @@ class _BodyWriter:
             if self.conn.transport is not None:
                 self.conn.transport.unregisterProducer()
             self.body.resumeProducing()
+
+
+def _client_facts(channel):
+    """The client address and scheme for X-Forwarded-*, worked out once per
+    connection rather than once per request."""
+    facts = getattr(channel, "_keda_client", None)
+    if facts is None:
+        addr = channel.getPeer() if channel.transport is not None else None
+        scheme = b"https" if channel.isSecure() else b"http"
+        facts = channel._keda_client = (getattr(addr, "host", None) or "unknown", scheme)
+    return facts
 
 
 def _disarm(result, timer):

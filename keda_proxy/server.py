@@ -27,7 +27,8 @@ from keda_proxy.responses import status_text
 #: Whole request head (line + headers) limit, as Go's 1 MiB is too generous
 #: for a Python proxy; 64 KiB covers large cookies and JWTs.
 MAX_HEAD_SIZE = 64 * 1024
-#: Time allowed to send a complete request head.
+#: Time allowed to send a complete request head (enforced as bytes arrive;
+#: a silent client meets twisted.web's 60 s idle timeout instead).
 HEAD_TIMEOUT = 30.0
 #: Request-body bytes buffered before the client is paused.
 BODY_HIGH_WATER = 256 * 1024
@@ -172,30 +173,34 @@ class ProxyChannel(http.HTTPChannel):
     totalHeadersSize = MAX_HEAD_SIZE
     MAX_LENGTH = MAX_HEAD_SIZE
     head_timeout = HEAD_TIMEOUT
-    _head_timer = None
+    #: when the current request head began, or None once it is complete
+    _head_started = None
 
     def connectionMade(self):
         super().connectionMade()
-        self._arm_head_timer()
+        self._head_started = self._now()
 
-    def _arm_head_timer(self):
-        if self.head_timeout and self._head_timer is None:
-            self._head_timer = self.callLater(self.head_timeout, self._head_too_slow)
+    def _now(self) -> float:
+        return self.site.reactor.seconds()
 
     def head_complete(self):
-        if self._head_timer is not None and self._head_timer.active():
-            self._head_timer.cancel()
-        self._head_timer = None
+        self._head_started = None
 
-    def _head_too_slow(self):
-        self._head_timer = None
-        self._refuse(408)
+    def dataReceived(self, data):
+        # A head that takes too long is refused when its next bytes arrive;
+        # a client that goes silent instead meets the idle timeout.  No
+        # timer per request: this runs only while a head is incomplete.
+        started = self._head_started
+        if started is not None and self.head_timeout and \
+                self._now() - started >= self.head_timeout:
+            self._refuse(408)
+            return
+        super().dataReceived(data)
 
     def requestDone(self, request):
         super().requestDone(request)
-        if self.persistent and self.transport is not None and \
-                not getattr(self.transport, "disconnecting", False):
-            self._arm_head_timer()
+        if self.persistent:
+            self._head_started = self._now()
 
     def lineReceived(self, line):
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
@@ -214,10 +219,6 @@ class ProxyChannel(http.HTTPChannel):
             self._transferDecoder = None
             return
         super().allContentReceived()
-
-    def connectionLost(self, reason):
-        self.head_complete()
-        super().connectionLost(reason)
 
     def _refuse(self, code: int):
         """Answer a request we will not read, then hang up."""

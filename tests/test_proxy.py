@@ -111,11 +111,32 @@ def test_slow_request_head_is_cut_off():
     warm(h)
     proto, t = h.connect()
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: exa")
-    h.clock.advance(29)
-    proto.dataReceived(b"m")  # trickling bytes do not extend the deadline
-    h.clock.advance(1)
+    for _ in range(3):
+        h.clock.advance(10)
+        proto.dataReceived(b"m")  # trickling bytes do not extend the deadline
     assert status_line(t) == b"HTTP/1.1 408 Request Timeout"
     assert t.disconnecting
+
+
+def test_a_silent_client_meets_the_idle_timeout():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: exa")
+    h.clock.advance(60)
+    assert t.disconnecting
+
+
+def test_keep_alive_gives_each_request_its_own_head_deadline():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    h.clock.advance(25)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    h.upstream().respond(OK_5)
+    h.clock.advance(25)  # 50 s after the connection began, 25 s after the last request
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert b"408" not in t.value()
 
 
 def test_plugins_are_consulted_first_and_a_raising_plugin_is_skipped():
