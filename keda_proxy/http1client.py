@@ -22,6 +22,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 from zope.interface import Attribute, Interface
 
+from keda_proxy.eagerwrite import eager_write
+
 #: Largest response head accepted from an upstream (Go's default is 1 MiB).
 MAX_HEAD = 1 << 20
 
@@ -108,6 +110,7 @@ class UpstreamConnection(Protocol):
         self._buffer = b""
         self._decoder = None
         self._remaining: Optional[int] = None
+        self._final = False
         self._head_only = False
         self._keep_alive = True
         self._response_started = False
@@ -159,15 +162,14 @@ class UpstreamConnection(Protocol):
         self._keep_alive = True
         self._response_started = False
         self._chunked_body = chunked_body
-        self.transport.write(head)
+        eager_write(self.transport, head)
 
     def write_body(self, data: bytes) -> None:
         if self.state in (CLOSED, DONE) or not data:
             return
         if self._chunked_body:
-            self.transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
-        else:
-            self.transport.write(data)
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        eager_write(self.transport, data)
 
     def end_body(self) -> None:
         if self._chunked_body and self.state not in (CLOSED, DONE):
@@ -283,6 +285,12 @@ class UpstreamConnection(Protocol):
         else:
             self._keep_alive = False  # read until the upstream closes
 
+    @property
+    def more_expected(self) -> bool:
+        """Whether the response body continues past the bytes being
+        delivered now (False only for the last piece of a counted body)."""
+        return not self._final
+
     def _counted(self, data: bytes) -> None:
         """A Content-Length body: pass bytes on until the count is reached."""
         remaining = self._remaining - len(data)
@@ -291,6 +299,7 @@ class UpstreamConnection(Protocol):
             self._deliver(data)
             return
         self._remaining = None
+        self._final = True
         if remaining == 0:
             self._deliver(data)
             self._finish(reusable=self._keep_alive)
@@ -308,6 +317,7 @@ class UpstreamConnection(Protocol):
     def _finish(self, reusable: bool) -> None:
         self._decoder = None
         self._remaining = None
+        self._final = False
         sink, self.sink = self.sink, None
         if self.state == CLOSED:
             reusable = False

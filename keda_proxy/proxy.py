@@ -219,7 +219,10 @@ class Exchange:
     def start(self) -> None:
         p = self.p
         self.snapshot = p.store.current
-        self.request.notifyFinish().addBoth(self._finished)
+        if hasattr(type(self.request), "on_done"):
+            self.request.on_done = self._finished
+        else:
+            self.request.notifyFinish().addBoth(self._finished)
         static = self._matching_static_route()
         ready = p.gate.is_ready(self.route.service_key)
         if static is not None:
@@ -419,12 +422,16 @@ class Exchange:
         copy_response_headers(headers, req.responseHeaders)
         self._head = headers
         self._streaming = True
-        if code != 101 and self._conn is not None and self._conn.transport is not None:
-            req.registerProducer(self._conn.transport, True)
 
     def response_data(self, data: bytes) -> None:
-        if not self._gone and not self.request.finished:
-            self.request.write(data)
+        req = self.request
+        if self._gone or req.finished:
+            return
+        conn = self._conn
+        if req.producer is None and conn is not None and conn.more_expected:
+            # a body that spans reads: let a slow client slow the upstream
+            req.registerProducer(conn.transport, True)
+        req.write(data)
 
     def response_done(self) -> None:
         self._release_body()
@@ -432,7 +439,8 @@ class Exchange:
         req = self.request
         if self._gone or req.finished:
             return
-        req.unregisterProducer()
+        if req.producer is not None:
+            req.unregisterProducer()
         req.finish()
 
     def response_failed(self, reason, response_started: bool) -> None:

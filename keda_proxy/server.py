@@ -22,6 +22,7 @@ from typing import Optional
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from keda_proxy.eagerwrite import eager_write
 from keda_proxy.responses import status_text
 
 #: Whole request head (line + headers) limit, as Go's 1 MiB is too generous
@@ -121,6 +122,9 @@ class StreamingRequest(server.Request):
 
     body: Optional[BodyStream] = None
     _processing = False
+    #: called once, with None when the response is complete or a Failure
+    #: when the connection is lost first: notifyFinish without a Deferred
+    on_done = None
 
     def gotLength(self, length):
         ch = self.channel
@@ -157,6 +161,26 @@ class StreamingRequest(server.Request):
         if self.body is not None:
             self.body.end()
 
+    def _cleanup(self):
+        super()._cleanup()
+        self._fire_done(None)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self._fire_done(reason)
+
+    def _fire_done(self, result):
+        callback = self.on_done
+        if callback is not None:
+            self.on_done = None
+            callback(result)
+
+    def write(self, data):
+        super().write(data)
+        channel = self.channel
+        if channel is not None and channel._pending_head is not None:
+            channel.flush_head()  # a response with no body (or HEAD)
+
     def finish(self):
         body = self.body
         if body is not None and not body.done and self.channel is not None:
@@ -185,6 +209,34 @@ class ProxyChannel(http.HTTPChannel):
 
     def head_complete(self):
         self._head_started = None
+
+    # -- writing: the response head goes out with the first body bytes, in
+    # one send when the socket takes it (see keda_proxy.eagerwrite) --------
+
+    _pending_head = None
+
+    def writeHeaders(self, version, code, reason, headers):
+        parts = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self._pending_head = b"".join(parts)
+
+    def flush_head(self):
+        head, self._pending_head = self._pending_head, None
+        if head is not None and self.transport is not None:
+            eager_write(self.transport, head)
+
+    def write(self, data):
+        head, self._pending_head = self._pending_head, None
+        if head is not None:
+            data = head + data
+        if self.transport is not None:
+            eager_write(self.transport, data)
+
+    def writeSequence(self, iovec):
+        self.write(b"".join(iovec))
 
     def dataReceived(self, data):
         # A head that takes too long is refused when its next bytes arrive;
