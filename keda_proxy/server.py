@@ -21,6 +21,7 @@ from typing import Optional
 
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
 
 from keda_proxy.eagerwrite import eager_write
 from keda_proxy.responses import status_text
@@ -152,6 +153,9 @@ class StreamingRequest(server.Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def parseCookies(self):
+        """Cookies pass through untouched; parsing them would be wasted."""
+
     def handleContentChunk(self, data):
         if self.body is not None and not self.finished:
             self.body.write(data)
@@ -259,6 +263,37 @@ class ProxyChannel(http.HTTPChannel):
             self._refuse(414 if self._HTTPChannel__first_line else 431)
             return
         super().lineReceived(line)
+
+    def headerReceived(self, line):
+        """HTTPChannel's header step with the same checks, storing the value
+        once (the base class encodes and sanitises every header twice)."""
+        name, sep, data = line.partition(b":")
+        if not sep:
+            self._respondToBadRequestAndDisconnect()
+            return False
+        try:
+            name = _nameEncoder.encode(name)
+        except InvalidHeaderName:
+            self._respondToBadRequestAndDisconnect()
+            return False
+        data = data.strip(b" \t")
+        if b"\x00" in data or b"\r" in data or b"\n" in data:
+            self._respondToBadRequestAndDisconnect()
+            return False
+        if (name == b"Content-Length" or name == b"Transfer-Encoding") and \
+                not self._maybeChooseTransferDecoder(name, data):
+            return False
+        raw = self.requests[-1].requestHeaders._rawHeaders
+        values = raw.get(name)
+        if values is None:
+            raw[name] = [data]
+        else:
+            values.append(data)
+        self._receivedHeaderCount += 1
+        if self._receivedHeaderCount > self.maxHeaders:
+            self._respondToBadRequestAndDisconnect()
+            return False
+        return True
 
     def lineLengthExceeded(self, line):
         self._refuse(414 if self._HTTPChannel__first_line else 431)

@@ -95,6 +95,16 @@ def test_differing_content_lengths_are_refused():
     assert h.dials == []
 
 
+def test_malformed_headers_are_refused_and_never_forwarded():
+    h = Harness()
+    warm(h)
+    for bad in (b"X-Bad: a\x00b\r\n", b"Bad Name: x\r\n", b"NoColon\r\n",
+                b"Content-Length: 5x\r\n", b"Transfer-Encoding: gzip\r\n"):
+        _, t = h.send(b"GET / HTTP/1.1\r\nHost: example.com\r\n" + bad + b"\r\n")
+        assert status_line(t) == b"HTTP/1.1 400 Bad Request", bad
+    assert h.dials == []
+
+
 def test_oversized_request_line_is_414_and_headers_431():
     h = Harness()
     warm(h)
