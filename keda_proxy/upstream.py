@@ -25,7 +25,7 @@ from attrs import define, field
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -110,9 +110,10 @@ class RetryingEndpoint:
 
     def connect(self, protocolFactory):
         deadline = self.clock.seconds() + self.budget
-        state = {"inflight": None, "timer": None}
+        state = {"inflight": None, "timer": None, "cancelled": False}
 
         def cancel(_):
+            state["cancelled"] = True
             if state["timer"] is not None and state["timer"].active():
                 state["timer"].cancel()
             if state["inflight"] is not None:
@@ -131,7 +132,7 @@ class RetryingEndpoint:
 
         def failed(f):
             state["inflight"] = None
-            if f.check(CancelledError) and result.called:
+            if state["cancelled"] or result.called:
                 return None
             if self.clock.seconds() + self.interval < deadline:
                 state["timer"] = self.clock.callLater(self.interval, try_once)

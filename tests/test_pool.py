@@ -1,0 +1,180 @@
+"""Tests for keda_proxy.pool and the dialling in keda_proxy.upstream."""
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from keda_proxy.http1client import UpstreamConnection
+from keda_proxy.pool import FRESH_ENOUGH, ConnectionPool
+from keda_proxy.upstream import RetryingEndpoint, SnapshotResolver, UpstreamEndpoints
+from tests.builders import load, service
+
+KEY = (b"http", "web.default", 8080, "web.default")
+OTHER = (b"http", "api.default", 8080, "api.default")
+
+
+class Dialler:
+    """endpoint_for that connects at once over StringTransports."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.dials = []
+
+    def endpoint_for(self, key, budget):
+        dialler = self
+
+        class _Endpoint:
+            def connect(self, factory):
+                proto = factory.buildProtocol(None)
+                proto.makeConnection(StringTransport())
+                dialler.dials.append(key)
+                return succeed(proto)
+
+        return _Endpoint()
+
+
+def finished_exchange(conn: UpstreamConnection):
+    """Run one request/response on C{conn} so it returns to its pool."""
+    class Sink:
+        def response_head(self, *a):
+            pass
+
+        def response_data(self, data):
+            pass
+
+        def response_done(self):
+            pass
+
+    conn.send(b"GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Sink())
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+def pooled(pool, key, n):
+    conns = [pool.acquire(key, 1).result for _ in range(n)]
+    for c in conns:
+        finished_exchange(c)
+    return conns
+
+
+def test_idle_connections_are_reused_newest_first():
+    clock = Clock()
+    d = Dialler(clock)
+    pool = ConnectionPool(clock, d.endpoint_for)
+    a, b = pooled(pool, KEY, 2)
+    assert pool.idle_count(KEY) == 2
+    assert pool.take_idle(KEY) is b
+    assert pool.take_idle(KEY) is a
+    assert pool.take_idle(KEY) is None
+    assert len(d.dials) == 2
+
+
+def test_idle_connections_are_bounded_per_host_and_in_total():
+    clock = Clock()
+    pool = ConnectionPool(clock, Dialler(clock).endpoint_for, max_idle=3, max_idle_per_host=2)
+    conns = pooled(pool, KEY, 3)
+    assert pool.idle_count(KEY) == 2
+    assert conns[2].transport.disconnecting  # the one over the per-host bound
+    others = pooled(pool, OTHER, 2)
+    assert pool.idle_count() == 3
+    assert conns[0].transport.disconnecting  # the oldest went to keep the total
+    assert not others[1].transport.disconnecting
+
+
+def test_idle_connections_expire():
+    clock = Clock()
+    pool = ConnectionPool(clock, Dialler(clock).endpoint_for, idle_timeout=90)
+    [conn] = pooled(pool, KEY, 1)
+    clock.advance(60)
+    assert pool.idle_count() == 1
+    clock.advance(60)
+    assert pool.idle_count() == 0
+    assert conn.transport.disconnecting
+
+
+def test_a_connection_closed_while_idle_leaves_the_pool():
+    clock = Clock()
+    pool = ConnectionPool(clock, Dialler(clock).endpoint_for)
+    [conn] = pooled(pool, KEY, 1)
+    conn.connectionLost()
+    assert pool.idle_count() == 0
+    assert pool.take_idle(KEY) is None
+
+
+def test_requests_with_a_body_only_take_recently_used_connections():
+    clock = Clock()
+    pool = ConnectionPool(clock, Dialler(clock).endpoint_for)
+    [conn] = pooled(pool, KEY, 1)
+    clock.advance(FRESH_ENOUGH / 2)
+    assert pool.take_idle(KEY, has_body=True) is conn
+    finished_exchange(conn)
+    clock.advance(FRESH_ENOUGH)
+    assert pool.take_idle(KEY, has_body=True) is None
+    assert conn.transport.disconnecting
+
+
+def test_dial_is_retried_every_50ms_until_it_connects():
+    clock = Clock()
+    attempts = []
+
+    class Ep:
+        def connect(self, factory):
+            attempts.append(clock.seconds())
+            if len(attempts) < 3:
+                return fail(ConnectionRefusedError())
+            return succeed("proto")
+
+    d = RetryingEndpoint(Ep, clock, budget=60).connect(None)
+    clock.pump([0.05] * 3)
+    assert d.result == "proto"
+    assert attempts == [0, 0.05, 0.1]
+
+
+def test_dial_gives_up_with_the_last_error_when_the_budget_is_spent():
+    clock = Clock()
+
+    class Ep:
+        def connect(self, factory):
+            return fail(ConnectionRefusedError())
+
+    d = RetryingEndpoint(Ep, clock, budget=0.2).connect(None)
+    errors = []
+    d.addErrback(errors.append)
+    clock.pump([0.05] * 10)
+    assert errors and errors[0].check(ConnectionRefusedError)
+
+
+def test_cancelling_a_dial_stops_the_attempt_and_the_retries():
+    clock = Clock()
+    pending = []
+
+    class Ep:
+        def connect(self, factory):
+            d = Deferred(lambda d: pending.append("cancelled"))
+            return d
+
+    d = RetryingEndpoint(Ep, clock, budget=60).connect(None)
+    d.addErrback(lambda f: f.trap(CancelledError))
+    d.cancel()
+    assert pending == ["cancelled"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_service_names_resolve_to_the_cluster_ip_and_ip_literals_skip_dns():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from keda_proxy.store import StateStore
+
+    reactor = MemoryReactorClock()
+    store = StateStore(clock=reactor)
+    load(store, services=[service(cluster_ip="10.96.0.7"),
+                          service(name="headless", cluster_ip="None")])
+    resolver = SnapshotResolver(store)
+    assert resolver.resolve("web.default") == "10.96.0.7"
+    assert resolver.resolve("web.default.svc.cluster.local") == "10.96.0.7"
+    assert resolver.resolve("headless.default") is None  # left to DNS
+    endpoints = UpstreamEndpoints(reactor, resolver)
+    endpoints.endpoint_for((b"http", "web.default", 8080, "web.default"), 1).connect(None)
+    endpoints.endpoint_for((b"http", "fd00::1", 8080, "web.default"), 1).connect(None)
+    hosts = [c[0] for c in reactor.tcpClients]
+    assert hosts == ["10.96.0.7", "fd00::1"]
