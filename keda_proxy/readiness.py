@@ -10,6 +10,7 @@ abandoned waits leave nothing behind.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Dict
 
 from attrs import define, field
@@ -24,11 +25,19 @@ class ReadinessGate:
 
     C{wait} fires with C{True} ("this was a cold start") when it had to
     wait, C{False} when the Service was already ready.
+
+    Woken requests are released C{batch} per reactor turn, oldest first:
+    releasing thousands in one turn would hold every response back until
+    the last request had been dialled, and would make connect timeouts
+    fire on connections that completed long before the turn ended.
     """
 
     store: StateStore
+    batch: int = 32
     _waiters: Dict[str, Dict[int, Deferred]] = field(factory=dict)
     _next_id: int = 0
+    _releasing: deque = field(factory=deque)
+    _release_call: object = None
 
     def __attrs_post_init__(self):
         self.store.subscribe(self._snapshot_changed)
@@ -55,7 +64,8 @@ class ReadinessGate:
         return d
 
     def waiting(self, service_key: str = None) -> int:
-        """How many requests are held (for one Service, or in all)."""
+        """How many requests are held (for one Service, or in all), not
+        counting those woken and waiting for their turn to be released."""
         if service_key is not None:
             return len(self._waiters.get(service_key, ()))
         return sum(len(g) for g in self._waiters.values())
@@ -65,6 +75,15 @@ class ReadinessGate:
             return
         woken = [key for key in self._waiters if new.endpoints_for(key).ready]
         for key in woken:
-            group = self._waiters.pop(key)
-            for d in group.values():
+            self._releasing.extend(self._waiters.pop(key).values())
+        self._release()
+
+    def _release(self) -> None:
+        self._release_call = None
+        queue = self._releasing
+        for _ in range(min(self.batch, len(queue))):
+            d = queue.popleft()
+            if not d.called:  # a wait cancelled after waking is skipped
                 d.callback(True)
+        if queue and self._release_call is None:
+            self._release_call = self.store.clock.callLater(0, self._release)

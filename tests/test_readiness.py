@@ -76,3 +76,17 @@ def test_many_abandoned_waits_do_not_accumulate():
         d.cancel()
     assert gate.waiting() == 0
     assert gate._waiters == {}
+
+
+def test_many_woken_requests_are_released_a_batch_per_turn_in_order():
+    clock, store, gate = make()
+    order = []
+    waits = [gate.wait("default/web").addCallback(lambda _, i=i: order.append(i))
+             for i in range(100)]
+    waits[40].cancel()  # a client that leaves before its turn
+    waits[40].addErrback(lambda f: None)
+    store.put(KIND_ENDPOINT_SLICE, "default/web-abc", endpoint_slice())
+    store.flush()  # the swap: one batch now, the rest on later turns
+    assert order == list(range(gate.batch))
+    clock.advance(0)
+    assert order == [i for i in range(100) if i != 40]

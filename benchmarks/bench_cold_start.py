@@ -1,0 +1,1096 @@
+"""
+Cold start: requests held while the Service has no ready pod, then released
+by an EndpointSlice update, with and without direct-pod routing, against a
+simulated slow kube-proxy.
+
+Run: ``.venv/bin/python benchmarks/bench_cold_start.py [--delay 10] [--quick]``
+
+Every scenario starts afresh, on loopback only, in a temp dir:
+
+- the fake Kubernetes API server (``python -m tests.fakeapi``, a child
+  process) holding an InterceptorRoute ``bench/app`` (host ``bench.local``,
+  target Service ``app``, ``portName: http``), the Service ``bench/app``
+  (``clusterIP: 127.0.0.3``, port ``http`` = P) and its EndpointSlice with
+  one endpoint, ``127.0.0.2``, port ``http`` = P, ``ready: false``;
+- the simulated pod (``benchmarks/coldstart_pod.py``, a child process, raw
+  Twisted protocol, 200 with a 12-byte body, keep-alive), listening on
+  ``127.0.0.2:P`` from the start.  ``127.0.0.3:P``, the "Service address",
+  refuses connections until ``--delay`` seconds after the pod is marked
+  ready; then the same server listens there too (kube-proxy has caught up);
+- keda-interceptor: ``twistd -n --pidfile= keda-interceptor`` with
+  ``KUBECONFIG`` pointing at the fake API server,
+  ``OTEL_PROM_EXPORTER_ENABLED=false``, ``KEDA_HTTP_SHUTDOWN_DELAY=0s``,
+  ``KEDA_HTTP_DRAIN_TIMEOUT=1s`` (quick teardown only) and, for the
+  direct-pod scenarios, ``KEDA_HTTP_DIRECT_POD_ROUTING=true``.
+
+Then, once ``/readyz`` answers 200, an asyncio client in this process opens
+N connections to the proxy and sends one ``GET /`` (``Host: bench.local``)
+on each.  When the admin ``/queue`` shows ``Concurrency == N`` (all held,
+none answered), the interceptor's VmRSS is read, and at T0 the
+EndpointSlice is replaced with ``ready: true`` through the fake API
+server's ``PUT`` (so a watch event flows) and the pod process is told to
+open the Service address at T0 + D.  For each request the time from T0 to
+its complete response is recorded with its status.  Afterwards ``/queue``
+must come back to ``Concurrency == 0``.
+
+Scenarios (``--quick``: D = 2 s and N = 1, 100 and a 1,000 stress):
+
+- direct-pod routing, N = 1, 100, 1,000: issue #5 targets for 1,000:
+  p50 <= 30 ms, p99 <= 150 ms;
+- Service address (direct-pod routing off), N = 1, 100, 1,000: about D;
+- direct-pod routing, 10,000 held: all 200 within 2 s of readiness, none
+  lost, RSS <= 250 MB while holding, Concurrency back to 0.
+
+Nothing is pinned unless ``--pin`` is given (the interceptor on core 0,
+everything else on core 1).  File limits: this process raises its own soft
+RLIMIT_NOFILE to the hard limit; the interceptor raises its own at startup,
+so no ``prlimit`` is needed (a hard limit cannot be raised without
+CAP_SYS_RESOURCE, which this sandbox lacks: the hard limit here is 20,000).
+
+Diagnostics (none changes keda_proxy):
+
+- ``--diag`` puts a generated ``sitecustomize.py`` on the interceptor's
+  PYTHONPATH that times every garbage collection and every reactor turn
+  longer than 20 ms; the report gives both between T0 and the last response;
+- ``--profile SCENARIO`` (e.g. ``direct:1000``) attaches ``py-spy record
+  --nonblocking`` to the interceptor from just before T0 until the queue is
+  empty again and prints its hot spots;
+- ``--env NAME=VALUE`` adds to the interceptor's environment, e.g.
+  ``KEDA_HTTP_CONNECT_TIMEOUT=30s``, or ``COLDSTART_GC_THRESHOLD=a,b,c``
+  (with ``--diag``: ``gc.set_threshold(a, b, c)`` at startup);
+- ``--interceptor SRC`` runs a git ref or another directory's keda_proxy;
+- ``--wait-quiet S`` waits for the rest of the machine to go quiet first.
+
+Every process started is stopped on exit, on an error, on Ctrl-C and on
+SIGTERM, and by a watcher if this process is SIGKILLed (``benchlib.Teardown``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import benchlib as bl  # noqa: E402
+
+from tests.fakeapi import endpoint_slice, service  # noqa: E402
+from tests.kubeconfig import write_kubeconfig  # noqa: E402
+
+NS = "bench"
+APP = "app"
+SLICE = "app-pod"
+HOST = "bench.local"
+ROUTE_KEY = f"{NS}/{APP}"
+POD_IP = "127.0.0.2"
+SERVICE_IP = "127.0.0.3"
+REQUEST = (f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bench-cold-start\r\n"
+           "Accept: */*\r\n\r\n").encode()
+
+#: issue #5's targets
+TARGET_P50_MS = 30.0
+TARGET_P99_MS = 150.0
+TARGET_STRESS_MS = 2000.0
+TARGET_STRESS_RSS_MB = 250.0
+
+
+# -- scenarios -------------------------------------------------------------------
+
+
+class Scenario:
+    def __init__(self, direct: bool, n: int, role: str = ""):
+        self.direct = direct
+        self.n = n
+        #: "latency" (the p50/p99 targets), "stress" (the 10,000 targets) or ""
+        self.role = role
+
+    @property
+    def name(self) -> str:
+        return f"{'direct' if self.direct else 'service'}:{self.n}"
+
+    @property
+    def label(self) -> str:
+        return "direct-pod" if self.direct else "Service address"
+
+
+def scenarios_for(args) -> List[Scenario]:
+    if args.scenarios:
+        out = []
+        for item in args.scenarios.split(","):
+            kind, _, n = item.strip().partition(":")
+            if kind not in ("direct", "service") or not n.isdigit():
+                sys.exit(f"--scenarios: bad item {item!r} (want direct:N or service:N)")
+            n = int(n)
+            role = ""
+            if kind == "direct" and n >= 10_000:
+                role = "stress"
+            elif kind == "direct" and n == 1000:
+                role = "latency"
+            out.append(Scenario(kind == "direct", n, role))
+        return out
+    if args.quick:
+        return [Scenario(True, 1), Scenario(True, 100), Scenario(False, 1),
+                Scenario(False, 100), Scenario(True, 1000, "stress")]
+    return [Scenario(True, 1), Scenario(True, 100), Scenario(True, 1000, "latency"),
+            Scenario(False, 1), Scenario(False, 100), Scenario(False, 1000),
+            Scenario(True, 10_000, "stress")]
+
+
+# -- child processes with a stdin/stdout control channel --------------------------
+
+
+class Piped:
+    """A child on a pipe: lines to its stdin, lines from its stdout (read by
+    a thread into a queue); stderr to a log file.  Registered with the
+    Teardown so that it is stopped with everything else."""
+
+    def __init__(self, td: bl.Teardown, name: str, argv: List[str], cpu: Optional[int]):
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu), *argv]
+        self.log = td.dir / f"{name}.log"
+        logf = open(self.log, "wb")
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=logf, cwd=ROOT, start_new_session=True,
+                                  preexec_fn=bl._child_setup, text=True, bufsize=1)
+        td.procs.procs.append((name, self.p, logf))
+        with open(td.procs.pgid_file, "a") as f:
+            f.write(f"{self.p.pid}\n")
+        self.name = name
+        self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        threading.Thread(target=self._read, daemon=True, name=f"{name}-out").start()
+
+    def _read(self) -> None:
+        for line in self.p.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, prefix: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(0.01, left))
+            except queue.Empty:
+                line = ""
+            if line is None:
+                raise RuntimeError(f"{self.name} exited:\n"
+                                   + self.log.read_text(errors="replace")[-2000:])
+            if line.startswith(prefix):
+                return line
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no {prefix!r} within {timeout} s; "
+                                   f"see {self.log}")
+
+    def send(self, line: str) -> None:
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+
+def free_port_for(*addresses: str) -> int:
+    """A port number free on every one of C{addresses}."""
+    import socket
+
+    for _ in range(100):
+        first = socket.socket()
+        first.bind((addresses[0], 0))
+        port = first.getsockname()[1]
+        ok = True
+        others = []
+        try:
+            for addr in addresses[1:]:
+                s = socket.socket()
+                others.append(s)
+                try:
+                    s.bind((addr, port))
+                except OSError:
+                    ok = False
+                    break
+        finally:
+            first.close()
+            for s in others:
+                s.close()
+        if ok:
+            return port
+    raise RuntimeError(f"no common free port on {addresses}")
+
+
+# -- the fake API server -----------------------------------------------------------
+
+
+def the_slice(port: int, ready: bool) -> dict:
+    return endpoint_slice(SLICE, NS, service=APP, ips=[POD_IP], port=port,
+                          port_name="http", ready=ready)
+
+
+def the_route() -> dict:
+    return {
+        "apiVersion": "http.keda.sh/v1beta1", "kind": "InterceptorRoute",
+        "metadata": {"name": APP, "namespace": NS},
+        "spec": {
+            "target": {"service": APP, "portName": "http"},
+            "rules": [{"hosts": [HOST]}],
+            "scalingMetric": {"concurrency": {"targetValue": 100}},
+        },
+    }
+
+
+class FakeApi:
+    def __init__(self, td: bl.Teardown, cpu: Optional[int]):
+        self.child = Piped(td, "fakeapi", [sys.executable, "-m", "tests.fakeapi",
+                                           "--bookmark-interval", "30"], cpu)
+        self.port = int(self.child.expect("PORT ").split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        if resp.status >= 300:
+            raise RuntimeError(f"{method} {path}: {resp.status} {data[:200]!r}")
+        return json.loads(data)
+
+    def seed(self, port: int) -> None:
+        self.request("POST", "/fake/objects", [
+            service(APP, NS, ports=(("http", port),), cluster_ip=SERVICE_IP),
+            the_slice(port, ready=False),
+            the_route(),
+        ])
+
+
+SLICE_PATH = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices/{SLICE}"
+
+
+# -- the client --------------------------------------------------------------------
+
+_CL = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
+
+
+class Rec:
+    __slots__ = ("t", "status", "error", "cold", "done")
+
+    def __init__(self):
+        self.t = None
+        self.status = None
+        self.error = None
+        self.cold = None
+        self.done = False
+
+
+def response_complete(buf: bytearray) -> Optional[tuple]:
+    """(status, head) once C{buf} holds one whole response, else None."""
+    i = buf.find(b"\r\n\r\n")
+    if i < 0:
+        return None
+    head = bytes(buf[:i]).lower()
+    status = int(head[9:12])
+    start = i + 4
+    m = _CL.search(head)
+    if m:
+        return (status, head) if len(buf) - start >= int(m.group(1)) else None
+    if b"\r\ntransfer-encoding:" in head and b"chunked" in head:
+        pos = start
+        while True:
+            j = buf.find(b"\r\n", pos)
+            if j < 0:
+                return None
+            size = int(bytes(buf[pos:j]).split(b";")[0], 16)
+            if size == 0:
+                return (status, head) if buf.find(b"\r\n\r\n", j) >= 0 else None
+            pos = j + 2 + size + 2
+            if pos > len(buf):
+                return None
+    if status in (204, 304) or 100 <= status < 200:
+        return status, head
+    return None  # body until close: completed in connection_lost
+
+
+class ClientProto(asyncio.Protocol):
+    def __init__(self, rec: Rec, on_done):
+        self.rec = rec
+        self.on_done = on_done
+        self.buf = bytearray()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(REQUEST)
+
+    def data_received(self, data):
+        if self.rec.done:
+            return
+        self.buf += data
+        got = response_complete(self.buf)
+        if got is not None:
+            self._finish(got[0], got[1])
+
+    def _finish(self, status, head):
+        rec = self.rec
+        rec.t = time.monotonic()
+        rec.status = status
+        rec.cold = b"\r\nx-keda-http-cold-start: true" in head
+        rec.done = True
+        self.on_done()
+
+    def connection_lost(self, exc):
+        rec = self.rec
+        if rec.done:
+            return
+        if self.buf.find(b"\r\n\r\n") >= 0:  # a body delimited by close
+            self._finish(int(bytes(self.buf[9:12])), bytes(self.buf).lower())
+            return
+        rec.t = time.monotonic()
+        rec.error = f"closed: {exc}" if exc else "closed before a response"
+        rec.done = True
+        self.on_done()
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows + ListenDrops (whole network namespace)."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            d = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+            return d.get("ListenOverflows", 0) + d.get("ListenDrops", 0)
+    return 0
+
+
+def tcp_attempt_fails() -> int:
+    """Tcp AttemptFails (whole network namespace): active opens that went
+    from SYN-SENT back to CLOSED, i.e. refused dials on loopback."""
+    with open("/proc/net/snmp") as f:
+        lines = [line.split() for line in f if line.startswith("Tcp:")]
+    names, values = lines[0], lines[1]
+    return int(values[names.index("AttemptFails")])
+
+
+def queue_concurrency(admin_port: int) -> Optional[int]:
+    try:
+        status, body = bl.http_get(f"http://127.0.0.1:{admin_port}/queue", timeout=5)
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    entry = json.loads(body).get(ROUTE_KEY)
+    return None if entry is None else entry["Concurrency"]
+
+
+def log_counts(path: Path) -> dict:
+    text = path.read_text(errors="replace")
+    return {
+        "pod refused, trying another": text.count("refused; trying another"),
+        "no ready pod answered, Service address": text.count("no ready pod answered"),
+        "upstream failed": text.count("failed:") + text.count("failed\n"),
+        "not ready in time": text.count("backend not ready in time"),
+        "too many open files": text.count("Too many open files"),
+        "tracebacks": text.count("Traceback"),
+    }
+
+
+# -- --diag: GC pauses and reactor stalls inside the interceptor ---------------------
+
+#: Written as ``sitecustomize.py`` into a directory put first on the
+#: interceptor's PYTHONPATH by ``--diag``: it times every garbage collection
+#: (gc.callbacks) and every reactor turn longer than 20 ms (a 5 ms
+#: LoopingCall started from a helper thread once the reactor runs), and
+#: dumps both, with time.monotonic() stamps, when the process exits.  It
+#: changes nothing in keda_proxy.
+DIAG_SITECUSTOMIZE = r"""
+import atexit, gc, json, os, sys, threading, time
+
+_OUT = os.environ.get("COLDSTART_DIAG_OUT")
+if os.environ.get("COLDSTART_GC_THRESHOLD"):  # an experiment: --env COLDSTART_GC_THRESHOLD=a,b,c
+    gc.set_threshold(*map(int, os.environ["COLDSTART_GC_THRESHOLD"].split(",")))
+if _OUT:
+    _gc = []
+    _start = [0.0]
+    _stalls = []
+    _dumped = []
+
+    def _cb(phase, info):
+        if phase == "start":
+            _start[0] = time.monotonic()
+        else:
+            _gc.append((_start[0], time.monotonic() - _start[0], info["generation"]))
+
+    gc.callbacks.append(_cb)
+
+    def _monitor():
+        while "twisted.internet.reactor" not in sys.modules:
+            time.sleep(0.05)
+        from twisted.internet import reactor
+        while not getattr(reactor, "running", False):
+            time.sleep(0.05)
+
+        def start():
+            from twisted.internet.task import LoopingCall
+            last = [time.monotonic()]
+
+            def tick():
+                now = time.monotonic()
+                if now - last[0] > 0.02:
+                    _stalls.append((last[0], now - last[0]))
+                last[0] = now
+
+            LoopingCall(tick).start(0.005)
+            # twistd ends a SIGTERMed process by re-raising the signal, so
+            # atexit would not run: dump when the reactor shuts down.
+            reactor.addSystemEventTrigger("after", "shutdown", _dump)
+
+        reactor.callFromThread(start)
+
+    threading.Thread(target=_monitor, daemon=True, name="coldstart-diag").start()
+
+    def _dump():
+        if _dumped:
+            return
+        _dumped.append(True)
+        with open(f"{_OUT}.{os.getpid()}", "w") as f:
+            json.dump({"gc": _gc, "stalls": _stalls,
+                       "gc_threshold": gc.get_threshold()}, f)
+
+    atexit.register(_dump)
+"""
+
+
+def diag_summary(path: Path, t0: float, t_end: float) -> List[str]:
+    """GC and stall figures between T0 and the last response."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return [f"(no diagnostics: {e})"]
+    gcs = [(s, d, g) for s, d, g in data["gc"] if t0 <= s <= t_end]
+    out = []
+    by_gen = {}
+    for _s, d, g in gcs:
+        c = by_gen.setdefault(g, [0, 0.0, 0.0])
+        c[0] += 1
+        c[1] += d
+        c[2] = max(c[2], d)
+    total = sum(c[1] for c in by_gen.values())
+    out.append(f"garbage collection from T0 to the last response ({t_end - t0:.2f} s): "
+               f"{len(gcs)} runs, {total * 1000:.0f} ms in all; " + "; ".join(
+                   f"gen{g}: {c[0]} runs, {c[1] * 1000:.0f} ms, longest {c[2] * 1000:.1f} ms"
+                   for g, c in sorted(by_gen.items())))
+    stalls = [(s, d) for s, d in data["stalls"] if s + d >= t0 and s <= t_end]
+    busy = sum(d for _s, d in stalls)
+    def gc_in(start, dur):
+        return sum(d for s, d, _g in gcs if start <= s <= start + dur)
+
+    out.append(f"reactor turns longer than 20 ms in that time: {len(stalls)}, "
+               f"{busy * 1000:.0f} ms in all; the longest: " + ", ".join(
+                   f"T0{s - t0:+.3f} s for {d * 1000:.0f} ms "
+                   f"({gc_in(s, d) * 1000:.0f} ms of it in GC)"
+                   for s, d in sorted(stalls, key=lambda x: -x[1])[:5]))
+    return out
+
+
+# -- one scenario ------------------------------------------------------------------
+
+
+class Ctx:
+    """What the client phase needs to know."""
+
+
+async def client_phase(sc: Scenario, args, ctx) -> dict:
+    loop = asyncio.get_running_loop()
+    n = sc.n
+    recs = [Rec() for _ in range(n)]
+    all_done = asyncio.Event()
+    count = {"done": 0}
+    transports = []
+
+    def on_done():
+        count["done"] += 1
+        if count["done"] >= n:
+            all_done.set()
+
+    sem = asyncio.Semaphore(args.open_concurrency)
+
+    async def open_one(rec):
+        async with sem:
+            try:
+                tr, _ = await loop.create_connection(lambda: ClientProto(rec, on_done),
+                                                     "127.0.0.1", ctx.proxy_port)
+                transports.append(tr)
+            except OSError as e:
+                rec.error = f"connect: {e}"
+                rec.done = True
+                on_done()
+
+    out = {}
+    t_open = time.monotonic()
+    await asyncio.gather(*(open_one(r) for r in recs))
+    out["open_s"] = time.monotonic() - t_open
+
+    # All held?  /queue must show every request in flight.
+    deadline = time.monotonic() + 60
+    conc = None
+    while time.monotonic() < deadline:
+        conc = await loop.run_in_executor(None, queue_concurrency, ctx.admin_port)
+        if conc == n:
+            break
+        await asyncio.sleep(0.05)
+    out["held_concurrency"] = conc
+    out["answered_early"] = count["done"]
+    if conc != n:
+        bl.log(f"  /queue shows Concurrency {conc}, not {n}; going on anyway")
+    await asyncio.sleep(0.5)  # let RSS settle
+    out["rss_held"] = bl.rss_kb(ctx.pid)
+    out["fds_held"] = bl.count_fds(ctx.pid)
+
+    profiler = None
+    if args.profile == sc.name:
+        profiler = start_profiler(ctx)
+
+    ours = {ctx.pid, ctx.pod_pid, ctx.api_pid, os.getpid()}
+    all0 = bl.all_ticks()
+    steal0 = bl.steal_ticks()
+    ticks0 = {"interceptor": bl.proc_ticks(ctx.pid), "pod": bl.proc_ticks(ctx.pod_pid)}
+    me0 = os.times()
+    ovf0 = listen_overflows()
+    refused0 = tcp_attempt_fails()
+    pod, slice_ready = ctx.pod, the_slice(ctx.port, ready=True)
+    delay = args.delay
+
+    def release():
+        conn = http.client.HTTPConnection("127.0.0.1", ctx.api_port, timeout=10)
+        conn.connect()
+        body = json.dumps(slice_ready)
+        t0 = time.monotonic()
+        pod.send(f"ARM {t0 + delay:.6f}")
+        conn.request("PUT", SLICE_PATH, body=body,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"PUT {SLICE_PATH}: {resp.status}")
+        return t0, time.monotonic()
+
+    t0, t_put = await loop.run_in_executor(None, release)
+    try:
+        await asyncio.wait_for(all_done.wait(), delay + args.grace)
+    except asyncio.TimeoutError:
+        pass
+    t_end = time.monotonic()
+    ticks1 = {"interceptor": bl.proc_ticks(ctx.pid), "pod": bl.proc_ticks(ctx.pod_pid)}
+    me1 = os.times()
+    all1 = bl.all_ticks()
+    out["steal_pct"] = 100.0 * (bl.steal_ticks() - steal0) / bl.CLK_TCK / max(1e-6, t_end - t0)
+    out["other_cpu_pct"] = 100.0 * sum(
+        max(0, t - all0.get(pid, 0)) for pid, t in all1.items()
+        if pid not in ours and (profiler is None or pid != profiler[0].pid)
+    ) / bl.CLK_TCK / max(1e-6, t_end - t0)
+    out["overflows"] = listen_overflows() - ovf0
+    out["refused"] = tcp_attempt_fails() - refused0
+    out["cpu_s"] = {k: (ticks1[k] - ticks0[k]) / bl.CLK_TCK for k in ticks0}
+    out["cpu_s"]["client"] = (me1.user + me1.system) - (me0.user + me0.system)
+    out["burst_s"] = t_end - t0
+    out["t0"], out["t_end"] = t0, t_end
+    out["put_ms"] = (t_put - t0) * 1000
+
+    # Back to zero?
+    deadline = time.monotonic() + 15
+    after = None
+    while time.monotonic() < deadline:
+        after = await loop.run_in_executor(None, queue_concurrency, ctx.admin_port)
+        if after == 0:
+            break
+        await asyncio.sleep(0.05)
+    out["concurrency_after"] = after
+    if profiler is not None:
+        out["profile"] = stop_profiler(profiler)
+    out["rss_after"] = bl.rss_kb(ctx.pid)
+    out["fds_after_burst"] = bl.count_fds(ctx.pid)
+    for tr in transports:
+        tr.close()
+    await asyncio.sleep(0.2)
+
+    lat = [(r.t - t0) * 1000 for r in recs if r.done and r.status is not None]
+    out["n"] = n
+    out["lat"] = lat
+    out["ok"] = sum(1 for r in recs if r.status == 200)
+    out["statuses"] = Counter(r.status for r in recs if r.status is not None)
+    out["errors"] = Counter(r.error for r in recs if r.error is not None)
+    out["lost"] = sum(1 for r in recs if not r.done)
+    out["cold"] = sum(1 for r in recs if r.cold)
+    out["ok_lat"] = [(r.t - t0) * 1000 for r in recs if r.status == 200]
+    return out
+
+
+def start_profiler(ctx):
+    out = ctx.td.dir / "py-spy.txt"
+    # --nonblocking: the blocking mode stops the interceptor at every sample,
+    # which stretched its wake-up turn past the 500 ms connect timeout.
+    argv = ["py-spy", "record", "--pid", str(ctx.pid), "--rate", "500", "--nonblocking",
+            "--format", "raw", "--output", str(out)]
+    exe = Path(sys.executable).parent / "py-spy"
+    if exe.exists():
+        argv[0] = str(exe)
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(
+        ctx.td.dir / "py-spy.log", "wb"), start_new_session=True, preexec_fn=bl._child_setup)
+    ctx.td.procs.procs.append(("py-spy", p, open(os.devnull, "wb")))
+    time.sleep(1.5)  # attach
+    return p, out
+
+
+def stop_profiler(profiler) -> str:
+    p, out = profiler
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    return str(out)
+
+
+def summarize_profile(path: str, top: int = 25) -> List[str]:
+    own, incl = Counter(), Counter()
+    total = 0
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        return [f"(no profile: {e})"]
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        c = int(count)
+        if "Thread._bootstrap" in stack:
+            continue  # the Kubernetes watch threads, blocked in a socket read
+        frames = [_short(f) for f in stack.split(";")]
+        total += c
+        own[frames[-1]] += c
+        for f in set(frames):
+            incl[f] += c
+    if not total:
+        return ["(no samples)"]
+    out = [f"{total} samples of the reactor thread (500/s, --nonblocking; py-spy's idle "
+           "filter on; the watch threads left out)", "", "own time:"]
+    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(top)]
+    out += ["", "inclusive time:"]
+    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in incl.most_common(top + 12)]
+    return out
+
+
+def _short(frame: str) -> str:
+    # "func (path/to/file.py:123)" -> "func (file.py:123)"
+    m = re.match(r"(.*) \((.*?)([^/]+\.py):(\d+)\)$", frame)
+    if m:
+        pkg = "twisted/" if "/twisted/" in m.group(2) else (
+            "keda_proxy/" if "/keda_proxy/" in m.group(2) else "")
+        return f"{m.group(1)} ({pkg}{m.group(3)}:{m.group(4)})"
+    return frame
+
+
+def other_cpu_pct(seconds: float = 1.0) -> float:
+    """CPU used by every process but this one over C{seconds}, in % of one
+    core (nothing of ours runs between scenarios)."""
+    me = os.getpid()
+    a = bl.all_ticks()
+    time.sleep(seconds)
+    b = bl.all_ticks()
+    return 100.0 * sum(max(0, t - a.get(p, 0)) for p, t in b.items() if p != me) \
+        / bl.CLK_TCK / seconds
+
+
+def wait_quiet(limit_s: float, threshold: float = 10.0) -> float:
+    """Wait up to C{limit_s} for the rest of the machine to use less than
+    C{threshold} % of a core; returns the last reading."""
+    deadline = time.monotonic() + limit_s
+    pct = other_cpu_pct()
+    while pct >= threshold and time.monotonic() < deadline:
+        pct = other_cpu_pct()
+    return pct
+
+
+def run_scenario(sc: Scenario, args) -> dict:
+    cpu_ic = 0 if args.pin else None
+    cpu_rest = 1 if args.pin else None
+    with bl.Teardown(f"keda-coldstart-{sc.name.replace(':', '-')}-", keep=args.keep) as td:
+        ctx = Ctx()
+        ctx.td = td
+        ctx.port = free_port_for(POD_IP, SERVICE_IP)
+        api = FakeApi(td, cpu_rest)
+        api.seed(ctx.port)
+        ctx.api_port = api.port
+        pod = Piped(td, "pod", [sys.executable, str(HERE / "coldstart_pod.py"),
+                                "--port", str(ctx.port), "--pod", POD_IP,
+                                "--service", SERVICE_IP], cpu_rest)
+        pod.expect("READY")
+        ctx.pod = pod
+        ctx.pod_pid = pod.p.pid
+        ctx.api_pid = api.child.p.pid
+        kubeconfig = write_kubeconfig(td.dir / "kubeconfig", api.url)
+        proxy_port, admin_port = bl.free_ports(2)
+        env = dict(os.environ)
+        env.update(
+            KEDA_HTTP_PROXY_PORT=str(proxy_port),
+            KEDA_HTTP_ADMIN_PORT=str(admin_port),
+            OTEL_PROM_EXPORTER_ENABLED="false",
+            KUBECONFIG=str(kubeconfig),
+            KEDA_HTTP_SHUTDOWN_DELAY="0s",
+            KEDA_HTTP_DRAIN_TIMEOUT="1s",
+        )
+        if ctx_src(args) is not None:
+            # ahead of the editable install's path: keda_proxy comes from there
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(ctx_src(args))]
+                + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env.pop("KEDA_HTTP_DIRECT_POD_ROUTING", None)
+        if sc.direct:
+            env["KEDA_HTTP_DIRECT_POD_ROUTING"] = "true"
+        if args.diag:
+            diag_dir = td.dir / "diag"
+            diag_dir.mkdir()
+            (diag_dir / "sitecustomize.py").write_text(DIAG_SITECUSTOMIZE)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(diag_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+            env["COLDSTART_DIAG_OUT"] = str(td.dir / "diag.json")
+        for item in args.env:
+            k, _, v = item.partition("=")
+            env[k] = v
+        argv = [bl.twistd_path(), "-n", "--pidfile=", "keda-interceptor"]
+        if cpu_ic is not None:
+            argv = ["taskset", "-c", str(cpu_ic), *argv]
+        logfile = td.dir / "keda-interceptor.log"
+        where = str(ctx_src(args) or ROOT)
+        found = subprocess.run(
+            [sys.executable, "-c", "import keda_proxy; print(keda_proxy.__file__)"],
+            env=env, cwd=where, capture_output=True, text=True).stdout.strip()
+        if not found.startswith(where):
+            raise RuntimeError(f"keda_proxy would be imported from {found!r}, not {where}")
+        p = td.procs.start("keda-interceptor", argv, logfile, env=env, cwd=where)
+        ctx.pid, ctx.proxy_port, ctx.admin_port = p.pid, proxy_port, admin_port
+        deadline = time.monotonic() + 60
+        while True:
+            if p.poll() is not None:
+                raise RuntimeError("keda-interceptor exited:\n"
+                                   + logfile.read_text(errors="replace")[-3000:])
+            try:
+                if bl.http_get(f"http://127.0.0.1:{admin_port}/readyz", timeout=2)[0] == 200 \
+                        and queue_concurrency(admin_port) == 0:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"keda-interceptor not ready after 60 s; see {logfile}")
+            time.sleep(0.1)
+        ctx.limits = _nofile_of(ctx.pid)
+        ctx.affinity = {"keda-interceptor": bl.affinity(ctx.pid),
+                        "pod": bl.affinity(pod.p.pid),
+                        "fake API": bl.affinity(api.child.p.pid),
+                        "client": bl.affinity(os.getpid())}
+        rss_idle = bl.rss_kb(ctx.pid)
+        bl.log(f"{sc.name}: interceptor pid {ctx.pid} ready (RSS "
+               f"{rss_idle['VmRSS'] / 1024:.0f} MB, nofile {ctx.limits}); opening {sc.n} "
+               "connections")
+        res = asyncio.run(client_phase(sc, args, ctx))
+        res["rss_idle"] = rss_idle
+        pod.send("STATS")
+        res["pod_stats"] = json.loads(pod.expect("{"))
+        res["alive"] = p.poll() is None
+        if args.diag:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            res["diag"] = diag_summary(td.dir / f"diag.json.{p.pid}", res["t0"],
+                                       res["t_end"])
+        res["log"] = log_counts(logfile)
+        res["limits"] = ctx.limits
+        res["affinity"] = ctx.affinity
+        res["dir"] = str(td.dir)
+        return res
+
+
+def ctx_src(args) -> Optional[Path]:
+    """The keda_proxy source chosen with --interceptor (None: this checkout)."""
+    return args.src
+
+
+def _nofile_of(pid: int) -> str:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return f"{soft}/{hard}"
+    return "?"
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def verdict(sc: Scenario, r: dict, delay: float) -> tuple:
+    """(text, passed or None when there is no target)"""
+    n = sc.n
+    lat = r["lat"]
+    base_ok = r["ok"] == n and r["lost"] == 0 and r["concurrency_after"] == 0
+    if sc.role == "latency":
+        ok = base_ok and lat and percentile(lat, 50) <= TARGET_P50_MS \
+            and percentile(lat, 99) <= TARGET_P99_MS
+        return f"p50 <= {TARGET_P50_MS:.0f} ms, p99 <= {TARGET_P99_MS:.0f} ms", bool(ok)
+    if sc.role == "stress":
+        ok = base_ok and lat and max(lat) <= TARGET_STRESS_MS \
+            and r["rss_held"]["VmRSS"] / 1024 <= TARGET_STRESS_RSS_MB
+        return (f"all 200 <= {TARGET_STRESS_MS / 1000:.0f} s, 0 lost, RSS <= "
+                f"{TARGET_STRESS_RSS_MB:.0f} MB, back to 0"), bool(ok)
+    if not sc.direct:
+        ok = base_ok and lat and delay <= min(lat) / 1000 and max(lat) / 1000 <= delay + 2
+        return f"about D ({delay:g} s)", bool(ok)
+    return "all 200, back to 0", bool(base_ok)
+
+
+def fmt_ms(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def print_report(args, results, argv) -> bool:
+    print()
+    print("## Cold start: held requests released by an EndpointSlice update")
+    print()
+    print("- command: `" + " ".join([".venv/bin/python", "benchmarks/bench_cold_start.py",
+                                     *argv]) + "`")
+    print(f"- machine: {os.cpu_count()} CPUs, {platform.python_implementation()} "
+          f"{platform.python_version()}, Linux {platform.release()}")
+    print(f"- keda-interceptor: {args.where}"
+          + (f"; extra environment: {' '.join(args.env)}" if args.env else ""))
+    print(f"- D (Service address opens D s after the readiness update): {args.delay:g} s")
+    first = next(iter(results.values()), None)
+    if first is not None and "affinity" in first:
+        where = ", ".join(f"{k} on CPUs {v}" for k, v in first["affinity"].items())
+        print(f"- where things ran: {where}"
+              + (" (pinned with --pin)" if args.pin else " (nothing pinned)"))
+        print(f"- keda-interceptor open-file limit (soft/hard, raised by itself to the hard "
+              f"limit): {first['limits']}; this client: "
+              f"{'/'.join(map(str, resource.getrlimit(resource.RLIMIT_NOFILE)))}")
+    print()
+    head = ("| routing | N | p50 ms | p99 ms | max ms | first ms | 200s | errors | lost "
+            "| served by pod / Service | RSS held MB | peak RSS MB | Concurrency held → after "
+            "| interceptor CPU s | target |")
+    print(head)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|")
+    all_ok = True
+    for r in results.values():
+        sc = r["scenario"]
+        if "failed" in r:
+            print(f"| {sc.label} | {sc.n:,} | - | - | - | - | - | - | - | - | - | - | - | - "
+                  f"| run failed: {r['failed']} |")
+            all_ok = False
+            continue
+        lat = r["lat"]
+        errs = sum(r["errors"].values()) + sum(c for s, c in r["statuses"].items() if s != 200)
+        target, ok = verdict(sc, r, args.delay)
+        all_ok = all_ok and ok
+        ps = r["pod_stats"]
+        print(f"| {sc.label} | {sc.n:,} "
+              f"| {fmt_ms(percentile(lat, 50) if lat else None)} "
+              f"| {fmt_ms(percentile(lat, 99) if lat else None)} "
+              f"| {fmt_ms(max(lat) if lat else None)} "
+              f"| {fmt_ms(min(lat) if lat else None)} "
+              f"| {r['ok']:,} | {errs:,} | {r['lost']:,} "
+              f"| {ps['pod']['requests']:,} / {ps['service']['requests']:,} "
+              f"| {r['rss_held']['VmRSS'] / 1024:.0f} "
+              f"| {r['rss_after']['VmHWM'] / 1024:.0f} "
+              f"| {r['held_concurrency']} → {r['concurrency_after']} "
+              f"| {r['cpu_s']['interceptor']:.2f} "
+              f"| {target}: **{'PASS' if ok else 'FAIL'}** |")
+    print()
+    print("Columns: latencies run from T0, the instant just before the EndpointSlice "
+          "`PUT` (ready: true) is sent to the fake API server, to the client's receipt of "
+          "the complete response; \"first\" is the fastest request. \"served by\" counts "
+          "the requests the simulated pod answered on 127.0.0.2 and on the Service "
+          "address 127.0.0.3. RSS held is VmRSS with all N held; peak RSS is VmHWM after "
+          "the run. Interceptor CPU is user + system time from T0 until the last response.")
+    print()
+    print("Details per scenario:")
+    for name, r in results.items():
+        sc = r["scenario"]
+        if "failed" in r:
+            print(f"- {name}: FAILED: {r['failed']}")
+            continue
+        errs = dict(r["errors"])
+        statuses = {k: v for k, v in r["statuses"].items() if k != 200}
+        log_bits = ", ".join(f"{k}: {v}" for k, v in r["log"].items() if v)
+        ok_lat = r["ok_lat"]
+        within2 = sum(1 for x in ok_lat if x <= TARGET_STRESS_MS)
+        print(f"- {name}: opened {sc.n:,} connections in {r['open_s']:.1f} s; "
+              f"{r['answered_early']} answered before T0; "
+              f"RSS idle {r['rss_idle']['VmRSS'] / 1024:.0f} MB → held "
+              f"{r['rss_held']['VmRSS'] / 1024:.0f} MB "
+              f"({(r['rss_held']['VmRSS'] - r['rss_idle']['VmRSS']) / max(1, sc.n):.1f} kB "
+              f"per held request incl. its connection); interceptor fds held "
+              f"{r['fds_held']:,}, right after {r['fds_after_burst']:,}; "
+              f"PUT round trip {r['put_ms']:.1f} ms; "
+              f"connections accepted by the pod process on {POD_IP} / {SERVICE_IP}: "
+              f"{r['pod_stats']['pod']['connections']:,} / "
+              f"{r['pod_stats']['service']['connections']:,}; "
+              f"cold-start header true on {r['cold']:,}; "
+              f"200s within 2 s: {within2:,}; "
+              f"CPU s from T0 to the last response ({r['burst_s']:.2f} s): interceptor "
+              f"{r['cpu_s']['interceptor']:.2f}, pod {r['cpu_s']['pod']:.2f}, client "
+              f"{r['cpu_s']['client']:.2f}, other processes "
+              f"{r['other_cpu_pct']:.0f}% of a core (before the scenario: "
+              f"{r['other_before']:.0f}%), steal "
+              + (f"{r['steal_pct']:.0f}%; " if r["burst_s"] >= 1 else "n/a (< 1 s); ")
+              + f"listen-queue overflows {r['overflows']}; refused dials (TCP AttemptFails) "
+              f"{r['refused']:,}"
+              + (f"; Service address up at T0 + "
+                 f"{r['pod_stats']['service_up'] - r['pod_stats']['armed'] + args.delay:.3f} s"
+                 if r['pod_stats']['service_up'] else "")
+              + (f"; non-200: {statuses}" if statuses else "")
+              + (f"; errors: {errs}" if errs else "")
+              + (f"; interceptor log: {log_bits}" if log_bits else "")
+              + ("" if r["alive"] else "; keda-interceptor DIED"))
+    for name, r in results.items():
+        for line in r.get("diag", ()):
+            print(f"- {name} (--diag): {line}")
+    for name, r in results.items():
+        if r.get("profile"):
+            print()
+            print(f"py-spy, {name}, from just before T0 until /queue was back to 0 "
+                  f"(raw stacks: {r['profile']}):")
+            print()
+            print("```")
+            for line in summarize_profile(r["profile"]):
+                print(line)
+            print("```")
+    print()
+    print("PASS" if all_ok else "FAIL: a target was missed (see the target column)")
+    return all_ok
+
+
+# -- main --------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--delay", type=float, default=None,
+                    help="seconds from readiness until the Service address answers "
+                         "(10; 2 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: D = 2 s, N = 1 and 100, and 1,000 as the stress")
+    ap.add_argument("--scenarios", default="",
+                    help="comma-separated direct:N / service:N (overrides the default set)")
+    ap.add_argument("--open-concurrency", type=int, default=200,
+                    help="client connections being opened at once (200)")
+    ap.add_argument("--grace", type=float, default=30.0,
+                    help="seconds past D to wait for the responses before counting the "
+                         "rest as lost (30)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="before each scenario, wait up to S seconds for other processes "
+                         "to use < 10%% of a core (0: do not wait)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the interceptor to core 0 and everything else to core 1")
+    ap.add_argument("--profile", default="", metavar="SCENARIO",
+                    help="attach py-spy (from the venv or PATH) to the interceptor during "
+                         "this scenario's release, e.g. direct:1000")
+    ap.add_argument("--interceptor", default="worktree", metavar="SRC",
+                    help="code to run: 'worktree' (this checkout as it is), a git ref "
+                         "(exported read-only with git archive), or a directory holding "
+                         "keda_proxy/ (see bench_proxy.py)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for keda-interceptor, for experiments "
+                         "(repeatable), e.g. KEDA_HTTP_CONNECT_TIMEOUT=10s")
+    ap.add_argument("--diag", action="store_true",
+                    help="time the interceptor's garbage collections and long reactor "
+                         "turns (a sitecustomize on its PYTHONPATH; keda_proxy unchanged)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = ap.parse_args(argv)
+    if args.delay is None:
+        args.delay = 2.0 if args.quick else 10.0
+    return args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    scenarios = scenarios_for(args)
+    biggest = max(sc.n for sc in scenarios)
+    limit = bl.raise_nofile(biggest + 1024)
+    if limit < biggest + 100:
+        sys.exit(f"this process's open-file limit is {limit}; {biggest:,} client "
+                 "connections need more (the hard limit cannot be raised here)")
+    if args.pin:
+        os.sched_setaffinity(0, {1})
+    if args.interceptor in ("", "worktree"):
+        args.src = None
+        args.where = bl.describe_source(None, None)
+        return _run_all(args, argv, scenarios)
+    # a git ref or a directory: exported into a temp dir (removed on exit)
+    with bl.Teardown("keda-coldstart-src-") as td:
+        args.src = bl.interceptor_source(args.interceptor, td.dir)
+        args.where = bl.describe_source(args.src, args.interceptor)
+        return _run_all(args, argv, scenarios)
+
+
+def _run_all(args, argv, scenarios) -> int:
+    bl.log(f"keda-interceptor: {args.where}")
+    results = {}
+    for sc in scenarios:
+        bl.log(f"scenario {sc.name} ({sc.label}, N={sc.n:,}, D={args.delay:g} s)")
+        before = wait_quiet(args.wait_quiet) if args.wait_quiet else other_cpu_pct(0.5)
+        if args.wait_quiet and before >= 10:
+            bl.log(f"  the machine is not quiet ({before:.0f}% of a core used by others)")
+        try:
+            r = run_scenario(sc, args)
+        except (RuntimeError, OSError) as e:
+            bl.log(f"{sc.name} failed: {e}")
+            r = {"failed": str(e).splitlines()[0]}
+        r["scenario"] = sc
+        r["other_before"] = before
+        key, k = sc.name, 1
+        while key in results:
+            k += 1
+            key = f"{sc.name}#{k}"
+        results[key] = r
+        if "lat" in r:
+            lat = r["lat"]
+            bl.log(f"  {sc.name}: {r['ok']}/{sc.n} 200, p50 "
+                   f"{fmt_ms(percentile(lat, 50) if lat else None)} ms, max "
+                   f"{fmt_ms(max(lat) if lat else None)} ms, lost {r['lost']}, after "
+                   f"{r['concurrency_after']}")
+    ok = print_report(args, results, argv)
+    return 1 if args.check and not ok else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        bl.log("interrupted; everything started was stopped")
+        sys.exit(130)
