@@ -19,13 +19,13 @@ scale-from-zero the address may refuse or drop connections for a moment.
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from attrs import define, field
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import error as ierror
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -33,6 +33,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from keda_proxy.store import StateStore
@@ -93,53 +94,143 @@ class StaticResolver:
         return self.names.get(host)
 
 
+@define
+class DialGate:
+    """One probe at a time for an address that refuses connections.
+
+    While an address refuses (a Service whose ClusterIP kube-proxy has not
+    programmed yet, say), every held request re-dialling it every 50 ms
+    would cost a core for a thousand requests.  Instead the requests queue
+    here: every C{interval} one of them (the oldest) dials, and when a dial
+    succeeds all the others go at once.  Addresses that answer cost nothing:
+    no state is kept for them.
+    """
+
+    clock: object
+    interval: float = RETRY_INTERVAL
+    _refusing: Dict[object, "_Probe"] = field(factory=dict)
+
+    def turn(self, address) -> Deferred:
+        """Fires when the caller may dial C{address}: at once unless the
+        address is refusing, else when a probe turn or a success comes."""
+        probe = self._refusing.get(address)
+        if probe is None:
+            return succeed(None)
+        d = Deferred(lambda d: probe.waiters.remove(d) if d in probe.waiters else None)
+        probe.waiters.append(d)
+        return d
+
+    def refused(self, address) -> None:
+        probe = self._refusing.get(address)
+        if probe is None:
+            probe = self._refusing[address] = _Probe()
+        if probe.timer is None:
+            probe.timer = self.clock.callLater(self.interval, self._next, address)
+
+    def answered(self, address) -> None:
+        probe = self._refusing.pop(address, None)
+        if probe is not None:
+            if probe.timer is not None and probe.timer.active():
+                probe.timer.cancel()
+            waiters, probe.waiters = probe.waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _next(self, address) -> None:
+        probe = self._refusing.get(address)
+        if probe is None:
+            return
+        probe.timer = None
+        if not probe.waiters:
+            del self._refusing[address]  # nobody waits: forget it
+            return
+        probe.waiters.pop(0).callback(None)
+
+    def refusing(self, address) -> bool:
+        return address in self._refusing
+
+
+@define
+class _Probe:
+    waiters: list = field(factory=list)
+    timer: object = None
+
+
 @implementer(IStreamClientEndpoint)
 @define
 class RetryingEndpoint:
     """Dial through C{attempt()} endpoints until one connects or the budget
     runs out; the last failure is reported.
 
-    Cancelling the returned Deferred stops the current attempt and any
-    scheduled retry.
+    Retries go through the L{DialGate} of the address: a refusing address is
+    probed by one request at a time, every 50 ms.  Cancelling the returned
+    Deferred stops the current attempt and any wait for a retry.
     """
 
     attempt: Callable[[], IStreamClientEndpoint]
     clock: object
     budget: float
-    interval: float = RETRY_INTERVAL
+    gate: Optional[DialGate] = None
+    address: object = None
 
     def connect(self, protocolFactory):
-        deadline = self.clock.seconds() + self.budget
-        state = {"inflight": None, "timer": None, "cancelled": False}
+        gate = self.gate or DialGate(self.clock)
+        state = {"inflight": None, "waiting": None, "cancelled": False,
+                 "expired": False, "last": None}
 
         def cancel(_):
             state["cancelled"] = True
-            if state["timer"] is not None and state["timer"].active():
-                state["timer"].cancel()
-            if state["inflight"] is not None:
-                state["inflight"].cancel()
+            for key in ("waiting", "inflight"):
+                if state[key] is not None:
+                    state[key].cancel()
+            if deadline is not None and deadline.active():
+                deadline.cancel()
 
         result = Deferred(cancel)
 
-        def try_once():
-            state["timer"] = None
+        def out_of_time():
+            state["expired"] = True
+            if state["waiting"] is not None:  # not dialling now: give up
+                state["waiting"].cancel()
+                result.errback(state["last"] or Failure(ierror.TimeoutError(
+                    string="no connection within the dial budget")))
+
+        deadline = self.clock.callLater(self.budget, out_of_time) if self.budget > 0 else None
+
+        def wait_turn():
+            d = state["waiting"] = gate.turn(self.address)
+            d.addCallbacks(try_once, lambda f: None)
+
+        def try_once(_=None):
+            state["waiting"] = None
             d = state["inflight"] = self.attempt().connect(protocolFactory)
             d.addCallbacks(connected, failed)
 
         def connected(proto):
             state["inflight"] = None
-            result.callback(proto)
+            gate.answered(self.address)
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+            if result.called:  # cancelled meanwhile
+                proto.transport.loseConnection()
+            else:
+                result.callback(proto)
 
         def failed(f):
             state["inflight"] = None
             if state["cancelled"] or result.called:
                 return None
-            if self.clock.seconds() + self.interval < deadline:
-                state["timer"] = self.clock.callLater(self.interval, try_once)
-            else:
+            state["last"] = f
+            gate.refused(self.address)
+            if deadline is None or state["expired"]:
                 result.errback(f)
+                return None
+            wait_turn()
 
-        try_once()
+        if deadline is None:
+            try_once()  # one attempt (a pod): no queueing behind a probe
+        else:
+            wait_turn()
         return result
 
 
@@ -156,6 +247,11 @@ class UpstreamEndpoints:
     resolver: IServiceResolver
     connect_timeout: float = 0.5
     tls: object = None  # an L{keda_proxy.tls.UpstreamTLS} when upstreams are https
+    gate: DialGate = None
+
+    def __attrs_post_init__(self):
+        if self.gate is None:
+            self.gate = DialGate(self.reactor)
 
     def endpoint_for(self, key, budget: float):
         scheme, host, port, server_name = key
@@ -178,7 +274,8 @@ class UpstreamEndpoints:
                 ep = wrapClientTLS(creator, ep)
             return ep
 
-        return RetryingEndpoint(attempt, self.reactor, budget)
+        return RetryingEndpoint(attempt, self.reactor, budget, self.gate,
+                                (target or host, port))
 
 
 @implementer(IStreamClientEndpoint)

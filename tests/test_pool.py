@@ -178,3 +178,47 @@ def test_service_names_resolve_to_the_cluster_ip_and_ip_literals_skip_dns():
     endpoints.endpoint_for((b"http", "fd00::1", 8080, "web.default"), 1).connect(None)
     hosts = [c[0] for c in reactor.tcpClients]
     assert hosts == ["10.96.0.7", "fd00::1"]
+
+
+def test_a_refusing_address_is_probed_by_one_request_at_a_time():
+    from keda_proxy.upstream import DialGate
+
+    clock = Clock()
+    gate = DialGate(clock)
+    up = {"now": False}
+    dials = []
+
+    class Ep:
+        def connect(self, factory):
+            dials.append(clock.seconds())
+            return succeed("proto") if up["now"] else fail(ConnectionRefusedError())
+
+    results = [RetryingEndpoint(Ep, clock, 60, gate, ("10.0.0.1", 80)).connect(None)
+               for _ in range(100)]
+    # the first wave: each request tried once before the address was known to refuse
+    first_wave = len(dials)
+    for _ in range(10):
+        clock.advance(0.05)
+    assert len(dials) - first_wave == 10  # one probe per 50 ms, not 100
+    up["now"] = True
+    clock.advance(0.05)  # the probe succeeds: everyone else dials at once
+    assert all(r.called and r.result == "proto" for r in results)
+    assert not gate.refusing(("10.0.0.1", 80))
+
+
+def test_a_request_that_leaves_stops_waiting_for_its_turn():
+    from keda_proxy.upstream import DialGate
+
+    clock = Clock()
+    gate = DialGate(clock)
+
+    class Ep:
+        def connect(self, factory):
+            return fail(ConnectionRefusedError())
+
+    d = RetryingEndpoint(Ep, clock, 60, gate, ("10.0.0.1", 80)).connect(None)
+    d.addErrback(lambda f: f.trap(CancelledError))
+    d.cancel()
+    clock.advance(0.05)
+    assert not gate.refusing(("10.0.0.1", 80))  # nobody waits: forgotten
+    assert clock.getDelayedCalls() == []
