@@ -81,7 +81,6 @@ class ConnectionPool:
     _idle_order: "OrderedDict[UpstreamConnection, PoolKey]" = field(factory=OrderedDict)
     _owners: Dict[PoolKey, _Owner] = field(factory=dict)
     _sweeper: object = None
-    dialled: int = 0
 
     def take_idle(self, key: PoolKey, has_body: bool = False):
         """A pooled connection for C{key} that is safe for this request, or
@@ -114,7 +113,6 @@ class ConnectionPool:
 
     def connect(self, key: PoolKey, dial_budget: float) -> Deferred:
         """Dial a new connection for C{key}, bypassing idle ones."""
-        self.dialled += 1
         owner = self._owners.get(key)
         if owner is None:
             owner = self._owners[key] = _Owner(self, key)

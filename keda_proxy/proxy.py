@@ -206,7 +206,6 @@ class Exchange:
     _deadline_at: Optional[float] = None
     _retried = False
     _head = None
-    _tunnel = None
 
     def __init__(self, p: Pipeline, request, route: Route, facts: RequestFacts,
                  started: float = 0.0):
@@ -469,7 +468,7 @@ class Exchange:
             conn.abort()
             return
         self._conn = None
-        self._tunnel = Tunnel.open(self, conn, rest)
+        Tunnel.open(self, conn, rest)
 
     # -- endings --------------------------------------------------------------
 

@@ -48,7 +48,6 @@ class BodyStream:
     def __init__(self, length: Optional[int], pause, resume):
         self.length = length  # None: chunked, unknown length
         self.done = length == 0
-        self.received = 0
         self._buffer: list = []
         self._buffered = 0
         self._consumer = None
@@ -61,7 +60,6 @@ class BodyStream:
         return self.length == 0
 
     def write(self, data: bytes) -> None:
-        self.received += len(data)
         if self._consumer is not None:
             self._consumer.write_body(data)
             return
@@ -122,7 +120,6 @@ class StreamingRequest(server.Request):
     """A Request that is processed when its head arrives (see module doc)."""
 
     body: Optional[BodyStream] = None
-    _processing = False
     #: called once, with None when the response is complete or a Failure
     #: when the connection is lost first: notifyFinish without a Deferred
     on_done = None
@@ -135,7 +132,6 @@ class StreamingRequest(server.Request):
         transport = ch.transport
         self.body = BodyStream(length, transport.pauseProducing, transport.resumeProducing)
         self.content = None
-        self._processing = True
         if hasattr(ch, "head_complete"):
             ch.head_complete()
         self.process()
