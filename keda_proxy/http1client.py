@@ -111,6 +111,7 @@ class UpstreamConnection(Protocol):
         self._decoder = None
         self._remaining: Optional[int] = None
         self._final = False
+        self._request_complete = True
         self._head_only = False
         self._keep_alive = True
         self._response_started = False
@@ -151,7 +152,7 @@ class UpstreamConnection(Protocol):
     # -- sending --------------------------------------------------------------
 
     def send(self, method: bytes, head: bytes, sink: IResponseSink,
-             chunked_body: bool = False) -> None:
+             chunked_body: bool = False, has_body: bool = False) -> None:
         """Write a request head; the body, if any, follows through
         L{write_body} and L{end_body}."""
         assert self.state == IDLE, self.state
@@ -162,6 +163,7 @@ class UpstreamConnection(Protocol):
         self._keep_alive = True
         self._response_started = False
         self._chunked_body = chunked_body
+        self._request_complete = not has_body
         eager_write(self.transport, head)
 
     def write_body(self, data: bytes) -> None:
@@ -172,8 +174,9 @@ class UpstreamConnection(Protocol):
         eager_write(self.transport, data)
 
     def end_body(self) -> None:
+        self._request_complete = True
         if self._chunked_body and self.state not in (CLOSED, DONE):
-            self.transport.write(b"0\r\n\r\n")
+            eager_write(self.transport, b"0\r\n\r\n")
 
     def abort(self) -> None:
         """Drop the connection now, telling nobody (the client went away)."""
@@ -319,11 +322,12 @@ class UpstreamConnection(Protocol):
         self._remaining = None
         self._final = False
         sink, self.sink = self.sink, None
-        if self.state == CLOSED:
+        if self.state == CLOSED or not self._request_complete:
+            # a request body still unsent would be read as the next request
             reusable = False
         self.state = DONE
-        if sink is not None:
-            sink.response_done()
+        # Back to the pool before the sink hears of it, so that a pipelined
+        # request the sink's completion lets through can reuse it at once.
         if reusable and self.transport is not None:
             self.state = IDLE
             self.idle_since = self.clock.seconds()
@@ -331,6 +335,8 @@ class UpstreamConnection(Protocol):
                 self.owner.connection_reusable(self)
         elif self.transport is not None:
             self.transport.loseConnection()
+        if sink is not None:
+            sink.response_done()
 
     def _upgrade(self, code, phrase, headers) -> None:
         self._response_started = True

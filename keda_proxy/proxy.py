@@ -388,8 +388,9 @@ class Exchange:
         length = 0 if body is None else body.length
         head = request_head(req.method, self._origin_target(), req.requestHeaders,
                             *_client_facts(req.channel), length)
-        conn.send(req.method, head, self, chunked_body=length is None)
-        if body is not None and not body.empty:
+        has_body = body is not None and not body.empty
+        conn.send(req.method, head, self, chunked_body=length is None, has_body=has_body)
+        if has_body:
             self._body_writer = _BodyWriter(conn, body)
             body.attach(self._body_writer)
         timeout = self.route.timeouts.response_header

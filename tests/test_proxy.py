@@ -668,3 +668,44 @@ def test_websocket_upgrade_becomes_a_counted_two_way_tunnel():
     up.close()
     assert t.disconnecting
     assert h.counter.get("default/web").concurrency == 0
+
+
+def test_pipelined_requests_are_answered_in_order():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"GET /one HTTP/1.1\r\nHost: example.com\r\n\r\n"
+                       b"GET /two HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    up = h.upstream()
+    assert up.request_line() == b"GET /one HTTP/1.1"
+    assert b"/two" not in up.sent()  # head-of-line: the second waits its turn
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none")
+    assert up.sent().count(b"GET /two HTTP/1.1") == 1  # on the same pooled connection
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo")
+    assert t.value().index(b"one") < t.value().index(b"two")
+    assert t.value().count(b"HTTP/1.1 200 OK") == 2
+
+
+def test_http10_client_gets_a_response_it_can_frame():
+    h = Harness()
+    warm(h)
+    proto, t = h.send(b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n")
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert status_line(t) == b"HTTP/1.0 200 OK"
+    assert b"chunked" not in t.value().lower()  # HTTP/1.0 cannot read chunks
+    assert t.value().endswith(b"hello")
+    assert t.disconnecting  # the end of the body is the end of the connection
+
+
+def test_an_upstream_answering_before_the_body_is_sent_is_not_reused():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\n"
+                       b"hello")
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+    assert status_line(t) == b"HTTP/1.1 413 Payload Too Large"
+    assert h.pool.idle_count() == 0  # the rest of the body would be read as a request
+    assert up.transport.disconnecting
