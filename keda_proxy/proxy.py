@@ -44,6 +44,7 @@ log = Logger()
 #: Go's default readiness timeout when a fallback exists and none is set.
 DEFAULT_FALLBACK_READINESS = 30.0
 
+
 @implementer(IEndpointSelector)
 class RandomSelector:
     """Pick a ready pod uniformly at random, as the Go interceptor does."""
