@@ -41,12 +41,7 @@ class Upstream:
         return self.sent().split(b"\r\n", 1)[0]
 
     def request_headers(self) -> dict:
-        head = self.sent().split(b"\r\n\r\n", 1)[0]
-        out: dict = {}
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            out.setdefault(name.strip().lower(), []).append(value.strip())
-        return out
+        return head_fields(self.sent())
 
     def respond(self, raw: bytes):
         self.protocol.dataReceived(raw)
@@ -140,13 +135,19 @@ def status_line(transport) -> bytes:
     return transport.value().split(b"\r\n", 1)[0]
 
 
-def response_headers(transport) -> dict:
-    head = transport.value().split(b"\r\n\r\n", 1)[0]
+def head_fields(raw: bytes) -> dict:
+    """The header fields of the first message in C{raw}: lower-case name ->
+    values in order."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
     out: dict = {}
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         out.setdefault(name.strip().lower(), []).append(value.strip())
     return out
+
+
+def response_headers(transport) -> dict:
+    return head_fields(transport.value())
 
 
 def response_body(transport) -> bytes:
