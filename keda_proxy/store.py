@@ -1,8 +1,9 @@
 """
 The state store: sources put parsed objects in, readers get snapshots out.
 
-Only the reactor thread calls into the store.  A burst of changes is
-coalesced into one rebuild a few milliseconds later; the rebuild makes a
+Only the reactor thread calls into the store.  A change after a quiet
+spell is applied on the next reactor turn; a burst that follows is
+coalesced into one rebuild per few milliseconds; the rebuild makes a
 new immutable L{Snapshot} and swaps the reference, so a request that holds
 the old snapshot keeps a consistent view and nobody locks.
 """
@@ -87,6 +88,7 @@ class StateStore:
     _dirty_kinds: set = field(factory=set)
     _dirty_services: set = field(factory=set)
     _pending: Optional[object] = None
+    _last_rebuild: float = float("-inf")
     _listeners: list = field(factory=list)
 
     # -- IStateSink -------------------------------------------------------
@@ -157,9 +159,16 @@ class StateStore:
     def _changed(self, kind: str) -> None:
         self._dirty_kinds.add(kind)
         if self._pending is None or not self._pending.active():
-            self._pending = self.clock.callLater(self.coalesce, self.flush)
+            # The first change after a quiet spell is applied on the next
+            # reactor turn (a pod turning ready should not wait); changes
+            # that follow within C{coalesce} of a rebuild wait for the rest
+            # of the window and are applied together.
+            now = self.clock.seconds()
+            delay = max(0.0, self._last_rebuild + self.coalesce - now)
+            self._pending = self.clock.callLater(delay, self.flush)
 
     def _rebuild(self) -> None:
+        self._last_rebuild = self.clock.seconds()
         old = self.current
         dirty, self._dirty_kinds = self._dirty_kinds, set()
         routes, table = old.routes, old.table
