@@ -250,3 +250,35 @@ def test_tls_with_a_missing_key_stops_startup_with_one_line(tmp_path):
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "KEDA_HTTP_PROXY_TLS_CERT_PATH" in lines[0], proc.stderr
+
+
+def test_sigterm_lets_a_request_in_flight_finish(tmp_path, backend, run):
+    import threading
+
+    (tmp_path / "m.yaml").write_text(manifest(backend))
+    ic = run(tmp_path / "m.yaml", KEDA_HTTP_DRAIN_TIMEOUT="20s").ready()
+    result = {}
+
+    def slow():
+        req = urllib.request.Request(ic.url("/slow"), headers={"Host": "demo.test"})
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            result["body"] = resp.read()
+
+    t = threading.Thread(target=slow)
+    t.start()
+    eventually(lambda: json.loads(http(f"http://127.0.0.1:{ic.admin}/queue")[2])
+               ["default/demo"]["Concurrency"] == 1, what="the slow request in flight")
+    ic.proc.send_signal(signal.SIGTERM)
+    t.join(timeout=20)
+    assert result.get("body") == b"line 1\nline 2\nline 3\nline 4\nline 5\n"
+    assert ic.proc.wait(timeout=10) in (0, -signal.SIGTERM)
+
+
+def test_shutdown_delay_turns_readyz_503_while_still_serving(tmp_path, backend, run):
+    (tmp_path / "m.yaml").write_text(manifest(backend))
+    ic = run(tmp_path / "m.yaml", KEDA_HTTP_SHUTDOWN_DELAY="3s").ready()
+    ic.proc.send_signal(signal.SIGTERM)
+    eventually(lambda: http(f"http://127.0.0.1:{ic.admin}/readyz")[0] == 503,
+               what="/readyz 503 while draining")
+    assert http(ic.url(), host="demo.test")[0] == 200  # traffic still served
+    assert ic.proc.wait(timeout=15) in (0, -signal.SIGTERM)
