@@ -72,28 +72,30 @@ class IConnectionOwner(Interface):
 
 
 def parse_head(head: bytes) -> Tuple[int, bytes, bytes, List[Tuple[bytes, bytes]]]:
-    """Parse ``HTTP/1.x CODE PHRASE`` plus header lines."""
+    """Parse ``HTTP/1.x CODE PHRASE`` plus header lines (without the final
+    blank line).  Bare CR or LF, NUL, folded lines and malformed names are
+    refused: the values go to the client as they are."""
     lines = head.split(b"\r\n")
-    status = lines[0].split(b" ", 2)
-    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit() \
-            or len(status[1]) != 3:
-        raise UpstreamProtocolError(f"bad status line {lines[0][:80]!r}")
-    version = status[0]
-    code = int(status[1])
-    phrase = status[2] if len(status) == 3 else b""
+    breaks = len(lines) - 1
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
+        raise UpstreamProtocolError("bare CR, LF or NUL in the response head")
+    status = lines[0]
+    if status[:7] != b"HTTP/1." or status[8:9] != b" " or not status[9:12].isdigit() \
+            or status[12:13] not in (b"", b" "):
+        raise UpstreamProtocolError(f"bad status line {status[:80]!r}")
     headers = []
+    append = headers.append
     for line in lines[1:]:
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t"):
-            raise UpstreamProtocolError("obsolete header line folding")
-        name, sep, value = line.partition(b":")
-        if b"\r" in line or b"\n" in line or b"\x00" in line:
-            raise UpstreamProtocolError("bare CR, LF or NUL in a header line")
-        if not sep or not name or name != name.strip():
-            raise UpstreamProtocolError(f"bad header line {line[:80]!r}")
-        headers.append((name, value.strip(b" \t")))
-    return code, phrase, version, headers
+        colon = line.find(b":")
+        if colon <= 0 or line[0] in _SPACE or line[colon - 1] in _SPACE:
+            if not line:
+                continue
+            raise UpstreamProtocolError(f"bad or folded header line {line[:80]!r}")
+        append((line[:colon], line[colon + 1:].strip(b" \t")))
+    return int(status[9:12]), status[13:], status[:8], headers
+
+
+_SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
 
 
 class UpstreamConnection(Protocol):
@@ -252,6 +254,8 @@ class UpstreamConnection(Protocol):
         chunked = False
         lengths = set()
         for name, value in headers:
+            if name[:1] not in b"cCtT":  # none of the framing headers
+                continue
             lname = name.lower()
             if lname == b"content-length":
                 lengths.add(value)
