@@ -164,6 +164,8 @@ class Pipeline:
     settings: ProxySettings = ProxySettings()
     selector: IEndpointSelector = field(factory=RandomSelector)
     metrics: object = None
+    #: (id(ServiceRef), namespace) -> (ref, services, Target); see _service_target
+    _targets: dict = field(factory=dict, init=False, repr=False)
 
     def handle(self, request) -> None:
         started = self.clock.seconds()
@@ -311,10 +313,22 @@ class Exchange:
         self._send(target)
 
     def _service_target(self, ref: ServiceRef) -> Target:
+        """The Service address for C{ref}, remembered per (ref, Services
+        snapshot): it only changes when the Services do."""
+        services = self.snapshot.services
+        cache = self.p._targets
+        key = (id(ref), self.route.namespace)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is ref and hit[1] is services:
+            return hit[2]
         port, port_name = resolve_port(ref, self.route.namespace, self.snapshot)
         host = f"{ref.name}.{self.route.namespace}"
         scheme = b"https" if self.p.settings.upstream_tls else b"http"
-        return Target(scheme, host, port, server_name=host, port_name=port_name)
+        target = Target(scheme, host, port, server_name=host, port_name=port_name)
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[key] = (ref, services, target)
+        return target
 
     def _pod_target(self, service: Target) -> Target:
         eps = self.snapshot.endpoints_for(self.route.service_key)

@@ -709,3 +709,15 @@ def test_an_upstream_answering_before_the_body_is_sent_is_not_reused():
     assert status_line(t) == b"HTTP/1.1 413 Payload Too Large"
     assert h.pool.idle_count() == 0  # the rest of the body would be read as a request
     assert up.transport.disconnecting
+
+
+def test_plain_and_tls_pipelines_keep_their_own_upstream_scheme():
+    h = Harness()
+    warm(h)
+    tls = attrs.evolve(h.pipeline, settings=attrs.evolve(h.pipeline.settings, upstream_tls=True))
+    assert tls._targets is not h.pipeline._targets
+    h.get()
+    h.pipeline = tls
+    h.site.resource.pipeline = tls
+    h.get()
+    assert [d.key[0] for d in h.dials] == [b"http", b"https"]
