@@ -92,20 +92,22 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
 def copy_response_headers(headers, out: Headers) -> None:
     """Put an upstream response's end-to-end headers into C{out}.
 
-    The values come from our own parser, which refused CR and LF, so they
-    go into the Headers store as they are, under Twisted's canonical
-    names.  Upstream ``Date`` and ``Server`` replace ours.
+    The values come from our own parser, which refused CR, LF and NUL, so
+    they go into the Headers store as they are, under Twisted's canonical
+    names.  Upstream ``Date`` and ``Server`` replace ours.  One pass: the
+    headers a ``Connection`` header names are taken out afterwards.
     """
-    drop = _RESPONSE_DROP
-    for name, value in headers:
-        if name.lower() == b"connection":
-            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
     raw = out._rawHeaders
     raw.pop(b"Server", None)
     encode = _nameEncoder.encode
     fresh = set()
+    named = None
     for name, value in headers:
-        if name.lower() in drop:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                named = (named or set()) | {
+                    t.strip().lower() for t in value.split(b",") if t.strip()}
             continue
         key = encode(name)
         if key in fresh:
@@ -113,8 +115,12 @@ def copy_response_headers(headers, out: Headers) -> None:
         else:
             fresh.add(key)
             raw[key] = [value]
+    if named:  # only what the upstream sent: our own headers stay
+        for lname in named:
+            key = encode(lname)
+            if key in fresh:
+                del raw[key]
 
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _DROP = HOP_BY_HOP | _FRAMING
-_RESPONSE_DROP = HOP_BY_HOP
