@@ -134,7 +134,13 @@ class StreamingRequest(server.Request):
         self.content = None
         if hasattr(ch, "head_complete"):
             ch.head_complete()
-        self.process()
+        if length != 0:
+            # A body follows: start now, so that it can stream upstream.
+            self.process()
+        # No body: the channel calls requestReceived next, in this same
+        # call; processing there keeps twisted.web's own order of events,
+        # which a response finished right away (a 404, a static route)
+        # needs for the connection to carry on with the next request.
 
     def process(self):
         """Render the root resource directly: the proxy has a single leaf
@@ -157,9 +163,12 @@ class StreamingRequest(server.Request):
             self.body.write(data)
 
     def requestReceived(self, command, path, version):
-        # The channel calls this once the whole body is in: end of stream.
-        if self.body is not None:
-            self.body.end()
+        # The channel calls this once the whole body is in.
+        body = self.body
+        if body is not None and body.length == 0:
+            self.process()
+        elif body is not None:
+            body.end()
 
     def _cleanup(self):
         super()._cleanup()
@@ -253,6 +262,17 @@ class ProxyChannel(http.HTTPChannel):
         super().requestDone(request)
         if self.persistent:
             self._head_started = self._now()
+
+    def allHeadersReceived(self):
+        """As HTTPChannel's, but any ``100 Continue`` goes out before the
+        request is processed: a response the proxy gives at once (a 404) must
+        not be followed by a 100."""
+        req = self.requests[-1]
+        self.persistent = self.checkPersistence(req, self._version)
+        expect = req.requestHeaders.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
+            self._send100Continue()
+        req.gotLength(self.length)
 
     def lineReceived(self, line):
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:

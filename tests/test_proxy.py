@@ -721,3 +721,26 @@ def test_plain_and_tls_pipelines_keep_their_own_upstream_scheme():
     h.site.resource.pipeline = tls
     h.get()
     assert [d.key[0] for d in h.dials] == [b"http", b"https"]
+
+
+def test_keep_alive_survives_responses_given_at_once():
+    h = Harness()
+    warm(h, route(static_routes=(_static(MODE_ALWAYS, body="fine"),)))
+    proto, t = h.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n")
+    proto.dataReceived(b"GET /status HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n"
+                       b"GET /status HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert t.value().count(b"HTTP/1.1 404 Not Found") == 2
+    assert t.value().count(b"HTTP/1.1 200 OK") == 2
+    assert not t.disconnecting
+
+
+def test_continue_is_sent_before_an_immediate_answer():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: nowhere.example\r\nContent-Length: 2\r\n"
+                       b"Expect: 100-continue\r\n\r\n")
+    out = t.value()
+    assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found")
