@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http import _parseRequestLine
 from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from keda_proxy.eagerwrite import eager_write
 from keda_proxy.responses import status_text
@@ -256,7 +259,55 @@ class ProxyChannel(http.HTTPChannel):
                 self._now() - started >= self.head_timeout:
             self._refuse(408)
             return
+        if (self._HTTPChannel__first_line == 1 and self.line_mode and not self._buffer
+                and not self._busyReceiving and not self._handlingRequest
+                and self.persistent and not self.paused):
+            end = data.find(b"\r\n\r\n")
+            if end > 0 and self._whole_head(data, end):
+                return
         super().dataReceived(data)
+
+    def _whole_head(self, data: bytes, end: int) -> bool:
+        """The common case, a whole request head in one read, parsed in one
+        go with the same steps and checks as HTTPChannel's line-by-line
+        parser.  Returns False, having changed nothing, for anything
+        unusual (folded lines, a leading empty line, limits), which the
+        line-by-line parser then handles as usual."""
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        size = end - 2 * (len(lines) - 1)
+        if size > self.totalHeadersSize or len(lines) - 1 > self.maxHeaders or not lines[0]:
+            return False
+        for line in lines:
+            if len(line) > self.MAX_LENGTH or line[:1] in (b" ", b"\t"):
+                return False
+        self.resetTimeout()
+        factory = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        self._HTTPChannel__first_line = 0
+        try:
+            command, path, version = _parseRequestLine(lines[0])
+        except ValueError:
+            self._respondToBadRequestAndDisconnect()
+            return True
+        self._command, self._path, self._version = command, path, version
+        self._receivedHeaderSize = size
+        for line in lines[1:]:
+            if not self.headerReceived(line):
+                return True
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+        rest = data[end + 4:]
+        if rest and self.transport is not None and not self.transport.disconnecting:
+            basic.LineReceiver.dataReceived(self, rest)
+        return True
 
     def requestDone(self, request):
         super().requestDone(request)

@@ -744,3 +744,21 @@ def test_continue_is_sent_before_an_immediate_answer():
                        b"Expect: 100-continue\r\n\r\n")
     out = t.value()
     assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found")
+
+
+def test_whole_head_and_trickled_head_are_parsed_the_same():
+    raw = (b"POST /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Multi: 1\r\nX-Multi: 2\r\n"
+           b"Content-Length: 3\r\nConnection: keep-alive, X-Hop\r\nX-Hop: gone\r\n\r\nabc")
+    sent = []
+    for chunks in ([raw], [raw[i:i + 1] for i in range(len(raw))]):
+        h = Harness()
+        warm(h)
+        proto, t = h.connect()
+        for c in chunks:
+            proto.dataReceived(c)
+        up = h.upstream()
+        sent.append(up.sent())
+        up.respond(OK_5)
+        assert response_body(t) == b"hello"
+    assert sent[0] == sent[1]
+    assert sent[0].endswith(b"\r\n\r\nabc")
