@@ -12,14 +12,14 @@ kept twice on the request path.
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from bisect import bisect_left
+
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
@@ -50,42 +50,86 @@ class _ConcurrencyCollector:
         yield family
 
 
+class _Cell:
+    """One label set's counters: plain numbers, updated on the reactor
+    thread; read at scrape time (also on the reactor thread)."""
+
+    __slots__ = ("count", "total", "buckets")
+
+    def __init__(self):
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+
+
 class ProxyMetrics:
-    """Per-request instruments; C{observe} is called once per request."""
+    """Per-request instruments.  C{record} is called once per request and
+    only does arithmetic; the Prometheus families are built when scraped."""
 
     def __init__(self, clock, counter: QueueCounter, registry: CollectorRegistry = None):
         self.clock = clock
         self.registry = registry if registry is not None else CollectorRegistry()
-        labels = ["code", "method", "route_name", "route_namespace"]
-        self.requests = Counter("interceptor_request_count",
-                                "Total requests processed by the interceptor proxy",
-                                labels, registry=self.registry)
-        self.duration = Histogram("interceptor_request_duration_seconds",
-                                  "Time from request received to response written",
-                                  labels, buckets=BUCKETS, registry=self.registry)
+        #: label values -> _Cell: the series
+        self._series = {}
+        #: (code, method, route) -> _Cell, a cache in front of _series that
+        #: saves building the label values on every request
+        self._by_key = {}
+        self.registry.register(_RequestCollector(self))
         self.registry.register(_ConcurrencyCollector(counter))
-        #: label children by (code, method, route), saving the label lookups
-        self._children = {}
 
     def record(self, request, started: float, route) -> None:
         """Count one finished (or abandoned) request."""
         key = (request.code, request.method, route)
-        children = self._children.get(key)
-        if children is None:
+        cell = self._by_key.get(key)
+        if cell is None:
             method = request.method.decode("latin-1")
             if method not in _STANDARD_METHODS:
                 method = "_OTHER"
             labels = (str(request.code), method,
                       route.name if route is not None else "",
                       route.namespace if route is not None else "")
-            children = (self.requests.labels(*labels), self.duration.labels(*labels))
-            if len(self._children) < 10_000:
-                self._children[key] = children
-        children[0].inc()
-        children[1].observe(max(0.0, self.clock.seconds() - started))
+            cell = self._series.get(labels)
+            if cell is None:
+                cell = self._series[labels] = _Cell()
+            if len(self._by_key) > 10_000:  # route objects replaced by reloads
+                self._by_key.clear()
+            self._by_key[key] = cell
+        seconds = self.clock.seconds() - started
+        if seconds < 0:
+            seconds = 0.0
+        cell.count += 1
+        cell.total += seconds
+        cell.buckets[bisect_left(BUCKETS, seconds)] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestCollector:
+    def __init__(self, metrics: ProxyMetrics):
+        self._metrics = metrics
+
+    def collect(self):
+        labels = ["code", "method", "route_name", "route_namespace"]
+        count = CounterMetricFamily("interceptor_request_count",
+                                    "Total requests processed by the interceptor proxy",
+                                    labels=labels)
+        duration = HistogramMetricFamily(
+            "interceptor_request_duration_seconds",
+            "Time from request received to response written", labels=labels, unit="")
+        for values, cell in self._metrics._series.items():
+            count.add_metric(list(values), cell.count)
+            cumulative, buckets = 0, []
+            for bound, n in zip(BUCKETS + (float("inf"),), cell.buckets, strict=True):
+                cumulative += n
+                buckets.append((_bound(bound), cumulative))
+            duration.add_metric(list(values), buckets, cell.total)
+        yield count
+        yield duration
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(float(value))
 
 
 class MetricsResource(Resource):
