@@ -372,7 +372,26 @@ class ProxyChannel(http.HTTPChannel):
             self.length = 0
             self._transferDecoder = None
             return
-        super().allContentReceived()
+        # HTTPChannel's steps, except that the idle timer is not cancelled
+        # here and re-armed after every request (two timer operations per
+        # request): it keeps running, and timeoutConnection below ignores
+        # it while a request is being answered.
+        command, path, version = self._command, self._path, self._version
+        self.length = 0
+        self._receivedHeaderCount = 0
+        self._receivedHeaderSize = 0
+        self._HTTPChannel__first_line = 1
+        self._transferDecoder = None
+        del self._command, self._path, self._version
+        self._handlingRequest = True
+        self.setRawMode()
+        self.requests[-1].requestReceived(command, path, version)
+
+    def timeoutConnection(self):
+        if self._handlingRequest:  # a whole request is in and being answered
+            self.setTimeout(self.timeOut)  # look again one period later
+            return
+        super().timeoutConnection()
 
     def _refuse(self, code: int):
         """Answer a request we will not read, then hang up."""

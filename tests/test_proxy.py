@@ -762,3 +762,16 @@ def test_whole_head_and_trickled_head_are_parsed_the_same():
         assert response_body(t) == b"hello"
     assert sent[0] == sent[1]
     assert sent[0].endswith(b"\r\n\r\nabc")
+
+
+def test_a_long_response_is_not_cut_by_the_idle_timeout():
+    h = Harness()
+    warm(h)
+    proto, t = h.get()
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    h.clock.advance(120)  # the client sends nothing while it reads a long stream
+    assert not t.disconnecting
+    up.respond(b"0\r\n\r\n")
+    h.clock.advance(61)  # now idle: closed
+    assert t.disconnecting
