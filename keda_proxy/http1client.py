@@ -133,6 +133,9 @@ class UpstreamConnection(Protocol):
 
     def connectionLost(self, reason=None):
         state, self.state = self.state, CLOSED
+        self._timer_fn = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         reason = reason or Failure(ConnectionDone())
         if state == TUNNEL and self.tunnel is not None:
             self.tunnel.upstream_lost(reason)
@@ -145,6 +148,30 @@ class UpstreamConnection(Protocol):
                 sink.response_failed(reason, self._response_started)
         if self.owner is not None:
             self.owner.connection_lost(self)
+
+    # -- one reusable timer per connection ---------------------------------
+    # The response-header timeout is armed for every request; resetting one
+    # DelayedCall per connection is much cheaper than a new callLater and a
+    # cancel per request.  A disarmed timer that still fires finds nothing.
+
+    _timer = None
+    _timer_fn = None
+
+    def arm_timer(self, delay: float, fn) -> None:
+        self._timer_fn = fn
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(delay)
+        else:
+            self._timer = self.clock.callLater(delay, self._timer_fired)
+
+    def disarm_timer(self) -> None:
+        self._timer_fn = None
+
+    def _timer_fired(self) -> None:
+        fn, self._timer_fn = self._timer_fn, None
+        if fn is not None:
+            fn()
 
     @property
     def usable(self) -> bool:

@@ -205,7 +205,6 @@ class Exchange:
     _conn = None
     _target = None
     _body_writer = None
-    _header_timer = None
     _deadline_at: Optional[float] = None
     _retried = False
     _head = None
@@ -412,7 +411,7 @@ class Exchange:
         if timeout is None:
             timeout = self.p.settings.response_header_timeout
         if timeout > 0:
-            self._header_timer = self._later(timeout, self._response_header_timeout)
+            conn.arm_timer(timeout, self._response_header_timeout)
 
     def _origin_target(self) -> bytes:
         uri = self.request.uri
@@ -426,8 +425,8 @@ class Exchange:
     # IResponseSink -----------------------------------------------------------
 
     def response_head(self, code: int, phrase: bytes, headers) -> None:
-        if self._header_timer is not None and self._header_timer.active():
-            self._header_timer.cancel()
+        if self._conn is not None:
+            self._conn.disarm_timer()
         req = self.request
         if self._gone or req.finished:
             self._abort_upstream()

@@ -775,3 +775,18 @@ def test_a_long_response_is_not_cut_by_the_idle_timeout():
     up.respond(b"0\r\n\r\n")
     h.clock.advance(61)  # now idle: closed
     assert t.disconnecting
+
+
+def test_response_header_timeout_restarts_for_each_request_on_a_pooled_connection():
+    h = Harness(settings=ProxySettings(response_header_timeout=10))
+    warm(h)
+    h.get()
+    up = h.upstream()
+    h.clock.advance(8)
+    up.respond(OK_5)
+    h.clock.advance(5)  # 13 s after the first request was sent
+    _, t = h.get()  # same connection
+    h.clock.advance(9.9)
+    assert t.value() == b""
+    h.clock.advance(0.1)
+    assert status_line(t) == b"HTTP/1.1 504 Gateway Timeout"
