@@ -14,7 +14,7 @@ proxy's per-request exchange.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -71,10 +71,13 @@ class IConnectionOwner(Interface):
     key = Attribute("The pool key this connection belongs to.")
 
 
-def parse_head(head: bytes) -> Tuple[int, bytes, bytes, List[Tuple[bytes, bytes]]]:
+def parse_head(head: bytes):
     """Parse ``HTTP/1.x CODE PHRASE`` plus header lines (without the final
-    blank line).  Bare CR or LF, NUL, folded lines and malformed names are
-    refused: the values go to the client as they are."""
+    blank line) into C{(code, phrase, version, headers, framing)}: the
+    headers as C{(name, value)} pairs in order, and C{framing} the
+    lower-cased pairs that may bear on framing (or None).  Bare CR or LF,
+    NUL, folded lines and malformed names are refused: the values go to
+    the client as they are."""
     lines = head.split(b"\r\n")
     breaks = len(lines) - 1
     if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
@@ -85,17 +88,24 @@ def parse_head(head: bytes) -> Tuple[int, bytes, bytes, List[Tuple[bytes, bytes]
         raise UpstreamProtocolError(f"bad status line {status[:80]!r}")
     headers = []
     append = headers.append
+    framing = None
     for line in lines[1:]:
         colon = line.find(b":")
         if colon <= 0 or line[0] in _SPACE or line[colon - 1] in _SPACE:
             if not line:
                 continue
             raise UpstreamProtocolError(f"bad or folded header line {line[:80]!r}")
-        append((line[:colon], line[colon + 1:].strip(b" \t")))
-    return int(status[9:12]), status[13:], status[:8], headers
+        name, value = line[:colon], line[colon + 1:].strip(b" \t")
+        append((name, value))
+        if line[0] in _FRAMING_INITIALS:  # Content-Length, Transfer-Encoding, Connection
+            if framing is None:
+                framing = []
+            framing.append((name.lower(), value))
+    return int(status[9:12]), status[13:], status[:8], headers, framing
 
 
 _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
+_FRAMING_INITIALS = frozenset(b"cCtT")
 
 
 class UpstreamConnection(Protocol):
@@ -255,7 +265,7 @@ class UpstreamConnection(Protocol):
                 return
             head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
             try:
-                code, phrase, version, headers = parse_head(head)
+                code, phrase, version, headers, framing = parse_head(head)
             except UpstreamProtocolError as e:
                 self._protocol_error(e)
                 return
@@ -264,7 +274,7 @@ class UpstreamConnection(Protocol):
                 return
             if 100 <= code < 200:
                 continue  # 100 Continue, 103 Early Hints: wait for the real one
-            self._start_body(code, phrase, version, headers)
+            self._start_body(code, phrase, version, headers, framing)
         if self.state == BODY and self._buffer:
             rest, self._buffer = self._buffer, b""
             self.dataReceived(rest)
@@ -276,14 +286,11 @@ class UpstreamConnection(Protocol):
             sink.response_failed(Failure(error), self._response_started)
         self.transport.abortConnection()
 
-    def _start_body(self, code, phrase, version, headers) -> None:
+    def _start_body(self, code, phrase, version, headers, framing) -> None:
         length = None
         chunked = False
         lengths = set()
-        for name, value in headers:
-            if name[:1] not in b"cCtT":  # none of the framing headers
-                continue
-            lname = name.lower()
+        for lname, value in framing or ():
             if lname == b"content-length":
                 lengths.add(value)
             elif lname == b"transfer-encoding":

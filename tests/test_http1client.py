@@ -6,10 +6,13 @@ from keda_proxy.http1client import UpstreamProtocolError, parse_head
 
 
 def test_status_line_and_headers_in_order():
-    code, phrase, version, headers = parse_head(
-        b"HTTP/1.1 404 Not Found\r\nSet-Cookie: a=1\r\nX-Y:  spaced \t\r\nSet-Cookie: b=2")
+    code, phrase, version, headers, framing = parse_head(
+        b"HTTP/1.1 404 Not Found\r\nSet-Cookie: a=1\r\nX-Y:  spaced \t\r\nSet-Cookie: b=2\r\n"
+        b"content-LENGTH: 5\r\nTransfer-Encoding: chunked")
     assert (code, phrase, version) == (404, b"Not Found", b"HTTP/1.1")
-    assert headers == [(b"Set-Cookie", b"a=1"), (b"X-Y", b"spaced"), (b"Set-Cookie", b"b=2")]
+    assert headers == [(b"Set-Cookie", b"a=1"), (b"X-Y", b"spaced"), (b"Set-Cookie", b"b=2"),
+                       (b"content-LENGTH", b"5"), (b"Transfer-Encoding", b"chunked")]
+    assert framing == [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")]
 
 
 def test_empty_reason_phrase_and_http10():
