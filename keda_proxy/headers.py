@@ -26,9 +26,13 @@ COLD_START_HEADER = b"X-KEDA-HTTP-Cold-Start"
 
 
 def connection_tokens(headers: Headers) -> FrozenSet[bytes]:
-    """Header names listed in ``Connection``, which are hop-by-hop too."""
+    """Header names listed in ``Connection``, which are hop-by-hop too.
+
+    (On the request path, headers are read straight from the Headers store
+    by their canonical names: C{getRawHeaders} would encode the name again.)
+    """
     tokens = set()
-    for value in headers.getRawHeaders(b"connection", ()):
+    for value in headers._rawHeaders.get(b"Connection", ()):
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
@@ -71,7 +75,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     ip = client_ip.encode("ascii")
     parts += (b"X-Forwarded-For: ", b", ".join(xff + [ip]) if xff else ip, b"\r\n")
     if xfh is None:
-        host = incoming.getRawHeaders(b"host")
+        host = incoming._rawHeaders.get(b"Host")
         if host:
             parts += (b"X-Forwarded-Host: ", host[0], b"\r\n")
     if xfp is None:

@@ -79,7 +79,7 @@ def request_facts(request) -> Optional[RequestFacts]:
     is malformed (no Host on HTTP/1.1, several Host headers)."""
     uri = request.uri
     path = request.path
-    hosts = request.requestHeaders.getRawHeaders(b"host", ())
+    hosts = request.requestHeaders._rawHeaders.get(b"Host", ())
     if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
         # absolute-form (RFC 9112 §3.2.2): its authority replaces Host
         parsed = URI.fromBytes(uri)

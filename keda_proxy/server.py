@@ -320,7 +320,7 @@ class ProxyChannel(http.HTTPChannel):
         not be followed by a 100."""
         req = self.requests[-1]
         self.persistent = self.checkPersistence(req, self._version)
-        expect = req.requestHeaders.getRawHeaders(b"expect")
+        expect = req.requestHeaders._rawHeaders.get(b"Expect")
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
         req.gotLength(self.length)
