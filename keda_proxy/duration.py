@@ -53,22 +53,3 @@ def parse_duration(text: str) -> float:
         pos = m.end()
     return sign * total
 
-
-def format_duration(seconds: float) -> str:
-    """A short Go-style rendering, for logs and docs ("1m30s", "500ms")."""
-    if seconds == 0:
-        return "0s"
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    if seconds < 1:
-        ms = seconds * 1000
-        return f"{sign}{ms:g}ms"
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    out = ""
-    if h:
-        out += f"{int(h)}h"
-    if h or m:
-        out += f"{int(m)}m"
-    out += f"{s:g}s"
-    return sign + out

@@ -606,21 +606,18 @@ def _no_duplicates(values, path, what="value") -> None:
         seen.add(v)
 
 
+_TYPE_NAMES = (  # bool before int: a bool is an int to isinstance
+    (bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+    (dict, "an object"), (list, "a list"),
+)
+
+
 def _type_name(value) -> str:
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
     return type(value).__name__
 
 

@@ -1,10 +1,8 @@
 """Go duration strings, as the KEDA env vars and route timeouts spell them."""
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from keda_proxy.duration import format_duration, parse_duration
+from keda_proxy.duration import parse_duration
 
 
 @pytest.mark.parametrize(
@@ -53,24 +51,3 @@ def test_parse_rejects_non_strings():
     with pytest.raises(ValueError):
         parse_duration(30)
 
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (0, "0s"),
-        (0.5, "500ms"),
-        (90, "1m30s"),
-        (9900, "2h45m0s"),
-        (1.5, "1.5s"),
-        (-1.5, "-1.5s"),
-    ],
-)
-def test_format(seconds, text):
-    assert format_duration(seconds) == text
-
-
-@settings(derandomize=True)
-@given(st.integers(min_value=-(10**10), max_value=10**10))
-def test_format_round_trips_at_millisecond_resolution(millis):
-    seconds = millis / 1000
-    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, abs=1e-6)
