@@ -222,6 +222,17 @@ class ProxyChannel(http.HTTPChannel):
     def head_complete(self):
         self._head_started = None
 
+    _host = None
+
+    def getHost(self):
+        """The local address, asked of the socket once per connection: each
+        twisted.web Request asks for it, which would be a syscall per
+        request."""
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
     # -- writing: the response head goes out with the first body bytes, in
     # one send when the socket takes it (see keda_proxy.eagerwrite) --------
 
@@ -411,15 +422,14 @@ class ProxyChannel(http.HTTPChannel):
         self._refuse(400)
 
 
-def _channel_factory():
-    return http._GenericHTTPChannelProtocol(ProxyChannel())
-
-
 class StreamingSite(server.Site):
     """A Site whose requests stream (see L{StreamingRequest})."""
 
     requestFactory = StreamingRequest
-    protocol = staticmethod(_channel_factory)
+    #: the channel itself, not twisted.web's wrapper that would switch to
+    #: HTTP/2 after ALPN: only http/1.1 is offered, and the wrapper costs a
+    #: call per read
+    protocol = ProxyChannel
     noisy = False
 
     def __init__(self, resource, **kw):

@@ -305,9 +305,9 @@ def test_slow_client_pauses_the_upstream():
     proto, t = h.get()
     up = h.upstream()
     up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nx")
-    proto._channel.pauseProducing()  # what the transport does when the client is slow
+    proto.pauseProducing()  # what the transport does when the client is slow
     assert up.transport.producerState == "paused"
-    proto._channel.resumeProducing()
+    proto.resumeProducing()
     assert up.transport.producerState == "producing"
 
 
