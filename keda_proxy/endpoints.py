@@ -1,12 +1,50 @@
 """
-Merging a Service's EndpointSlices into what the proxy routes on.
+A Service's ready pods: merging its EndpointSlices into candidates, choosing
+one, and writing or reading the ``host:port`` that names it.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Tuple
+import ipaddress
+import random
+from typing import Dict, Iterable, List, Optional, Tuple
 
+from zope.interface import implementer
+
+from keda_proxy.interfaces import IEndpointSelector
 from keda_proxy.model import EndpointSlice, ServiceEndpoints
+
+
+@implementer(IEndpointSelector)
+class RandomSelector:
+    """Pick a ready pod uniformly at random, as the Go interceptor does."""
+
+    def __init__(self, rng: Optional[random.Random] = None):
+        self._choice = (rng or random.Random()).choice
+
+    def select(self, candidates, request):
+        return self._choice(candidates)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port`` with IPv6 literals bracketed (``[fd00::1]:8080``)."""
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def split_host_port(hostport: str) -> Tuple[str, int]:
+    """The inverse of L{join_host_port}; raises ValueError for anything else."""
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"not host:port: {hostport!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError(f"brackets around a non-IPv6 host: {hostport!r}")
+    elif ":" in host:
+        raise ValueError(f"unbracketed IPv6 host: {hostport!r}")
+    return host, int(port)
 
 
 def service_endpoints(slices: Iterable[EndpointSlice]) -> ServiceEndpoints:

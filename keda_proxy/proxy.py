@@ -14,7 +14,6 @@ long-lived components, all injected.
 
 from __future__ import annotations
 
-import random
 from typing import Optional, Tuple
 
 import attrs
@@ -28,32 +27,22 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from keda_proxy.endpoints import join_host_port, split_host_port
 from keda_proxy.headers import COLD_START_HEADER, copy_response_headers, request_head
 from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
-from keda_proxy.interfaces import IEndpointSelector, IRouter
+from keda_proxy.interfaces import IRouter
 from keda_proxy.model import MODE_ALWAYS, RequestFacts, Route, ServiceRef
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.responses import write_error, write_static
 from keda_proxy.routing import normalize_host, rule_matches
 from keda_proxy.store import Snapshot, StateStore
 from keda_proxy.tunnel import Tunnel
-from keda_proxy.upstream import CONNECT_ERRORS, MAX_RETRY_DURATION, ip_version
+from keda_proxy.upstream import CONNECT_ERRORS, MAX_RETRY_DURATION
 
 log = Logger()
 
 #: Go's default readiness timeout when a fallback exists and none is set.
 DEFAULT_FALLBACK_READINESS = 30.0
-
-
-@implementer(IEndpointSelector)
-class RandomSelector:
-    """Pick a ready pod uniformly at random, as the Go interceptor does."""
-
-    def __init__(self, rng: Optional[random.Random] = None):
-        self._choice = (rng or random.Random()).choice
-
-    def select(self, candidates, request):
-        return self._choice(candidates)
 
 
 @define(frozen=True)
@@ -102,11 +91,14 @@ def request_facts(request) -> Optional[RequestFacts]:
     )
 
 
-def join_host_port(host: str, port: int) -> str:
-    """``host:port`` with IPv6 literals bracketed (``[fd00::1]:8080``)."""
-    if ip_version(host) == 6:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
+def upstream_port_name(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> str:
+    """The port name a request waits on and picks a pod by: the target's
+    ``portName``, else the name the Service gives its port number, else ""."""
+    if ref.port_name:
+        return ref.port_name
+    svc = snapshot.services.get(f"{namespace}/{ref.name}")
+    sp = svc.port_by_number(ref.port) if svc is not None and ref.port else None
+    return sp.name if sp is not None else ""
 
 
 def resolve_port(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> Tuple[int, str]:
@@ -162,7 +154,6 @@ class Pipeline:
     gate: ReadinessGate
     pool: object
     settings: ProxySettings = ProxySettings()
-    selector: IEndpointSelector = field(factory=RandomSelector)
     metrics: object = None
     #: (id(ServiceRef), namespace) -> (ref, services, Target); see _service_target
     _targets: dict = field(factory=dict, init=False, repr=False)
@@ -263,20 +254,23 @@ class Exchange:
             timeout = self.p.settings.readiness_timeout
         if self.route.fallback is not None and timeout == 0:
             timeout = DEFAULT_FALLBACK_READINESS
-        if self.p.gate.is_ready(self.route.service_key):
-            self._forward_primary(False)
+        gate = self.p.gate
+        if gate.is_ready(self.route.service_key):
+            self._forward_primary(False)  # warm: no Deferred on this path
             return
-        d = self._wait = self.p.gate.wait(self.route.service_key)
+        port_name = upstream_port_name(self.route.target, self.route.namespace, self.snapshot)
+        d = self._wait = gate.wait(self.route.service_key, port_name, self.facts)
         if timeout > 0:
             d.addBoth(_disarm, self._later(timeout, d.cancel))
         d.addCallbacks(self._ready, self._not_ready)
 
-    def _ready(self, cold_start: bool) -> None:
+    def _ready(self, result: Tuple[bool, str]) -> None:
         self._wait = None
         if self._gone:
             return
+        cold_start, pod_host = result
         self.snapshot = self.p.store.current
-        self._forward_primary(cold_start)
+        self._forward_primary(cold_start, pod_host)
 
     def _not_ready(self, f) -> None:
         self._wait = None
@@ -296,7 +290,9 @@ class Exchange:
 
     # -- step 5: endpoint selection ----------------------------------------
 
-    def _forward_primary(self, cold_start) -> None:
+    def _forward_primary(self, cold_start, pod_host: Optional[str] = None) -> None:
+        """Send to the route's target: with direct-pod routing, to C{pod_host}
+        (from a wait), or else to a pod picked now; "" means the Service."""
         if self.request.finished or self._gone:
             return
         try:
@@ -308,7 +304,11 @@ class Exchange:
             self.request.responseHeaders.setRawHeaders(
                 COLD_START_HEADER, [b"true" if cold_start else b"false"])
         if self.p.settings.direct_pod_routing:
-            target = self._pod_target(target)
+            if pod_host is None:
+                pod = self.p.gate.pick(self.route.service_key, target.port_name, self.facts)
+            else:
+                pod = split_host_port(pod_host) if pod_host else None
+            target = self._pod_target(target, pod)
         self._send(target)
 
     def _service_target(self, ref: ServiceRef) -> Target:
@@ -329,16 +329,16 @@ class Exchange:
         cache[key] = (ref, services, target)
         return target
 
-    def _pod_target(self, service: Target) -> Target:
-        eps = self.snapshot.endpoints_for(self.route.service_key)
-        candidates = eps.candidates.get(service.port_name)
-        if not candidates:
+    def _pod_target(self, service: Target, pod: Optional[Tuple[str, int]]) -> Target:
+        """The pod C{(ip, port)} as a target that keeps the Service's TLS
+        name, with the other ready pods and then the Service to retry on."""
+        if pod is None:
             log.debug("{route}: no ready pod for port {port!r}; using the Service address",
                       route=self.route.key, port=service.port_name)
             return service
-        ip, port = self.p.selector.select(candidates, self.facts)
-        others = tuple(c for c in candidates if c != (ip, port))
-        return Target(service.scheme, ip, port, service.server_name, service.port_name,
+        eps = self.snapshot.endpoints_for(self.route.service_key)
+        others = tuple(c for c in eps.candidates.get(service.port_name, ()) if c != pod)
+        return Target(service.scheme, pod[0], pod[1], service.server_name, service.port_name,
                       alternatives=others, service=service)
 
     def _route_error(self, e: Exception) -> None:
@@ -379,7 +379,7 @@ class Exchange:
         if target.service is not None:
             # a stale pod: nothing was sent, so try another, then the Service
             if target.alternatives:
-                ip, port = self.p.selector.select(target.alternatives, self.facts)
+                ip, port = self.p.gate.selector.select(target.alternatives, self.facts)
                 rest = tuple(c for c in target.alternatives if c != (ip, port))
                 log.info("{route}: pod {pod} refused; trying another",
                          route=self.route.key, pod=target.describe())

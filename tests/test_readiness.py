@@ -2,9 +2,13 @@
 
 import gc
 
+import pytest
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
+from keda_proxy.endpoints import split_host_port
+from keda_proxy.interfaces import IEndpointSelector
 from keda_proxy.model import KIND_ENDPOINT_SLICE
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.store import StateStore
@@ -21,22 +25,71 @@ def make():
 def test_warm_service_answers_at_once_without_scheduling():
     clock, store, gate = make()
     load(store, slices=[endpoint_slice()])
-    d = gate.wait("default/web")
-    assert d.called and d.result is False
+    d = gate.wait("default/web", "http")
+    assert d.called and d.result == (False, "127.0.0.1:8080")
     assert clock.getDelayedCalls() == []
+
+
+def test_pod_host_is_empty_when_the_port_name_has_no_ready_pod():
+    clock, store, gate = make()
+    load(store, slices=[endpoint_slice(ports=(("http", 8080),))])
+    d = gate.wait("default/web", "metrics")
+    assert d.result == (False, "")
+
+
+def test_unnamed_ports_are_found_under_the_empty_name():
+    clock, store, gate = make()
+    load(store, slices=[endpoint_slice(ports=(("", 9000),))])
+    assert gate.wait("default/web").result == (False, "127.0.0.1:9000")
+
+
+def test_ipv6_pod_host_is_bracketed():
+    clock, store, gate = make()
+    load(store, slices=[endpoint_slice(ips=("fd00::1",))])
+    assert gate.wait("default/web", "http").result == (False, "[fd00::1]:8080")
+    assert split_host_port("[fd00::1]:8080") == ("fd00::1", 8080)
+
+
+def test_the_selector_picks_among_the_candidates_of_the_port_name():
+    clock, store, gate = make()
+    seen = []
+
+    @implementer(IEndpointSelector)
+    class Last:
+        def select(self, candidates, request):
+            seen.append((candidates, request))
+            return candidates[-1]
+
+    gate.selector = Last()
+    load(store, slices=[endpoint_slice(ips=("10.0.0.2", "10.0.0.1"),
+                                       ports=(("http", 8080), ("admin", 9090)))])
+    assert gate.wait("default/web", "admin", "facts").result == (False, "10.0.0.2:9090")
+    assert seen == [((("10.0.0.1", 9090), ("10.0.0.2", 9090)), "facts")]
 
 
 def test_cold_service_fires_when_the_snapshot_flips_to_ready():
     clock, store, gate = make()
-    d = gate.wait("default/web")
+    d = gate.wait("default/web", "http")
     results = []
     d.addCallback(results.append)
     assert gate.waiting("default/web") == 1
-    store.put(KIND_ENDPOINT_SLICE, "default/web-abc", endpoint_slice())
+    store.put(KIND_ENDPOINT_SLICE, "default/web-abc", endpoint_slice(ips=("10.0.0.7",)))
     assert results == []  # coalesced: not yet rebuilt
     clock.advance(store.coalesce)
-    assert results == [True]
+    assert results == [(True, "10.0.0.7:8080")]
     assert gate.waiting() == 0
+
+
+def test_the_pod_is_chosen_from_the_snapshot_at_release():
+    clock, store, gate = make()
+    gate.batch = 1
+    first, second = gate.wait("default/web", "http"), gate.wait("default/web", "http")
+    load(store, slices=[endpoint_slice(ips=("10.0.0.1",))])
+    assert first.result == (True, "10.0.0.1:8080")
+    assert not second.called  # its turn is next
+    load(store, slices=[endpoint_slice(ips=("10.0.0.2",))])  # the first pod went away
+    clock.advance(0)
+    assert second.result == (True, "10.0.0.2:8080")
 
 
 def test_not_ready_endpoints_do_not_wake_waiters():
@@ -90,3 +143,10 @@ def test_many_woken_requests_are_released_a_batch_per_turn_in_order():
     assert order == list(range(gate.batch))
     clock.advance(0)
     assert order == [i for i in range(100) if i != 40]
+
+
+def test_split_host_port_refuses_what_join_never_writes():
+    for bad in ("10.0.0.1", "fd00::1:80", "[10.0.0.1]:80", "host:http", ":"):
+        with pytest.raises(ValueError):
+            split_host_port(bad)
+    assert split_host_port("10.0.0.1:80") == ("10.0.0.1", 80)
