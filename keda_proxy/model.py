@@ -112,9 +112,12 @@ class ScalingMetric:
     rate_granularity: Optional[float] = None
 
 
-@frozen
+@frozen(cache_hash=True)
 class Route:
-    """An InterceptorRoute, or an HTTPScaledObject converted to one."""
+    """An InterceptorRoute, or an HTTPScaledObject converted to one.
+
+    Its hash and its two keys are worked out once: every request uses them.
+    """
 
     namespace: str
     name: str
@@ -129,16 +132,14 @@ class Route:
     static_routes: Tuple[StaticRoute, ...] = ()
     scaling_metric: ScalingMetric = ScalingMetric()
     kind: str = KIND_INTERCEPTOR_ROUTE
+    #: the queue and metrics key, ``namespace/name``
+    key: str = field(init=False, eq=False, repr=False)
+    #: the target Service's ``namespace/name``
+    service_key: str = field(init=False, eq=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        """The queue and metrics key, ``namespace/name``."""
-        return object_key(self.namespace, self.name)
-
-    @property
-    def service_key(self) -> str:
-        """The target Service's ``namespace/name``."""
-        return object_key(self.namespace, self.target.name)
+    def __attrs_post_init__(self):
+        object.__setattr__(self, "key", object_key(self.namespace, self.name))
+        object.__setattr__(self, "service_key", object_key(self.namespace, self.target.name))
 
 
 @frozen

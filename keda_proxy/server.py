@@ -107,7 +107,7 @@ class BodyStream:
         self._consumer = None
 
 
-_date_cache = [0, b""]
+_date_cache = [None, b""]
 
 
 def _http_date(clock) -> bytes:
@@ -187,8 +187,14 @@ class StreamingRequest(server.Request):
             self.on_done = None
             callback(result)
 
+    #: a proxy passes bodies on as they are: no Content-Type is made up for
+    #: an upstream response that has none (twisted.web would add text/html)
+    defaultContentType = None
+
     def write(self, data):
-        super().write(data)
+        # http.Request's write, without server.Request's default
+        # Content-Type and content encoders, which the proxy never uses
+        http.Request.write(self, data)
         channel = self.channel
         if channel is not None and channel._pending_head is not None:
             channel.flush_head()  # a response with no body (or HEAD)

@@ -247,6 +247,29 @@ def test_content_length_response_is_passed_with_its_length():
     assert response_body(t) == b"hello"
 
 
+def test_no_content_type_is_made_up_and_date_is_set():
+    h = Harness()
+    warm(h)
+    h.clock.advance(0)  # the epoch itself is a valid clock reading
+    _, t = h.get()
+    h.upstream().respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    headers = response_headers(t)
+    assert b"content-type" not in headers
+    assert headers[b"date"] == [b"Thu, 01 Jan 1970 00:00:00 GMT"]
+    assert response_body(t) == b"hi"
+
+
+def test_upstream_date_replaces_ours():
+    h = Harness()
+    warm(h)
+    _, t = h.get()
+    h.upstream().respond(b"HTTP/1.1 200 OK\r\nDate: Sun, 29 Nov 2026 10:00:00 GMT\r\n"
+                         b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+    headers = response_headers(t)
+    assert headers[b"date"] == [b"Sun, 29 Nov 2026 10:00:00 GMT"]
+    assert headers[b"content-type"] == [b"text/plain"]
+
+
 def test_head_204_and_304_carry_no_body():
     h = Harness()
     warm(h)
