@@ -112,6 +112,9 @@ class UpstreamConnection(Protocol):
     """One keep-alive connection to an upstream."""
 
     owner: Optional[IConnectionOwner] = None
+    #: called with this connection once connected (see
+    #: L{keda_proxy.upstream.DirectEndpoint}), then forgotten
+    connected_callback = None
 
     def __init__(self, clock):
         self.clock = clock
@@ -140,6 +143,10 @@ class UpstreamConnection(Protocol):
             except OSError:  # pragma: no cover - not a TCP socket
                 pass
         self.idle_since = self.clock.seconds()
+        callback = self.connected_callback
+        if callback is not None:
+            self.connected_callback = None
+            callback(self)
 
     def connectionLost(self, reason=None):
         state, self.state = self.state, CLOSED

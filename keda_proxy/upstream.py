@@ -26,13 +26,10 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import ClientFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -263,19 +260,99 @@ class UpstreamEndpoints:
             except ValueError as e:  # no server name: fail closed, as a 502
                 return _Refused(e)
 
-        def attempt():
-            if target is None:
+        if target is None:
+            def attempt():
                 ep = HostnameEndpoint(self.reactor, host.encode("idna"), port,
                                       timeout=self.connect_timeout)
-            else:
-                cls = TCP6ClientEndpoint if ip_version(target) == 6 else TCP4ClientEndpoint
-                ep = cls(self.reactor, target, port, timeout=self.connect_timeout)
-            if tls is not None:
-                ep = wrapClientTLS(creator, ep)
-            return ep
+                return ep if tls is None else wrapClientTLS(creator, ep)
+        else:
+            direct = DirectEndpoint(self.reactor, target, port, self.connect_timeout,
+                                    creator if tls is not None else None)
+
+            def attempt():
+                return direct
+
+            if budget <= 0:
+                return direct  # one attempt (a pod): nothing to retry or queue
 
         return RetryingEndpoint(attempt, self.reactor, budget, self.gate,
                                 (target or host, port))
+
+
+@implementer(IStreamClientEndpoint)
+@define
+class DirectEndpoint:
+    """C{connectTCP} to an IP literal, with no wrapping protocol.
+
+    Twisted's client endpoints put a protocol between the transport and the
+    caller's, to learn when it is connected; that costs a call on every
+    read for the life of a pooled connection, and two Deferreds and a
+    factory per dial.  Here the caller's protocol says so itself: it must
+    have a C{connected_callback} attribute and call it, with itself, from
+    C{connectionMade} (L{keda_proxy.http1client.UpstreamConnection} does).
+    With C{creator}, TLS is layered under it as C{wrapClientTLS} would.
+    """
+
+    reactor: object
+    host: str
+    port: int
+    timeout: float
+    creator: object = None
+
+    def connect(self, protocolFactory):
+        notifying = _NotifyingFactory(protocolFactory)
+        factory = notifying
+        if self.creator is not None:
+            factory = TLSMemoryBIOFactory(self.creator, True, notifying)
+        connector = self.reactor.connectTCP(self.host, self.port, factory,
+                                            timeout=self.timeout)
+
+        def cancel(d):
+            try:
+                connector.stopConnecting()
+            except ierror.NotConnectingError:
+                pass
+
+        d = notifying.deferred = Deferred(cancel)
+        return d
+
+
+class _NotifyingFactory(ClientFactory):
+    """Builds the caller's protocol and fires C{deferred} once it is
+    connected (see L{DirectEndpoint})."""
+
+    noisy = False
+    deferred: Deferred = None
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def buildProtocol(self, addr):
+        proto = self.factory.buildProtocol(addr)
+        if hasattr(proto, "connected_callback"):
+            proto.connected_callback = self._connected
+        else:  # any other protocol: learn of the connection from makeConnection
+            make = proto.makeConnection
+
+            def makeConnection(transport):
+                del proto.makeConnection
+                make(transport)
+                self._connected(proto)
+
+            proto.makeConnection = makeConnection
+        return proto
+
+    def _connected(self, proto) -> None:
+        d, self.deferred = self.deferred, None
+        if d is None or d.called:  # cancelled while the connection completed
+            proto.transport.loseConnection()
+        else:
+            d.callback(proto)
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        d, self.deferred = self.deferred, None
+        if d is not None and not d.called:
+            d.errback(reason)
 
 
 @implementer(IStreamClientEndpoint)

@@ -222,3 +222,54 @@ def test_a_request_that_leaves_stops_waiting_for_its_turn():
     clock.advance(0.05)
     assert not gate.refusing(("10.0.0.1", 80))  # nobody waits: forgotten
     assert clock.getDelayedCalls() == []
+
+
+def test_direct_endpoint_hands_over_the_connected_protocol_without_a_wrapper():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from keda_proxy.upstream import DirectEndpoint
+
+    reactor = MemoryReactorClock()
+    endpoint = DirectEndpoint(reactor, "fd00::1", 8080, 0.5)
+    pool = ConnectionPool(reactor, lambda key, budget: endpoint)
+    got = []
+    pool.connect(KEY, 0).addCallback(got.append)
+    host, port, factory, timeout, _ = reactor.tcpClients[0]
+    assert (host, port, timeout) == ("fd00::1", 8080, 0.5)
+    assert got == []
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert got == [proto]
+    assert isinstance(proto, UpstreamConnection) and proto.transport is transport
+
+
+def test_direct_endpoint_failure_and_cancel():
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.python.failure import Failure
+
+    from keda_proxy.upstream import DirectEndpoint
+
+    reactor = MemoryReactorClock()
+    endpoint = DirectEndpoint(reactor, "10.0.0.1", 80, 0.5)
+    failures = []
+    endpoint.connect(_factory()).addErrback(failures.append)
+    factory, connector = reactor.tcpClients[0][2], reactor.connectors[0]
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+    assert failures[0].check(ConnectionRefusedError)
+
+    d = endpoint.connect(_factory())
+    d.addErrback(failures.append)
+    d.cancel()
+    assert failures[1].check(CancelledError)
+    assert reactor.connectors[1].stoppedConnecting
+    # the connection completing after all is closed, not handed over
+    proto = reactor.tcpClients[1][2].buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert transport.disconnecting
+
+
+def _factory():
+    from twisted.internet.protocol import Factory
+    return Factory.forProtocol(lambda: UpstreamConnection(Clock()))
