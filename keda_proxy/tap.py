@@ -13,6 +13,8 @@ import sys
 
 from twisted.python import usage
 
+from keda_proxy.descriptors import prepare_descriptors
+
 
 def _port(text):
     return None if text is None else int(text)
@@ -43,21 +45,6 @@ def fail(message: str) -> None:
     raise SystemExit(1)
 
 
-def raise_file_limit() -> None:
-    """Allow as many open files as the hard limit does: every client and
-    upstream connection is a descriptor, and 1024 is a common soft limit."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY:
-            hard = 1 << 20
-        if soft != resource.RLIM_INFINITY and soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):  # pragma: no cover - platform
-        pass
-
-
 def makeService(options):
     from twisted.internet import reactor
 
@@ -84,7 +71,7 @@ def makeService(options):
             upstream_tls = UpstreamTLS.from_config(config)
         except TLSConfigError as e:
             fail(str(e))
-    raise_file_limit()
+    prepare_descriptors()  # before any thread starts
     return build_service(reactor, config, _source_factory(reactor, config),
                          interface=options["interface"], server_tls=server_tls,
                          upstream_tls=upstream_tls)
