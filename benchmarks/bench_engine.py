@@ -6,6 +6,13 @@ transports (the test harness), so the figure is pure Python work per
 request: the part of ``bench_proxy.py``'s result that the code controls.
 
     .venv/bin/python benchmarks/bench_engine.py [--requests 20000] [--profile]
+    .venv/bin/python benchmarks/bench_engine.py --cold 1000 [--profile]
+
+``--cold N`` measures the cold-start release instead: N requests held (with
+direct-pod routing) until one EndpointSlice update makes the Service ready,
+then released 32 per reactor turn, dialled (new pod connections for the
+first turns, then reusing them, as in ``bench_cold_start.py``) and answered.  Only the release is timed: the
+CPU per request the proxy spends after the update.
 """
 
 import argparse
@@ -51,11 +58,62 @@ def run(n, h, proto, client, up):
     assert len(h.dials) == 1
 
 
+def cold_round(n, profiler=None):
+    """One cold start of C{n} requests; returns the CPU seconds of the release."""
+    from keda_proxy.proxy import ProxySettings
+
+    # No idle or response-header timers: task.Clock sorts its whole list on
+    # every callLater, which would make a thousand of them the main cost.
+    h = Harness(settings=ProxySettings(direct_pod_routing=True, response_header_timeout=0))
+    h.site.timeOut = None
+    h.pipeline.metrics = ProxyMetrics(h.clock, h.counter)
+    rs = [route(name=f"r{i}", hosts=[f"r{i}.bench.local"]) for i in range(1, 200)]
+    rs.append(route(name="r0", hosts=["bench.local"]))
+    load(h.store, routes=rs, services=[service()], slices=[endpoint_slice(ready=False)])
+    clients = []
+    for _ in range(n):
+        proto, client = h.connect()
+        proto.dataReceived(REQUEST)
+        clients.append(client)
+    busy = []  # every upstream connection
+    if profiler is not None:
+        profiler.enable()
+    t0 = time.process_time()
+    load(h.store, routes=rs, services=[service()], slices=[endpoint_slice()])
+    answered = 0
+    while answered < n:
+        for dial in h.dials[len(busy):]:
+            busy.append(dial.succeed())
+        for up in busy:
+            if up.protocol.sink is not None:
+                up.protocol.dataReceived(RESPONSE)
+                answered += 1
+        h.clock.advance(0)
+    dt = time.process_time() - t0
+    if profiler is not None:
+        profiler.disable()
+    done = sum(c.value().endswith(b"backend\n") for c in clients)
+    assert done == n, (done, n)
+    return dt
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--cold", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.cold:
+        cold_round(args.cold)  # warm up
+        if args.profile:
+            prof = cProfile.Profile()
+            cold_round(args.cold, prof)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+            return
+        best = min(cold_round(args.cold) for _ in range(5))
+        print(f"{best / args.cold * 1e6:.1f} us CPU per released request "
+              f"(best of 5 cold starts of {args.cold})")
+        return
     state = setup()
     run(1000, *state)  # warm up
     if args.profile:

@@ -103,17 +103,17 @@ def copy_response_headers(headers, out: Headers) -> None:
     """
     raw = out._rawHeaders
     raw.pop(b"Server", None)
-    encode = _nameEncoder.encode
     fresh = set()
     named = None
     for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"connection":
+        key = _RESPONSE_NAMES.get(name)
+        if key is None:
+            key = _response_name(name)
+        if key is _HOP:
+            if name.lower() == b"connection":
                 named = (named or set()) | {
                     t.strip().lower() for t in value.split(b",") if t.strip()}
             continue
-        key = encode(name)
         if key in fresh:
             raw[key].append(value)
         else:
@@ -121,9 +121,24 @@ def copy_response_headers(headers, out: Headers) -> None:
             raw[key] = [value]
     if named:  # only what the upstream sent: our own headers stay
         for lname in named:
-            key = encode(lname)
+            key = _nameEncoder.encode(lname)
             if key in fresh:
                 del raw[key]
+
+
+#: marks a hop-by-hop name in L{_RESPONSE_NAMES}
+_HOP = b""
+#: response header name as sent -> Twisted's canonical name, or L{_HOP}
+_RESPONSE_NAMES: dict = {}
+
+
+def _response_name(name: bytes) -> bytes:
+    """Look a name up once: lower-casing it and encoding it for the
+    Headers store on every response would be two calls per header."""
+    key = _HOP if name.lower() in HOP_BY_HOP else _nameEncoder.encode(name)
+    if len(_RESPONSE_NAMES) < 4096:  # names are few; odd ones are not kept
+        _RESPONSE_NAMES[name] = key
+    return key
 
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})

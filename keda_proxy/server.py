@@ -107,6 +107,10 @@ class BodyStream:
         self._consumer = None
 
 
+#: looked up once: twisted.web.http is a deprecation proxy module, on which
+#: every attribute access costs a Python-level __getattribute__
+_request_write = http.Request.write
+
 _date_cache = [None, b""]
 
 
@@ -194,7 +198,7 @@ class StreamingRequest(server.Request):
     def write(self, data):
         # http.Request's write, without server.Request's default
         # Content-Type and content encoders, which the proxy never uses
-        http.Request.write(self, data)
+        _request_write(self, data)
         channel = self.channel
         if channel is not None and channel._pending_head is not None:
             channel.flush_head()  # a response with no body (or HEAD)
