@@ -9,7 +9,7 @@ them can be shared between readers without copying or locking.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, NamedTuple, Optional, Tuple
 
 from attrs import field, frozen
 
@@ -248,14 +248,16 @@ def _no_headers(name: str) -> Tuple[str, ...]:
     return ()
 
 
-@frozen
-class RequestFacts:
+class RequestFacts(NamedTuple):
     """What routing may look at: enough of a request, none of its transport.
 
     ``host`` is lower-cased with any port removed (IPv6 literals lose their
     brackets); ``path`` is the raw path without the query string;
     ``header_values(name)`` returns every value of a header, ``name`` being
     lower-case.  Routing plugins receive this too.
+
+    A named tuple rather than a frozen attrs class: it is made for every
+    request, and builds in half the time.
     """
 
     host: str

@@ -111,6 +111,9 @@ class BodyStream:
 #: every attribute access costs a Python-level __getattribute__
 _request_write = http.Request.write
 
+#: request header name as sent -> Twisted's canonical name (only valid ones)
+_REQUEST_NAMES: dict = {}
+
 _date_cache = [None, b""]
 
 
@@ -359,11 +362,16 @@ class ProxyChannel(http.HTTPChannel):
         if not sep:
             self._respondToBadRequestAndDisconnect()
             return False
-        try:
-            name = _nameEncoder.encode(name)
-        except InvalidHeaderName:
-            self._respondToBadRequestAndDisconnect()
-            return False
+        canonical = _REQUEST_NAMES.get(name)
+        if canonical is None:
+            try:
+                canonical = _nameEncoder.encode(name)
+            except InvalidHeaderName:
+                self._respondToBadRequestAndDisconnect()
+                return False
+            if len(_REQUEST_NAMES) < 4096:  # names are few; odd ones are not kept
+                _REQUEST_NAMES[name] = canonical
+        name = canonical
         data = data.strip(b" \t")
         if b"\x00" in data or b"\r" in data or b"\n" in data:
             self._respondToBadRequestAndDisconnect()
