@@ -131,7 +131,8 @@ class Target:
     port: int
     server_name: str
     port_name: str = ""
-    #: for a pod target: the other ready pods, then the Service target
+    #: for a pod target: the ready pods not yet tried (this one may be among
+    #: them), then the Service target
     alternatives: Tuple[Tuple[str, int], ...] = ()
     service: Optional["Target"] = None
 
@@ -199,6 +200,7 @@ class Exchange:
     _deadline_at: Optional[float] = None
     _retried = False
     _head = None
+    _request_head = None
 
     def __init__(self, p: Pipeline, request, route: Route, facts: RequestFacts,
                  started: float = 0.0):
@@ -259,6 +261,9 @@ class Exchange:
             self._forward_primary(False)  # warm: no Deferred on this path
             return
         port_name = upstream_port_name(self.route.target, self.route.namespace, self.snapshot)
+        # Everything that does not depend on the pod is done now, so that
+        # the release after a scale-from-zero has as little left to do.
+        self._build_request_head()
         d = self._wait = gate.wait(self.route.service_key, port_name, self.facts)
         if timeout > 0:
             d.addBoth(_disarm, self._later(timeout, d.cancel))
@@ -337,9 +342,8 @@ class Exchange:
                       route=self.route.key, port=service.port_name)
             return service
         eps = self.snapshot.endpoints_for(self.route.service_key)
-        others = tuple(c for c in eps.candidates.get(service.port_name, ()) if c != pod)
         return Target(service.scheme, pod[0], pod[1], service.server_name, service.port_name,
-                      alternatives=others, service=service)
+                      alternatives=eps.candidates.get(service.port_name, ()), service=service)
 
     def _route_error(self, e: Exception) -> None:
         log.error("{route}: {error}", route=self.route.key, error=str(e))
@@ -378,9 +382,11 @@ class Exchange:
             return
         if target.service is not None:
             # a stale pod: nothing was sent, so try another, then the Service
-            if target.alternatives:
-                ip, port = self.p.gate.selector.select(target.alternatives, self.facts)
-                rest = tuple(c for c in target.alternatives if c != (ip, port))
+            tried = (target.host, target.port)
+            others = tuple(c for c in target.alternatives if c != tried)
+            if others:
+                ip, port = self.p.gate.selector.select(others, self.facts)
+                rest = tuple(c for c in others if c != (ip, port))
                 log.info("{route}: pod {pod} refused; trying another",
                          route=self.route.key, pod=target.describe())
                 self._send(attrs.evolve(target, host=ip, port=port, alternatives=rest))
@@ -400,8 +406,7 @@ class Exchange:
         self._conn = conn
         body = req.body
         length = 0 if body is None else body.length
-        head = request_head(req.method, self._origin_target(), req.requestHeaders,
-                            *_client_facts(req.channel), length)
+        head = self._request_head or self._build_request_head()
         has_body = body is not None and not body.empty
         conn.send(req.method, head, self, chunked_body=length is None, has_body=has_body)
         if has_body:
@@ -412,6 +417,16 @@ class Exchange:
             timeout = self.p.settings.response_header_timeout
         if timeout > 0:
             conn.arm_timer(timeout, self._response_header_timeout)
+
+    def _build_request_head(self) -> bytes:
+        """The upstream request head: the same for every attempt and every
+        target, so a held request builds it while it waits."""
+        req = self.request
+        body = req.body
+        head = self._request_head = request_head(
+            req.method, self._origin_target(), req.requestHeaders,
+            *_client_facts(req.channel), 0 if body is None else body.length)
+        return head
 
     def _origin_target(self) -> bytes:
         uri = self.request.uri
