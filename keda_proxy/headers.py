@@ -23,6 +23,8 @@ HOP_BY_HOP: FrozenSet[bytes] = frozenset({
 })
 
 COLD_START_HEADER = b"X-KEDA-HTTP-Cold-Start"
+#: the same, as Twisted's Headers store keys it
+COLD_START_KEY = _nameEncoder.encode(COLD_START_HEADER)
 
 
 def connection_tokens(headers: Headers) -> FrozenSet[bytes]:

@@ -125,7 +125,9 @@ class UpstreamConnection(Protocol):
         self._buffer = b""
         self._decoder = None
         self._remaining: Optional[int] = None
-        self._final = False
+        #: whether the response body continues past the bytes being
+        #: delivered now (False only for the last piece of a counted body)
+        self.more_expected = True
         self._request_complete = True
         self._head_only = False
         self._keep_alive = True
@@ -284,7 +286,10 @@ class UpstreamConnection(Protocol):
             self._start_body(code, phrase, version, headers, framing)
         if self.state == BODY and self._buffer:
             rest, self._buffer = self._buffer, b""
-            self.dataReceived(rest)
+            if self._remaining is not None:
+                self._counted(rest)  # the common case: a small counted body
+            else:
+                self.dataReceived(rest)
 
     def _protocol_error(self, error: Exception) -> None:
         sink, self.sink = self.sink, None
@@ -333,12 +338,6 @@ class UpstreamConnection(Protocol):
         else:
             self._keep_alive = False  # read until the upstream closes
 
-    @property
-    def more_expected(self) -> bool:
-        """Whether the response body continues past the bytes being
-        delivered now (False only for the last piece of a counted body)."""
-        return not self._final
-
     def _counted(self, data: bytes) -> None:
         """A Content-Length body: pass bytes on until the count is reached."""
         remaining = self._remaining - len(data)
@@ -347,7 +346,7 @@ class UpstreamConnection(Protocol):
             self._deliver(data)
             return
         self._remaining = None
-        self._final = True
+        self.more_expected = False
         if remaining == 0:
             self._deliver(data)
             self._finish(reusable=self._keep_alive)
@@ -365,7 +364,7 @@ class UpstreamConnection(Protocol):
     def _finish(self, reusable: bool) -> None:
         self._decoder = None
         self._remaining = None
-        self._final = False
+        self.more_expected = True
         sink, self.sink = self.sink, None
         if self.state == CLOSED or not self._request_complete:
             # a request body still unsent would be read as the next request

@@ -28,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from keda_proxy.endpoints import join_host_port, split_host_port
-from keda_proxy.headers import COLD_START_HEADER, copy_response_headers, request_head
+from keda_proxy.headers import COLD_START_KEY, copy_response_headers, request_head
 from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
 from keda_proxy.interfaces import IRouter
 from keda_proxy.model import MODE_ALWAYS, RequestFacts, Route, ServiceRef
@@ -306,8 +306,10 @@ class Exchange:
             self._route_error(e)
             return
         if cold_start is not None and self.p.settings.enable_cold_start_header:
-            self.request.responseHeaders.setRawHeaders(
-                COLD_START_HEADER, [b"true" if cold_start else b"false"])
+            # straight into the store under Twisted's canonical name: the
+            # public setter would encode the name and check the value again
+            self.request.responseHeaders._rawHeaders[COLD_START_KEY] = [
+                b"true" if cold_start else b"false"]
         if self.p.settings.direct_pod_routing:
             if pod_host is None:
                 pod = self.p.gate.pick(self.route.service_key, target.port_name, self.facts)
@@ -463,7 +465,8 @@ class Exchange:
         req.write(data)
 
     def response_done(self) -> None:
-        self._release_body()
+        if self._body_writer is not None:
+            self._release_body()
         self._conn = None
         req = self.request
         if self._gone or req.finished:

@@ -113,6 +113,8 @@ _request_write = http.Request.write
 
 #: request header name as sent -> Twisted's canonical name (only valid ones)
 _REQUEST_NAMES: dict = {}
+#: names whose values choose the body's framing (always the full path)
+_FRAMING_NAMES = frozenset({b"Content-Length", b"Transfer-Encoding"})
 
 _date_cache = [None, b""]
 
@@ -157,7 +159,7 @@ class StreamingRequest(server.Request):
         resource, so traversal and the default ``Server`` header (Go sends
         none) are skipped; ``Date`` is set as Go sets it."""
         self.site = self.channel.site
-        self.responseHeaders.setRawHeaders(b"date", [_http_date(self.site.reactor)])
+        self.responseHeaders._rawHeaders[b"Date"] = [_http_date(self.site.reactor)]
         self.prepath = []
         self.postpath = []
         try:
@@ -236,6 +238,7 @@ class ProxyChannel(http.HTTPChannel):
         self._head_started = None
 
     _host = None
+    _peer = None
 
     def getHost(self):
         """The local address, asked of the socket once per connection: each
@@ -245,6 +248,14 @@ class ProxyChannel(http.HTTPChannel):
         if host is None:
             host = self._host = super().getHost()
         return host
+
+    def getPeer(self):
+        """The client address, made once per connection rather than for
+        every Request."""
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
 
     # -- writing: the response head goes out with the first body bytes, in
     # one send when the socket takes it (see keda_proxy.eagerwrite) --------
@@ -320,8 +331,28 @@ class ProxyChannel(http.HTTPChannel):
             return True
         self._command, self._path, self._version = command, path, version
         self._receivedHeaderSize = size
+        # headerReceived inlined for names seen before (the usual case)
+        raw = request.requestHeaders._rawHeaders
+        known = _REQUEST_NAMES
         for line in lines[1:]:
-            if not self.headerReceived(line):
+            name, sep, value = line.partition(b":")
+            name = known.get(name)
+            if name is None or not sep or name in _FRAMING_NAMES:
+                if not self.headerReceived(line):
+                    return True
+                continue
+            value = value.strip(b" \t")
+            if b"\x00" in value or b"\r" in value or b"\n" in value:
+                self._respondToBadRequestAndDisconnect()
+                return True
+            values = raw.get(name)
+            if values is None:
+                raw[name] = [value]
+            else:
+                values.append(value)
+            self._receivedHeaderCount += 1
+            if self._receivedHeaderCount > self.maxHeaders:
+                self._respondToBadRequestAndDisconnect()
                 return True
         self.allHeadersReceived()
         if self.length == 0:
@@ -376,8 +407,7 @@ class ProxyChannel(http.HTTPChannel):
         if b"\x00" in data or b"\r" in data or b"\n" in data:
             self._respondToBadRequestAndDisconnect()
             return False
-        if (name == b"Content-Length" or name == b"Transfer-Encoding") and \
-                not self._maybeChooseTransferDecoder(name, data):
+        if name in _FRAMING_NAMES and not self._maybeChooseTransferDecoder(name, data):
             return False
         raw = self.requests[-1].requestHeaders._rawHeaders
         values = raw.get(name)

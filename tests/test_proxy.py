@@ -451,6 +451,25 @@ def test_request_body_streams_before_it_is_complete():
     assert response_body(t) == b"hello"
 
 
+def test_body_in_the_same_read_as_the_head_is_kept_once_names_are_known():
+    """The second request takes the parser's path for header names seen
+    before; the body bytes after its head must still go upstream."""
+    h = Harness()
+    warm(h)
+    up = None
+    for i in range(2):
+        proto, t = h.connect()
+        if up is not None:
+            up.transport.clear()
+        proto.dataReceived(b"POST /up HTTP/1.1\r\nHost: example.com\r\nX-Seq: %d\r\n"
+                           b"Content-Length: 5\r\nAccept: */*\r\n\r\nhello" % i)
+        up = up or h.upstream()  # the second reuses the pooled connection
+        assert up.request_headers()[b"x-seq"] == [b"%d" % i]
+        assert up.sent().endswith(b"\r\n\r\nhello")
+        up.respond(OK_5)
+        assert response_body(t) == b"hello"
+
+
 def test_chunked_request_body_is_sent_chunked():
     h = Harness()
     warm(h)
