@@ -59,7 +59,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     xff = xfh = xfp = None
     te_trailers = False
-    for name, values in incoming.getAllRawHeaders():
+    for name, values in incoming._rawHeaders.items():  # not the generator
         lname = name.lower()
         if lname in drop:
             if lname == b"te":

@@ -90,14 +90,14 @@ def parse_head(head: bytes):
     append = headers.append
     framing = None
     for line in lines[1:]:
-        colon = line.find(b":")
-        if colon <= 0 or line[0] in _SPACE or line[colon - 1] in _SPACE:
+        name, colon, value = line.partition(b":")
+        if not name or not colon or name[0] in _SPACE or name[-1] in _SPACE:
             if not line:
                 continue
             raise UpstreamProtocolError(f"bad or folded header line {line[:80]!r}")
-        name, value = line[:colon], line[colon + 1:].strip(b" \t")
+        value = value.strip(b" \t")
         append((name, value))
-        if line[0] in _FRAMING_INITIALS:  # Content-Length, Transfer-Encoding, Connection
+        if name[0] in _FRAMING_INITIALS:  # Content-Length, Transfer-Encoding, Connection
             if framing is None:
                 framing = []
             framing.append((name.lower(), value))

@@ -264,7 +264,7 @@ class ProxyChannel(http.HTTPChannel):
 
     def writeHeaders(self, version, code, reason, headers):
         parts = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
+        for name, values in headers._rawHeaders.items():
             for value in values:
                 parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
