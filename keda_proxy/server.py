@@ -380,6 +380,17 @@ class ProxyChannel(http.HTTPChannel):
             self._send100Continue()
         req.gotLength(self.length)
 
+    def checkPersistence(self, request, version):
+        """HTTPChannel's rule (HTTP/1.1 keeps the connection unless the
+        request says ``Connection: close``), reading the store directly."""
+        if version != b"HTTP/1.1":
+            return False
+        connection = request.requestHeaders._rawHeaders.get(b"Connection")
+        if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
+            request.responseHeaders._rawHeaders[b"Connection"] = [b"close"]
+            return False
+        return True
+
     def lineReceived(self, line):
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._refuse(414 if self._HTTPChannel__first_line else 431)

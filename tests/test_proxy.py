@@ -832,3 +832,21 @@ def test_response_header_timeout_restarts_for_each_request_on_a_pooled_connectio
     assert t.value() == b""
     h.clock.advance(0.1)
     assert status_line(t) == b"HTTP/1.1 504 Gateway Timeout"
+
+
+def test_connection_close_from_the_client_ends_the_connection_after_the_response():
+    h = Harness()
+    warm(h)
+    proto, t = h.send(b"GET / HTTP/1.1\r\nHost: example.com\r\n"
+                      b"Connection: keep-alive, close\r\n\r\n")
+    up = h.upstream()
+    up.respond(OK_5)
+    assert response_headers(t)[b"connection"] == [b"close"]
+    assert response_body(t) == b"hello"
+    assert t.disconnecting
+    # without it, the connection stays open for the next request
+    proto, t = h.send(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n")
+    up.respond(OK_5)  # on the pooled upstream connection
+    assert b"connection" not in response_headers(t)
+    assert response_body(t) == b"hello"
+    assert not t.disconnecting
