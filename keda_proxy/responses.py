@@ -105,12 +105,43 @@ def write_static(request, route: Route, response: StaticResponse, snapshot: Snap
     headers = request.responseHeaders
     for name, value in response.headers:
         headers.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
-    if content_type and not headers.hasHeader(b"content-type"):
-        headers.setRawHeaders(b"content-type", [content_type.encode("ascii")])
     data = body.encode("utf-8")
+    if not headers.hasHeader(b"content-type"):
+        content_type = content_type or (sniff_content_type(data) if data else None)
+        if content_type:
+            headers.setRawHeaders(b"content-type", [content_type.encode("ascii")])
     code = response.status_code or default_code
     request.setResponseCode(code, status_text(code))
     headers.setRawHeaders(b"content-length", [str(len(data)).encode("ascii")])
     if data:
         request.write(data)
     request.finish()
+
+
+#: Go's DetectContentType HTML signatures (matched case-insensitively after
+#: leading whitespace, and followed by a space or ``>``)
+_HTML_SIGNATURES = (b"<!DOCTYPE HTML", b"<HTML", b"<HEAD", b"<SCRIPT", b"<IFRAME", b"<H1",
+                    b"<DIV", b"<FONT", b"<TABLE", b"<A", b"<STYLE", b"<TITLE", b"<B",
+                    b"<BODY", b"<BR", b"<P", b"<!--")
+_BINARY = frozenset(list(range(0x00, 0x09)) + [0x0B] + list(range(0x0E, 0x1B))
+                    + list(range(0x1C, 0x20)))
+
+
+def sniff_content_type(data: bytes) -> str:
+    """The type Go's server would give a generated body without one, for
+    the cases a static page meets: HTML, XML, PDF, other text, or binary
+    (Go's ``http.DetectContentType`` also knows images, fonts, archives
+    and more; they get ``application/octet-stream`` here)."""
+    head = data[:512]
+    text = head.lstrip(b"\t\n\x0c\r ")
+    upper = text[:16].upper()
+    for sig in _HTML_SIGNATURES:
+        if upper.startswith(sig) and text[len(sig):len(sig) + 1] in (b" ", b">"):
+            return "text/html; charset=utf-8"
+    if text.startswith(b"<?xml"):
+        return "text/xml; charset=utf-8"
+    if head.startswith(b"%PDF-"):
+        return "application/pdf"
+    if any(b in _BINARY for b in head):
+        return "application/octet-stream"
+    return "text/plain; charset=utf-8"

@@ -636,6 +636,29 @@ def test_static_configmap_body_by_path_with_content_type():
     assert status_line(t) == b"HTTP/1.1 200 OK" and response_body(t) == b""
 
 
+def test_static_body_without_a_type_gets_what_go_would_sniff():
+    h = Harness()
+    for body, expected in (("ok", b"text/plain; charset=utf-8"),
+                           ("  <html><body>hi</body></html>", b"text/html; charset=utf-8"),
+                           ("<?xml version='1.0'?><a/>", b"text/xml; charset=utf-8")):
+        warm(h, route(static_routes=(_static(MODE_ALWAYS, body=body),)))
+        _, t = h.get(b"/status")
+        assert response_headers(t)[b"content-type"] == [expected], body
+    warm(h, route(static_routes=(_static(MODE_ALWAYS, body=""),)))
+    _, t = h.get(b"/status")
+    assert b"content-type" not in response_headers(t)  # nothing to sniff
+
+
+def test_sniffing_follows_go_for_the_cases_it_covers():
+    from keda_proxy.responses import sniff_content_type
+    assert sniff_content_type(b"<!DOCTYPE html>\n<p>") == "text/html; charset=utf-8"
+    assert sniff_content_type(b"<p>para</p>") == "text/html; charset=utf-8"
+    assert sniff_content_type(b"<pre>x</pre>") == "text/plain; charset=utf-8"  # not a signature
+    assert sniff_content_type(b"%PDF-1.7") == "application/pdf"
+    assert sniff_content_type(b'{"a": 1}') == "text/plain; charset=utf-8"
+    assert sniff_content_type(b"\x89PNG\r\n\x1a\n") == "application/octet-stream"
+
+
 def test_static_missing_explicit_configmap_key_is_500():
     cm = ConfigMapKeyRef(name="pages", key="missing.html")
     h = Harness()
