@@ -304,16 +304,19 @@ class DirectEndpoint:
         factory = notifying
         if self.creator is not None:
             factory = TLSMemoryBIOFactory(self.creator, True, notifying)
-        connector = self.reactor.connectTCP(self.host, self.port, factory,
-                                            timeout=self.timeout)
+        connector = None
 
         def cancel(d):
-            try:
-                connector.stopConnecting()
-            except ierror.NotConnectingError:
-                pass
+            if connector is not None:
+                try:
+                    connector.stopConnecting()
+                except ierror.NotConnectingError:
+                    pass
 
+        # the Deferred exists before the dial: a reactor may report at once
         d = notifying.deferred = Deferred(cancel)
+        connector = self.reactor.connectTCP(self.host, self.port, factory,
+                                            timeout=self.timeout)
         return d
 
 
