@@ -200,3 +200,54 @@ def test_cold_start_holds_until_endpoints_are_ready(rig):
     assert resp.code == 200
     assert resp.headers.getRawHeaders("x-keda-http-cold-start") == ["true"]
     yield resp.content()
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest_twisted.inlineCallbacks
+def test_direct_pod_cold_start_reaches_an_ipv6_pod_past_a_stale_one():
+    """Held until the slice is ready, then sent to the pod's own address
+    (IPv6, port from its slice), not the Service's; a stale pod that
+    refuses is passed over first."""
+    from tests.netsupport import Backend, CountingSite
+
+    r = Rig().start(env={"KEDA_HTTP_DIRECT_POD_ROUTING": "true"})
+    tried = []
+
+    class StaleFirst:
+        def select(self, candidates, request):
+            tried.append(candidates)
+            return sorted(candidates, key=lambda c: ":" in c[0])[0]  # IPv4 first
+
+    r.ic.gate.selector = StaleFirst()
+    pod = Backend()
+    pod_port = reactor.listenTCP(0, CountingSite(pod), interface="::1")
+    try:
+        p6 = pod_port.getHost().port
+        r.load(slices=[])
+        d = r.client.http.get(r.url(), headers={"Host": "web.example"})
+        yield wait_for(lambda: r.ic.gate.waiting("default/web") == 1, what="request held")
+        r.load(slices=[
+            endpoint_slice(name="web-v6", ips=("::1",), ports=(("http", p6),)),
+            endpoint_slice(name="web-stale", ports=(("http", r.dead_port),)),
+        ])
+        resp = yield d
+        assert resp.code == 200
+        assert resp.headers.getRawHeaders("x-keda-http-cold-start") == ["true"]
+        yield resp.content()
+        assert len(pod.seen) == 1
+        assert r.backend.seen == []  # the Service address was never used
+        assert tried[0] == (("127.0.0.1", r.dead_port), ("::1", p6))  # the stale pod first
+        assert tried[1] == (("::1", p6),)  # then the one left
+    finally:
+        yield pod_port.stopListening()
+        yield r.stop()
