@@ -572,7 +572,11 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
     if args.profile == sc.name:
         profiler = start_profiler(ctx)
 
+    if ctx.nginx_status is not None:
+        out["nginx_before"] = nginx_counts(ctx.nginx_status)
     ours = {ctx.pid, ctx.pod_pid, ctx.api_pid, os.getpid()}
+    if ctx.nginx_status is not None:
+        ours |= {ctx.pod.p.pid, ctx.nginx_master}
     all0 = bl.all_ticks()
     steal0 = bl.steal_ticks()
     ticks0 = {"interceptor": bl.proc_ticks(ctx.pid), "pod": bl.proc_ticks(ctx.pod_pid)}
@@ -734,6 +738,35 @@ def wait_quiet(limit_s: float, threshold: float = 10.0) -> float:
     return pct
 
 
+def nginx_pod_conf(dir: Path, port: int, status_port: int) -> Path:
+    """nginx as the pod: the Python pod's 12-byte answer on the pod address,
+    and its request counters on a status port."""
+    body = f"""\
+    server {{
+        listen {POD_IP}:{port} backlog=65535;
+        location / {{
+            default_type text/plain;
+            return 200 "hello, pod!\\n";
+        }}
+    }}
+    server {{
+        listen {POD_IP}:{status_port};
+        location / {{ stub_status; }}
+    }}"""
+    return bl._write_nginx(dir, body)
+
+
+def nginx_counts(status_port: int) -> tuple:
+    """(accepted connections, requests) from nginx's stub_status; each
+    call counts itself once in both."""
+    conn = http.client.HTTPConnection(POD_IP, status_port, timeout=5)
+    conn.request("GET", "/")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    accepts, _handled, requests = (int(x) for x in text.splitlines()[2].split())
+    return accepts, requests
+
+
 def run_scenario(sc: Scenario, args) -> dict:
     cpu_ic = 0 if args.pin else None
     cpu_rest = 1 if args.pin else None
@@ -744,12 +777,24 @@ def run_scenario(sc: Scenario, args) -> dict:
         api = FakeApi(td, cpu_rest)
         api.seed(ctx.port)
         ctx.api_port = api.port
-        pod = Piped(td, "pod", [sys.executable, str(HERE / "coldstart_pod.py"),
-                                "--port", str(ctx.port), "--pod", POD_IP,
-                                "--service", SERVICE_IP], cpu_rest)
+        pod_argv = [sys.executable, str(HERE / "coldstart_pod.py"), "--port", str(ctx.port),
+                    "--pod", POD_IP, "--service", SERVICE_IP]
+        ctx.nginx_status = None
+        if args.pod == "nginx":
+            pod_argv.append("--no-pod")
+        pod = Piped(td, "pod", pod_argv, cpu_rest)
         pod.expect("READY")
         ctx.pod = pod
         ctx.pod_pid = pod.p.pid
+        if args.pod == "nginx":
+            # nginx is the pod; the Python process only plays kube-proxy
+            ctx.nginx_status = bl.free_ports(1)[0]
+            conf = nginx_pod_conf(td.dir / "nginx-pod", ctx.port, ctx.nginx_status)
+            nginx = bl.ensure_tools(["nginx"])["nginx"]
+            started = bl.start_nginx(td.procs, "nginx-pod", nginx, conf,
+                                     cpu_rest if cpu_rest is not None else "0,1")
+            ctx.pod_pid = started["workers"][0]
+            ctx.nginx_master = started["master"]
         ctx.api_pid = api.child.p.pid
         kubeconfig = write_kubeconfig(td.dir / "kubeconfig", api.url)
         proxy_port, admin_port = bl.free_ports(2)
@@ -808,7 +853,7 @@ def run_scenario(sc: Scenario, args) -> dict:
             time.sleep(0.1)
         ctx.limits = _nofile_of(ctx.pid)
         ctx.affinity = {"keda-interceptor": bl.affinity(ctx.pid),
-                        "pod": bl.affinity(pod.p.pid),
+                        "pod": bl.affinity(ctx.pod_pid),
                         "fake API": bl.affinity(api.child.p.pid),
                         "client": bl.affinity(os.getpid())}
         rss_idle = bl.rss_kb(ctx.pid)
@@ -819,6 +864,12 @@ def run_scenario(sc: Scenario, args) -> dict:
         res["rss_idle"] = rss_idle
         pod.send("STATS")
         res["pod_stats"] = json.loads(pod.expect("{"))
+        if ctx.nginx_status is not None:
+            accepts, requests = nginx_counts(ctx.nginx_status)
+            base_accepts, base_requests = res["nginx_before"]
+            # each status query is one connection and one request
+            res["pod_stats"]["pod"] = {"connections": accepts - base_accepts - 1,
+                                       "requests": requests - base_requests - 1}
         res["alive"] = p.poll() is None
         if args.diag:
             p.send_signal(signal.SIGTERM)
@@ -1013,6 +1064,9 @@ def parse_args(argv=None):
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                     help="before each scenario, wait up to S seconds for other processes "
                          "to use < 10%% of a core (0: do not wait)")
+    ap.add_argument("--pod", choices=("python", "nginx"), default="python",
+                    help="what plays the pod: the raw-Twisted coldstart_pod.py (default), "
+                         "or nginx, which needs a quarter of its CPU per request")
     ap.add_argument("--pin", action="store_true",
                     help="pin the interceptor to core 0 and everything else to core 1")
     ap.add_argument("--profile", default="", metavar="SCENARIO",

@@ -15,6 +15,8 @@ Run as a child process:
 - ``STATS`` prints one JSON line: connections accepted and requests answered
   on each address, and when the Service address came up.
 - End of stdin stops it.
+- ``--no-pod`` leaves the pod address to another server (``bench_cold_start.py
+  --pod nginx``); only the Service address is served here.
 
 Every request (an HTTP/1.1 head without a body) gets ``200`` with a 12-byte
 body and a Content-Length, on a keep-alive connection; pipelined heads are
@@ -118,6 +120,8 @@ def main(argv=None):
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--pod", default="127.0.0.2")
     ap.add_argument("--service", default="127.0.0.3")
+    ap.add_argument("--no-pod", action="store_true",
+                    help="serve only the Service address (another server is the pod)")
     args = ap.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -131,7 +135,8 @@ def main(argv=None):
     finally:
         probe.close()
     pod, service = Counting(), Counting()
-    reactor.listenTCP(args.port, pod, backlog=BACKLOG, interface=args.pod)
+    if not args.no_pod:
+        reactor.listenTCP(args.port, pod, backlog=BACKLOG, interface=args.pod)
     control = Control(args, pod, service)
     stdio.StandardIO(control)
     control.say("READY")
