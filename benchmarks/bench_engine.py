@@ -11,8 +11,9 @@ request: the part of ``bench_proxy.py``'s result that the code controls.
 ``--cold N`` measures the cold-start release instead: N requests held (with
 direct-pod routing) until one EndpointSlice update makes the Service ready,
 then released 32 per reactor turn, dialled (new pod connections for the
-first turns, then reusing them, as in ``bench_cold_start.py``) and answered.  Only the release is timed: the
-CPU per request the proxy spends after the update.
+first turns, then reusing them, as in ``bench_cold_start.py``) and
+answered.  Only the release is timed: the CPU per request the proxy spends
+after the update.
 """
 
 import argparse
