@@ -578,6 +578,35 @@ def test_client_leaving_while_held_cancels_the_wait():
     assert h.counter.get("default/web").concurrency == 0
 
 
+def test_abandoned_held_requests_leave_no_memory_behind():
+    """Clients that give up while held (through the whole request path, not
+    only the gate) leave nothing: no waiter, no timer, no count, no memory."""
+    import gc
+    import tracemalloc
+
+    h = Harness(settings=ProxySettings(readiness_timeout=60, request_timeout=120))
+    load(h.store, routes=[route()], services=[service()])
+
+    def abandon(n):
+        for _ in range(n):
+            proto, _ = h.get()
+            proto.connectionLost(Failure(ConnectionLost()))
+
+    abandon(500)  # warm every cache first
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    abandon(5_000)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(d.size_diff for d in after.compare_to(before, "filename"))
+    assert h.gate.waiting() == 0
+    assert h.clock.getDelayedCalls() == []
+    assert h.counter.get("default/web").concurrency == 0
+    assert grown < 64 * 1024, f"{grown} bytes kept by 5,000 abandoned requests"
+
+
 def test_placeholder_answers_503_at_once_and_still_counts():
     ph = StaticResponse(body="<p>waking up</p>", headers=(("Content-Type", "text/html"),))
     h = Harness()
