@@ -313,9 +313,11 @@ class ProxyChannel(http.HTTPChannel):
         size = end - 2 * (len(lines) - 1)
         if size > self.totalHeadersSize or len(lines) - 1 > self.maxHeaders or not lines[0]:
             return False
-        for line in lines:
-            if len(line) > self.MAX_LENGTH or line[:1] in (b" ", b"\t"):
-                return False
+        # no line over the limit, none folded (checked in C, not per line)
+        if size > self.MAX_LENGTH and max(map(len, lines)) > self.MAX_LENGTH:
+            return False
+        if b"\r\n " in head or b"\r\n\t" in head or head[:1] in (b" ", b"\t"):
+            return False
         self.resetTimeout()
         factory = self.requestFactory
         if INonQueuedRequestFactory.providedBy(factory):
