@@ -108,11 +108,9 @@ def copy_response_headers(headers, out: Headers) -> None:
     fresh = set()
     named = None
     for name, value in headers:
-        key = _RESPONSE_NAMES.get(name)
-        if key is None:
-            key = _response_name(name)
-        if key is _HOP:
-            if name.lower() == b"connection":
+        key = CANONICAL_NAMES.get(name) or canonical_name(name)
+        if key in _HOP_KEYS:
+            if key == b"Connection":
                 named = (named or set()) | {
                     t.strip().lower() for t in value.split(b",") if t.strip()}
             continue
@@ -123,24 +121,31 @@ def copy_response_headers(headers, out: Headers) -> None:
             raw[key] = [value]
     if named:  # only what the upstream sent: our own headers stay
         for lname in named:
-            key = _nameEncoder.encode(lname)
+            key = canonical_name(lname)
             if key in fresh:
                 del raw[key]
 
 
-#: marks a hop-by-hop name in L{_RESPONSE_NAMES}
-_HOP = b""
-#: response header name as sent -> Twisted's canonical name, or L{_HOP}
-_RESPONSE_NAMES: dict = {}
+#: header name as sent -> Twisted's canonical name, for names seen before;
+#: the request parser reads it directly (see L{keda_proxy.server})
+CANONICAL_NAMES: dict = {}
 
 
-def _response_name(name: bytes) -> bytes:
-    """Look a name up once: lower-casing it and encoding it for the
-    Headers store on every response would be two calls per header."""
-    key = _HOP if name.lower() in HOP_BY_HOP else _nameEncoder.encode(name)
-    if len(_RESPONSE_NAMES) < 4096:  # names are few; odd ones are not kept
-        _RESPONSE_NAMES[name] = key
+def canonical_name(name: bytes) -> bytes:
+    """Twisted's canonical form of a header name, worked out once per name
+    and remembered (encoding it on every request and response costs a call
+    per header).  Raises C{InvalidHeaderName} for a name that is not a
+    token."""
+    key = CANONICAL_NAMES.get(name)
+    if key is None:
+        key = _nameEncoder.encode(name)
+        if len(CANONICAL_NAMES) < 4096:  # names are few; odd ones are not kept
+            CANONICAL_NAMES[name] = key
     return key
+
+
+#: L{HOP_BY_HOP} in canonical form: any spelling of those names maps here
+_HOP_KEYS = frozenset(_nameEncoder.encode(n) for n in HOP_BY_HOP)
 
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})

@@ -23,10 +23,11 @@ from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import _parseRequestLine
-from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
+from twisted.web.http_headers import InvalidHeaderName
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from keda_proxy.eagerwrite import eager_write
+from keda_proxy.headers import CANONICAL_NAMES, canonical_name
 from keda_proxy.responses import status_text
 
 #: Whole request head (line + headers) limit, as Go's 1 MiB is too generous
@@ -111,8 +112,6 @@ class BodyStream:
 #: every attribute access costs a Python-level __getattribute__
 _request_write = http.Request.write
 
-#: request header name as sent -> Twisted's canonical name (only valid ones)
-_REQUEST_NAMES: dict = {}
 #: names whose values choose the body's framing (always the full path)
 _FRAMING_NAMES = frozenset({b"Content-Length", b"Transfer-Encoding"})
 
@@ -335,7 +334,7 @@ class ProxyChannel(http.HTTPChannel):
         self._receivedHeaderSize = size
         # headerReceived inlined for names seen before (the usual case)
         raw = request.requestHeaders._rawHeaders
-        known = _REQUEST_NAMES
+        known = CANONICAL_NAMES
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             name = known.get(name)
@@ -406,16 +405,11 @@ class ProxyChannel(http.HTTPChannel):
         if not sep:
             self._respondToBadRequestAndDisconnect()
             return False
-        canonical = _REQUEST_NAMES.get(name)
-        if canonical is None:
-            try:
-                canonical = _nameEncoder.encode(name)
-            except InvalidHeaderName:
-                self._respondToBadRequestAndDisconnect()
-                return False
-            if len(_REQUEST_NAMES) < 4096:  # names are few; odd ones are not kept
-                _REQUEST_NAMES[name] = canonical
-        name = canonical
+        try:
+            name = canonical_name(name)
+        except InvalidHeaderName:
+            self._respondToBadRequestAndDisconnect()
+            return False
         data = data.strip(b" \t")
         if b"\x00" in data or b"\r" in data or b"\n" in data:
             self._respondToBadRequestAndDisconnect()
