@@ -239,7 +239,7 @@ class Exchange:
         if deadline > 0:
             self._deadline_at = p.clock.seconds() + deadline
             self._later(deadline, self._request_deadline)
-        self._await_ready()
+        self._await_ready(ready)
 
     def _matching_static_route(self):
         for static in self.route.static_routes:
@@ -250,16 +250,17 @@ class Exchange:
 
     # -- step 4: readiness ---------------------------------------------------
 
-    def _await_ready(self) -> None:
+    def _await_ready(self, ready: bool) -> None:
+        """Forward now if C{ready} (as L{start} found the Service), else wait."""
+        if ready:
+            self._forward_primary(False)  # warm: no Deferred on this path
+            return
         timeout = self.route.timeouts.readiness
         if timeout is None:
             timeout = self.p.settings.readiness_timeout
         if self.route.fallback is not None and timeout == 0:
             timeout = DEFAULT_FALLBACK_READINESS
         gate = self.p.gate
-        if gate.is_ready(self.route.service_key):
-            self._forward_primary(False)  # warm: no Deferred on this path
-            return
         port_name = upstream_port_name(self.route.target, self.route.namespace, self.snapshot)
         # Everything that does not depend on the pod is done now, so that
         # the release after a scale-from-zero has as little left to do.
