@@ -759,7 +759,7 @@ def nginx_pod_conf(dir: Path, port: int, status_port: int) -> Path:
         listen {POD_IP}:{status_port};
         location / {{ stub_status; }}
     }}"""
-    return bl._write_nginx(dir, body)
+    return bl.write_nginx(dir, body)
 
 
 def nginx_counts(status_port: int) -> tuple:
@@ -836,27 +836,11 @@ def run_scenario(sc: Scenario, args) -> dict:
             argv = ["taskset", "-c", str(cpu_ic), *argv]
         logfile = td.dir / "keda-interceptor.log"
         where = str(ctx_src(args) or ROOT)
-        found = subprocess.run(
-            [sys.executable, "-c", "import keda_proxy; print(keda_proxy.__file__)"],
-            env=env, cwd=where, capture_output=True, text=True).stdout.strip()
-        if not found.startswith(where):
-            raise RuntimeError(f"keda_proxy would be imported from {found!r}, not {where}")
+        bl.check_import_source(env, where)
         p = td.procs.start("keda-interceptor", argv, logfile, env=env, cwd=where)
         ctx.pid, ctx.proxy_port, ctx.admin_port = p.pid, proxy_port, admin_port
-        deadline = time.monotonic() + 60
-        while True:
-            if p.poll() is not None:
-                raise RuntimeError("keda-interceptor exited:\n"
-                                   + logfile.read_text(errors="replace")[-3000:])
-            try:
-                if bl.http_get(f"http://127.0.0.1:{admin_port}/readyz", timeout=2)[0] == 200 \
-                        and queue_concurrency(admin_port) == 0:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"keda-interceptor not ready after 60 s; see {logfile}")
-            time.sleep(0.1)
+        bl.wait_ready(p, "keda-interceptor", logfile, admin_port, 60,
+                      also=lambda: queue_concurrency(admin_port) == 0)
         ctx.limits = _nofile_of(ctx.pid)
         ctx.affinity = {"keda-interceptor": bl.affinity(ctx.pid),
                         "pod": bl.affinity(ctx.pod_pid),
@@ -1149,8 +1133,4 @@ def _run_all(args, argv, scenarios) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        bl.log("interrupted; everything started was stopped")
-        sys.exit(130)
+    bl.run_main(main)

@@ -609,8 +609,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        bl.log("interrupted; everything started was stopped")
-        sys.exit(130)
+    bl.run_main(main)

@@ -310,7 +310,7 @@ def nginx_backend_conf(dir: Path, port: int) -> Path:
             return 200 "{BODY.rstrip()}\\n";
         }}
     }}"""
-    return _write_nginx(dir, body)
+    return write_nginx(dir, body)
 
 
 def nginx_proxy_conf(dir: Path, port: int, backend_port: int) -> Path:
@@ -330,10 +330,10 @@ def nginx_proxy_conf(dir: Path, port: int, backend_port: int) -> Path:
             proxy_set_header Host $host;
         }}
     }}"""
-    return _write_nginx(dir, body)
+    return write_nginx(dir, body)
 
 
-def _write_nginx(dir: Path, body: str) -> Path:
+def write_nginx(dir: Path, body: str) -> Path:
     dir.mkdir(parents=True, exist_ok=True)
     (dir / "tmp").mkdir(exist_ok=True)
     conf = dir / "nginx.conf"
@@ -505,28 +505,52 @@ def start_interceptor(procs: Processes, workdir: Path, backend_port: int, cpu: i
     argv = interceptor_argv(cpu, manifests, nofile, twistd_opts)
     env = interceptor_env(proxy_port, admin_port, src)
     where = str(src or REPO)
+    check_import_source(env, where)
+    logname = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+    logfile = workdir / f"{logname}.log"
+    p = procs.start(name, argv, logfile, env=env, cwd=where)
+    wait_ready(p, name, logfile, admin_port, 30)
+    return {"pid": p.pid, "popen": p, "proxy_port": proxy_port,
+            "admin_port": admin_port, "argv": argv, "log": logfile}
+
+
+def check_import_source(env: dict, where: str) -> None:
+    """Refuse to start an interceptor whose keda_proxy would not come from
+    C{where} (a wrong PYTHONPATH would measure the wrong code)."""
     found = subprocess.run([sys.executable, "-c", "import keda_proxy; print(keda_proxy.__file__)"],
                            env=env, cwd=where, capture_output=True, text=True).stdout.strip()
     if not found.startswith(where):
         raise RuntimeError(f"keda_proxy would be imported from {found!r}, not {where}")
-    logname = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
-    logfile = workdir / f"{logname}.log"
-    p = procs.start(name, argv, logfile, env=env, cwd=where)
-    deadline = time.monotonic() + 30
+
+
+def wait_ready(p: subprocess.Popen, name: str, logfile: Path, admin_port: int,
+               timeout: float, also=None) -> None:
+    """Wait until the interceptor's /readyz answers 200 (and C{also()}, if
+    given, is true); raise with its log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
     while True:
         if p.poll() is not None:
-            raise RuntimeError(f"{name} exited:\n" + logfile.read_text(errors="replace"))
+            raise RuntimeError(f"{name} exited:\n"
+                               + logfile.read_text(errors="replace")[-3000:])
         try:
-            status, _ = http_get(f"http://127.0.0.1:{admin_port}/readyz")
-            if status == 200:
-                break
+            if http_get(f"http://127.0.0.1:{admin_port}/readyz", timeout=2)[0] == 200 \
+                    and (also is None or also()):
+                return
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} not ready after 30 s; see {logfile}")
+            raise RuntimeError(f"{name} not ready after {timeout:.0f} s; see {logfile}")
         time.sleep(0.1)
-    return {"pid": p.pid, "popen": p, "proxy_port": proxy_port,
-            "admin_port": admin_port, "argv": argv, "log": logfile}
+
+
+def run_main(main) -> None:
+    """A benchmark's entry point: exit with C{main()}'s status; on Ctrl-C,
+    everything started has been stopped by then."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; everything started was stopped")
+        sys.exit(130)
 
 
 def wait_listening(port: int, proc: subprocess.Popen, logfile: Path, timeout=15.0) -> None:
