@@ -80,7 +80,7 @@ def parse_head(head: bytes):
     the client as they are."""
     lines = head.split(b"\r\n")
     breaks = len(lines) - 1
-    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or 0 in head:  # NUL
         raise UpstreamProtocolError("bare CR, LF or NUL in the response head")
     status = lines[0]
     if status[:7] != b"HTTP/1." or status[8:9] != b" " or not status[9:12].isdigit() \
@@ -307,7 +307,7 @@ class UpstreamConnection(Protocol):
                 lengths.add(value)
             elif lname == b"transfer-encoding":
                 chunked = value.lower().endswith(b"chunked")
-            elif lname == b"connection" and b"close" in value.lower():
+            elif lname == b"connection" and value.lower().find(b"close") >= 0:
                 self._keep_alive = False
         if version == b"HTTP/1.0":
             self._keep_alive = False

@@ -14,6 +14,7 @@ import sys
 from twisted.python import usage
 
 from keda_proxy.descriptors import prepare_descriptors
+from keda_proxy.epolldispatch import lean_dispatch
 
 
 def _port(text):
@@ -72,6 +73,7 @@ def makeService(options):
         except TLSConfigError as e:
             fail(str(e))
     prepare_descriptors()  # before any thread starts
+    lean_dispatch(reactor)
     return build_service(reactor, config, _source_factory(reactor, config),
                          interface=options["interface"], server_tls=server_tls,
                          upstream_tls=upstream_tls)

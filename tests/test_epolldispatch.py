@@ -1,0 +1,99 @@
+"""Tests for keda_proxy.epolldispatch: the reactor's direct dispatch loop."""
+
+import os
+import socket
+import sys
+
+import pytest
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.python import log
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll")
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet.epollreactor import EPollReactor
+
+    r = EPollReactor()
+    yield r
+    r._poller.close()
+    os.close(r.waker.i)
+    os.close(r.waker.o)
+
+
+class Reader:
+    """A minimal IReadDescriptor over one end of a socket pair."""
+
+    def __init__(self, sock, why=None):
+        self.sock, self.why, self.got, self.lost = sock, why, [], []
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def logPrefix(self):
+        raise AssertionError("the legacy log context was consulted")
+
+    def doRead(self):
+        self.got.append(self.sock.recv(100))
+        return self.why
+
+    def connectionLost(self, reason):
+        self.lost.append(reason)
+        raise RuntimeError("a buggy connectionLost")
+
+
+def test_switches_only_a_plain_epoll_reactor(reactor):
+    from keda_proxy.epolldispatch import LeanEPollReactor, lean_dispatch
+
+    assert lean_dispatch(reactor) is True
+    assert type(reactor) is LeanEPollReactor
+    assert reactor.doIteration.__func__ is LeanEPollReactor.doPoll
+    assert lean_dispatch(reactor) is False  # already switched
+    memory = MemoryReactorClock()
+    assert lean_dispatch(memory) is False and type(memory) is MemoryReactorClock
+
+
+def test_a_ready_socket_is_read_without_the_log_context(reactor, monkeypatch):
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    lean_dispatch(reactor)
+    monkeypatch.setattr(log, "callWithLogger", None)  # would fail if called
+    a, b = socket.socketpair()
+    with a, b:
+        reader = Reader(a)
+        reactor.addReader(reader)
+        reactor.doIteration(0)
+        assert reader.got == []  # nothing ready yet
+        b.sendall(b"hello")
+        reactor.doIteration(0)
+        assert reader.got == [b"hello"]
+        assert reader in reactor.getReaders()
+
+
+def test_an_error_escaping_dispatch_is_logged_and_the_loop_goes_on(reactor):
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    lean_dispatch(reactor)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    a, b, c, d = *socket.socketpair(), *socket.socketpair()
+    try:
+        # the first hangs up during its read; its connectionLost then raises
+        bad, good = Reader(a, why=CONNECTION_DONE), Reader(c)
+        reactor.addReader(bad)
+        reactor.addReader(good)
+        b.sendall(b"x")
+        d.sendall(b"y")
+        reactor.doIteration(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        for s in (a, b, c, d):
+            s.close()
+    assert bad.got == [b"x"] and len(bad.lost) == 1
+    assert good.got == [b"y"]
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1
+    assert failures[0]["log_failure"].check(RuntimeError)
