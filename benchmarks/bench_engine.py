@@ -14,16 +14,31 @@ then released 32 per reactor turn, dialled (new pod connections for the
 first turns, then reusing them, as in ``bench_cold_start.py``) and
 answered.  Only the release is timed: the CPU per request the proxy spends
 after the update.
+
+``--instructions`` counts machine instructions per request instead, under
+valgrind (``apt-get install valgrind``): the process runs N and 3N
+requests and the difference is divided by 2N.  Unlike CPU time, the count
+does not move with the host's load, so a change of 1-2% shows in one run.
+``--source REF-OR-DIR`` (repeatable) counts other trees in the same run,
+as ``bench_proxy.py --interceptor`` does (``worktree`` is this checkout):
+
+    .venv/bin/python benchmarks/bench_engine.py --instructions --source HEAD --source worktree
 """
 
 import argparse
 import cProfile
 import os
 import pstats
+import re
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+HERE = Path(__file__).resolve().parent
+# the tree under test: this checkout, or one given by --instructions --source
+sys.path.insert(0, os.environ.get("KEDA_BENCH_SOURCE") or str(HERE.parent))
 
 from keda_proxy.metrics import ProxyMetrics  # noqa: E402
 from tests.builders import endpoint_slice, load, route, service  # noqa: E402
@@ -98,12 +113,46 @@ def cold_round(n, profiler=None):
     return dt
 
 
+def instructions(src, n: int) -> int:
+    """Instructions for N warm requests after the set-up, in a fresh process
+    under valgrind, with fixed hashing so that runs repeat exactly."""
+    env = dict(os.environ, PYTHONHASHSEED="0", KEDA_BENCH_SOURCE=str(src or ""))
+    out = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+         sys.executable, __file__, "--once", str(n)],
+        env=env, capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"I\s+refs:\s+([\d,]+)", out).group(1).replace(",", ""))
+
+
+def count_instructions(sources, n: int) -> None:
+    import benchlib
+
+    benchlib.ensure_tools(["valgrind"])
+    with tempfile.TemporaryDirectory(prefix="keda-engine-") as tmp:
+        for spec in sources or ["worktree"]:
+            src = benchlib.interceptor_source(spec, Path(tmp))
+            per = (instructions(src, 3 * n) - instructions(src, n)) / (2 * n)
+            print(f"{spec}: {per:,.0f} instructions per request "
+                  f"(valgrind, {n} and {3 * n} requests)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--cold", type=int, default=0, metavar="N")
+    parser.add_argument("--instructions", action="store_true")
+    parser.add_argument("--source", action="append", metavar="REF-OR-DIR")
+    parser.add_argument("--once", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.instructions:
+        count_instructions(args.source, 1000)
+        return
+    if args.once:
+        state = setup()
+        run(200, *state)
+        run(args.once, *state)
+        return
     if args.cold:
         cold_round(args.cold)  # warm up
         if args.profile:

@@ -95,37 +95,6 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     return b"".join(parts)
 
 
-def copy_response_headers(headers, out: Headers) -> None:
-    """Put an upstream response's end-to-end headers into C{out}.
-
-    The values come from our own parser, which refused CR, LF and NUL, so
-    they go into the Headers store as they are, under Twisted's canonical
-    names.  Upstream ``Date`` and ``Server`` replace ours.  One pass: the
-    headers a ``Connection`` header names are taken out afterwards.
-    """
-    raw = out._rawHeaders
-    raw.pop(b"Server", None)
-    fresh = set()
-    named = None
-    for name, value in headers:
-        key = CANONICAL_NAMES.get(name) or canonical_name(name)
-        if key in _HOP_KEYS:
-            if key == b"Connection":
-                named = (named or set()) | {
-                    t.strip().lower() for t in value.split(b",") if t.strip()}
-            continue
-        if key in fresh:
-            raw[key].append(value)
-        else:
-            fresh.add(key)
-            raw[key] = [value]
-    if named:  # only what the upstream sent: our own headers stay
-        for lname in named:
-            key = canonical_name(lname)
-            if key in fresh:
-                del raw[key]
-
-
 #: header name as sent -> Twisted's canonical name, for names seen before;
 #: the request parser reads it directly (see L{keda_proxy.server})
 CANONICAL_NAMES: dict = {}

@@ -14,15 +14,17 @@ proxy's per-request exchange.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
+from twisted.web.http_headers import InvalidHeaderName
 from zope.interface import Attribute, Interface
 
 from keda_proxy.eagerwrite import eager_write
+from keda_proxy.headers import _HOP_KEYS, CANONICAL_NAMES, canonical_name
 
 #: Largest response head accepted from an upstream (Go's default is 1 MiB).
 MAX_HEAD = 1 << 20
@@ -40,8 +42,8 @@ class IResponseSink(Interface):
     C{response_data}*, then exactly one of C{response_done} /
     C{response_failed} (or C{response_upgraded} for a 101)."""
 
-    def response_head(code, phrase, headers):
-        """@param headers: a list of C{(name, value)} byte pairs, as sent."""
+    def response_head(head):
+        """@param head: the L{ResponseHead}."""
 
     def response_data(data):
         pass
@@ -71,13 +73,38 @@ class IConnectionOwner(Interface):
     key = Attribute("The pool key this connection belongs to.")
 
 
-def parse_head(head: bytes):
+class ResponseHead(NamedTuple):
+    """An upstream response head, parsed and filtered in one pass."""
+
+    code: int
+    phrase: bytes
+    version: bytes
+    #: the end-to-end header lines, ready to send on: canonical names,
+    #: each line ending in CRLF, hop-by-hop headers (and those that
+    #: ``Connection`` names) left out; Content-Length only for a body
+    #: that is not chunked
+    block: bytes
+    #: the body's length from Content-Length, or None
+    length: Optional[int]
+    chunked: bool
+    #: the upstream will close after this response
+    close: bool
+    #: whether the block carries a Date (which then replaces ours)
+    has_date: bool
+    #: the header lines exactly as sent (a 101 passes them all on)
+    lines: list
+
+
+def parse_head(head: bytes) -> ResponseHead:
     """Parse ``HTTP/1.x CODE PHRASE`` plus header lines (without the final
-    blank line) into C{(code, phrase, version, headers, framing)}: the
-    headers as C{(name, value)} pairs in order, and C{framing} the
-    lower-cased pairs that may bear on framing (or None).  Bare CR or LF,
-    NUL, folded lines and malformed names are refused: the values go to
-    the client as they are."""
+    blank line).  Bare CR or LF, NUL, folded lines, names that are not
+    tokens and conflicting or malformed Content-Lengths are refused with
+    L{UpstreamProtocolError}: what passes goes to the client as it is.
+
+    Parsing, framing and the hop-by-hop filter (L{headers.HOP_BY_HOP})
+    share one loop over the lines, which yields the bytes to send on: the
+    response's headers are never stored and serialised again.
+    """
     lines = head.split(b"\r\n")
     breaks = len(lines) - 1
     if head.count(b"\n") != breaks or head.count(b"\r") != breaks or 0 in head:  # NUL
@@ -86,26 +113,67 @@ def parse_head(head: bytes):
     if status[:7] != b"HTTP/1." or status[8:9] != b" " or not status[9:12].isdigit() \
             or status[12:13] not in (b"", b" "):
         raise UpstreamProtocolError(f"bad status line {status[:80]!r}")
-    headers = []
-    append = headers.append
-    framing = None
-    for line in lines[1:]:
+    parts = []
+    known = CANONICAL_NAMES
+    lengths = named = None
+    chunked = close = has_date = False
+    del lines[0]
+    for line in lines:
         name, colon, value = line.partition(b":")
-        if not name or not colon or name[0] in _SPACE or name[-1] in _SPACE:
-            if not line:
-                continue
-            raise UpstreamProtocolError(f"bad or folded header line {line[:80]!r}")
+        key = known.get(name)
+        if key is None or not colon:
+            if not name or not colon or name[0] in _SPACE or name[-1] in _SPACE:
+                if not line:
+                    continue
+                raise UpstreamProtocolError(f"bad or folded header line {line[:80]!r}")
+            try:
+                key = canonical_name(name)
+            except InvalidHeaderName:
+                raise UpstreamProtocolError(f"bad header name {name[:80]!r}") from None
         value = value.strip(b" \t")
-        append((name, value))
-        if name[0] in _FRAMING_INITIALS:  # Content-Length, Transfer-Encoding, Connection
-            if framing is None:
-                framing = []
-            framing.append((name.lower(), value))
-    return int(status[9:12]), status[13:], status[:8], headers, framing
+        if key in _SPECIAL_KEYS:
+            if key == b"Content-Length":
+                lengths = lengths or set()
+                lengths.add(value)
+                continue
+            if key == b"Date":
+                has_date = True
+            elif key == b"Transfer-Encoding":
+                chunked = value.lower().endswith(b"chunked")
+                continue
+            elif key == b"Connection":
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token == b"close":
+                        close = True
+                    elif token and token != b"keep-alive":
+                        named = named or set()
+                        named.add(token)
+                continue
+            else:  # the other hop-by-hop headers
+                continue
+        parts += (key, b": ", value, b"\r\n")
+    if named:  # headers the Connection header made hop-by-hop
+        parts = [p for i in range(0, len(parts), 4) if parts[i].lower() not in named
+                 for p in parts[i:i + 4]]
+        has_date = has_date and b"date" not in named
+    version = status[:8]
+    length = None
+    if lengths and not chunked:  # framing is ours: Connection cannot drop it
+        if len(lengths) > 1:
+            raise UpstreamProtocolError("conflicting Content-Length")
+        value = lengths.pop()
+        if not value.isdigit():
+            raise UpstreamProtocolError("bad Content-Length")
+        length = int(value)
+        parts += (b"Content-Length: ", value, b"\r\n")
+    return ResponseHead(int(status[9:12]), status[13:], version, b"".join(parts), length,
+                        chunked, close or version == b"HTTP/1.0", has_date, lines)
 
 
 _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
-_FRAMING_INITIALS = frozenset(b"cCtT")
+#: canonical names the loop above looks at: framing, Date, hop-by-hop
+_SPECIAL_KEYS = _HOP_KEYS | {b"Content-Length", b"Date"}
 
 
 class UpstreamConnection(Protocol):
@@ -274,16 +342,17 @@ class UpstreamConnection(Protocol):
                 return
             head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
             try:
-                code, phrase, version, headers, framing = parse_head(head)
+                parsed = parse_head(head)
             except UpstreamProtocolError as e:
                 self._protocol_error(e)
                 return
+            code = parsed.code
             if code == 101:
-                self._upgrade(code, phrase, headers)
+                self._upgrade(parsed)
                 return
             if 100 <= code < 200:
                 continue  # 100 Continue, 103 Early Hints: wait for the real one
-            self._start_body(code, phrase, version, headers, framing)
+            self._start_body(parsed)
         if self.state == BODY and self._buffer:
             rest, self._buffer = self._buffer, b""
             if self._remaining is not None:
@@ -298,37 +367,19 @@ class UpstreamConnection(Protocol):
             sink.response_failed(Failure(error), self._response_started)
         self.transport.abortConnection()
 
-    def _start_body(self, code, phrase, version, headers, framing) -> None:
-        length = None
-        chunked = False
-        lengths = set()
-        for lname, value in framing or ():
-            if lname == b"content-length":
-                lengths.add(value)
-            elif lname == b"transfer-encoding":
-                chunked = value.lower().endswith(b"chunked")
-            elif lname == b"connection" and value.lower().find(b"close") >= 0:
-                self._keep_alive = False
-        if version == b"HTTP/1.0":
+    def _start_body(self, head: ResponseHead) -> None:
+        if head.close:
             self._keep_alive = False
-        if len(lengths) > 1 and not chunked:
-            self._protocol_error(UpstreamProtocolError("conflicting Content-Length"))
-            return
-        if lengths and not chunked:
-            value = lengths.pop()
-            if not value.isdigit():
-                self._protocol_error(UpstreamProtocolError("bad Content-Length"))
-                return
-            length = int(value)
+        code = head.code
+        length = head.length
         self._response_started = True
         self.state = BODY
-        sink = self.sink
-        sink.response_head(code, phrase, headers)
+        self.sink.response_head(head)
         if self.sink is None:  # the sink gave up during the head
             return
         if self._head_only or code in (204, 304):
             self._finish(reusable=self._keep_alive)
-        elif chunked:
+        elif head.chunked:
             self._decoder = _ChunkedTransferDecoder(self._deliver, self._chunked_done)
         elif length is not None:
             if length == 0:
@@ -382,10 +433,10 @@ class UpstreamConnection(Protocol):
         if sink is not None:
             sink.response_done()
 
-    def _upgrade(self, code, phrase, headers) -> None:
+    def _upgrade(self, head: ResponseHead) -> None:
         self._response_started = True
         self.state = TUNNEL
         sink, self.sink = self.sink, None
         rest, self._buffer = self._buffer, b""
-        sink.response_head(code, phrase, headers)
+        sink.response_head(head)
         sink.response_upgraded(self, rest)

@@ -28,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from keda_proxy.endpoints import join_host_port, split_host_port
-from keda_proxy.headers import COLD_START_KEY, copy_response_headers, request_head
+from keda_proxy.headers import COLD_START_KEY, request_head
 from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
 from keda_proxy.interfaces import IRouter
 from keda_proxy.model import MODE_ALWAYS, RequestFacts, Route, ServiceRef
@@ -442,17 +442,17 @@ class Exchange:
 
     # IResponseSink -----------------------------------------------------------
 
-    def response_head(self, code: int, phrase: bytes, headers) -> None:
+    def response_head(self, head) -> None:
         if self._conn is not None:
             self._conn.disarm_timer()
         req = self.request
         if self._gone or req.finished:
             self._abort_upstream()
             return
-        req.code = code
-        req.code_message = phrase
-        copy_response_headers(headers, req.responseHeaders)
-        self._head = headers
+        req.code = head.code
+        req.code_message = head.phrase
+        req.upstream_head = head  # its header lines go out as they are
+        self._head = head
         self._streaming = True
 
     def response_data(self, data: bytes) -> None:

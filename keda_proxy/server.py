@@ -110,7 +110,7 @@ class BodyStream:
 
 #: looked up once: twisted.web.http is a deprecation proxy module, on which
 #: every attribute access costs a Python-level __getattribute__
-_request_write = http.Request.write
+_NO_BODY_CODES = http.NO_BODY_CODES
 
 #: names whose values choose the body's framing (always the full path)
 _FRAMING_NAMES = frozenset({b"Content-Length", b"Transfer-Encoding"})
@@ -199,13 +199,63 @@ class StreamingRequest(server.Request):
     #: an upstream response that has none (twisted.web would add text/html)
     defaultContentType = None
 
+    #: the upstream's L{ResponseHead} when proxying: its header lines are
+    #: sent as they are, ahead of ours
+    upstream_head = None
+    #: HEAD, 204 or 304: the head goes out, any body is dropped
+    _bodiless = False
+
     def write(self, data):
-        # http.Request's write, without server.Request's default
-        # Content-Type and content encoders, which the proxy never uses
-        _request_write(self, data)
-        channel = self.channel
-        if channel is not None and channel._pending_head is not None:
-            channel.flush_head()  # a response with no body (or HEAD)
+        """http.Request's write, without server.Request's default
+        Content-Type and content encoders (which the proxy never uses), and
+        with the head sent in the same C{send} as the first body bytes."""
+        if self.finished:
+            raise RuntimeError(
+                "Request.write called on a request after Request.finish was called.")
+        if self._disconnected or self._bodiless:
+            return
+        if self.startedWriting:
+            head = b""
+        else:
+            self.startedWriting = 1
+            head = self._response_head()
+            if self._bodiless:
+                self.channel.write(head)
+                return
+        if data:
+            self.sentLength += len(data)
+            if self.chunked:
+                data = b"%x\r\n%b\r\n" % (len(data), data)
+            self.channel.write(head + data)
+        elif head:
+            self.channel.write(head)
+
+    def _response_head(self) -> bytes:
+        """The status line and headers: the upstream's lines (if proxying),
+        then ours, chunked framing when the length is unknown."""
+        version = self.clientproto
+        code = self.code
+        parts = [version, b" %d " % code, self.code_message, b"\r\n"]
+        raw = self.responseHeaders._rawHeaders
+        upstream = self.upstream_head
+        if upstream is not None:
+            parts.append(upstream.block)
+            length_known = upstream.length is not None
+            skip = b"Date" if upstream.has_date else None
+        else:
+            length_known = b"Content-Length" in raw
+            skip = None
+        for name, values in raw.items():
+            if name != skip:
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
+        if self.method == b"HEAD" or code in _NO_BODY_CODES:
+            self._bodiless = True
+        elif not length_known and version == b"HTTP/1.1":
+            self.chunked = 1
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def finish(self):
         body = self.body
@@ -256,28 +306,8 @@ class ProxyChannel(http.HTTPChannel):
             peer = self._peer = super().getPeer()
         return peer
 
-    # -- writing: the response head goes out with the first body bytes, in
-    # one send when the socket takes it (see keda_proxy.eagerwrite) --------
-
-    _pending_head = None
-
-    def writeHeaders(self, version, code, reason, headers):
-        parts = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers._rawHeaders.items():
-            for value in values:
-                parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
-        self._pending_head = b"".join(parts)
-
-    def flush_head(self):
-        head, self._pending_head = self._pending_head, None
-        if head is not None and self.transport is not None:
-            eager_write(self.transport, head)
-
     def write(self, data):
-        head, self._pending_head = self._pending_head, None
-        if head is not None:
-            data = head + data
+        """One C{send} when the socket takes it (see L{keda_proxy.eagerwrite})."""
         if self.transport is not None:
             eager_write(self.transport, data)
 

@@ -44,8 +44,8 @@ class Tunnel:
         tunnel = cls(exchange, conn, transport)
         conn.tunnel = tunnel
         head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
-        for name, value in exchange._head or ():
-            head += (name, b": ", value, b"\r\n")
+        for line in exchange._head.lines if exchange._head is not None else ():
+            head += (line, b"\r\n")  # all of them, Upgrade and Connection too
         head.append(b"\r\n")
         # Detach twisted.web: no more parsing, no idle timeout, no producer.
         channel.setTimeout(None)

@@ -5,14 +5,46 @@ import pytest
 from keda_proxy.http1client import UpstreamProtocolError, parse_head
 
 
-def test_status_line_and_headers_in_order():
-    code, phrase, version, headers, framing = parse_head(
+def test_status_line_and_end_to_end_headers_in_order():
+    head = parse_head(
         b"HTTP/1.1 404 Not Found\r\nSet-Cookie: a=1\r\nX-Y:  spaced \t\r\nSet-Cookie: b=2\r\n"
-        b"content-LENGTH: 5\r\nTransfer-Encoding: chunked")
-    assert (code, phrase, version) == (404, b"Not Found", b"HTTP/1.1")
-    assert headers == [(b"Set-Cookie", b"a=1"), (b"X-Y", b"spaced"), (b"Set-Cookie", b"b=2"),
-                       (b"content-LENGTH", b"5"), (b"Transfer-Encoding", b"chunked")]
-    assert framing == [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")]
+        b"content-LENGTH: 5\r\nx-lower: v\r\nContent-Type: text/plain")
+    assert (head.code, head.phrase, head.version) == (404, b"Not Found", b"HTTP/1.1")
+    # canonical names, values trimmed, order kept; Content-Length last
+    assert head.block == (b"Set-Cookie: a=1\r\nX-Y: spaced\r\nSet-Cookie: b=2\r\n"
+                          b"X-Lower: v\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n")
+    assert (head.length, head.chunked, head.close, head.has_date) == (5, False, False, False)
+    assert head.lines[0] == b"Set-Cookie: a=1" and len(head.lines) == 6
+
+
+def test_hop_by_hop_headers_and_those_connection_names_are_left_out():
+    head = parse_head(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n"
+        b"X-Secret: s\r\nx-secret: t\r\nUpgrade: h2c\r\nTrailer: X-T\r\n"
+        b"Proxy-Authenticate: Basic\r\nDate: Mon, 30 Nov 2026 00:00:00 GMT\r\nX-Kept: 1")
+    assert head.block == b"Date: Mon, 30 Nov 2026 00:00:00 GMT\r\nX-Kept: 1\r\n"
+    assert head.has_date and not head.close and head.length is None
+    # the raw lines keep everything (a 101 passes them on)
+    assert b"Upgrade: h2c" in head.lines
+
+
+def test_connection_can_name_date_but_not_the_framing():
+    head = parse_head(b"HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 3\r\n"
+                      b"Connection: date, content-length")
+    assert head.block == b"Content-Length: 3\r\n"
+    assert head.length == 3 and not head.has_date
+
+
+def test_chunked_wins_over_content_length_which_is_dropped():
+    head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n"
+                      b"Transfer-Encoding: gzip, chunked")
+    assert head.chunked and head.length is None and head.block == b""
+
+
+def test_close_and_http10_mean_no_reuse():
+    assert parse_head(b"HTTP/1.1 200 OK\r\nConnection: Close").close
+    assert parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 1").close
+    assert not parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1").close
 
 
 def test_empty_reason_phrase_and_http10():
@@ -32,6 +64,10 @@ def test_empty_reason_phrase_and_http10():
     b"HTTP/1.1 200 OK\r\nX-A : 1",              # space before the colon
     b"HTTP/1.1 200 OK\r\nno colon here",
     b"HTTP/1.1 200 OK\r\n: empty name",
+    b"HTTP/1.1 200 OK\r\nDate",                   # a known name, no colon
+    b"HTTP/1.1 200 OK\r\nX(A): 1",                # not a token
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1",
 ])
 def test_malformed_heads_are_refused(head):
     with pytest.raises(UpstreamProtocolError):

@@ -249,6 +249,18 @@ def test_response_streams_as_it_arrives_without_hop_by_hop_headers():
     assert h.pool.idle_count() == 1  # back in the pool
 
 
+def test_a_chunked_response_with_a_stray_length_reaches_the_client_chunked_only():
+    h = Harness()
+    warm(h)
+    _, t = h.get()
+    h.upstream().respond(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    hd = response_headers(t)
+    assert b"content-length" not in hd  # it would disagree with the body
+    assert hd[b"transfer-encoding"] == [b"chunked"]
+    assert response_body(t) == b"5\r\nhello\r\n0\r\n\r\n"
+
+
 def test_content_length_response_is_passed_with_its_length():
     h = Harness()
     warm(h)
