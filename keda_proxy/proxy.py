@@ -69,7 +69,7 @@ def request_facts(request) -> Optional[RequestFacts]:
     uri = request.uri
     path = request.path
     hosts = request.requestHeaders._rawHeaders.get(b"Host", ())
-    if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
+    if uri[:1] != b"/" and (uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://"):
         # absolute-form (RFC 9112 §3.2.2): its authority replaces Host
         parsed = URI.fromBytes(uri)
         hosts = [parsed.netloc]

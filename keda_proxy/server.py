@@ -23,7 +23,7 @@ from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import _parseRequestLine
-from twisted.web.http_headers import InvalidHeaderName
+from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from keda_proxy.eagerwrite import eager_write
@@ -134,6 +134,24 @@ class StreamingRequest(server.Request):
     #: called once, with None when the response is complete or a Failure
     #: when the connection is lost first: notifyFinish without a Deferred
     on_done = None
+
+    def __init__(self, channel, queued=None):
+        """The state twisted.web's C{Request} and C{Componentized}
+        constructors set up, set here in one step (their chain of calls
+        runs for every request).  The channel's addresses are cached per
+        connection; request bodies are never parsed as forms."""
+        self.notifications = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = Headers()
+        self.received_cookies = {}
+        self.responseHeaders = Headers()
+        self.cookies = []
+        self.transport = channel.transport
+        self.queued = False
+        self._parsePOSTFormSubmission = False
+        self._adapterCache = {}
 
     def gotLength(self, length):
         ch = self.channel

@@ -925,3 +925,20 @@ def test_connection_close_from_the_client_ends_the_connection_after_the_response
     assert b"connection" not in response_headers(t)
     assert response_body(t) == b"hello"
     assert not t.disconnecting
+
+
+def test_a_request_starts_with_the_state_twisted_web_gives_one():
+    """StreamingRequest sets up its state itself, without the constructor
+    chain: it must stay the state twisted.web's own constructor makes."""
+    from twisted.web import server as web_server
+
+    from keda_proxy.server import StreamingRequest
+
+    h = Harness()
+    proto, _ = h.connect()
+    ours, theirs = StreamingRequest(proto), web_server.Request(proto)
+    assert sorted(vars(ours)) == sorted(vars(theirs))
+    for name in ("client", "host", "transport", "channel", "queued"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.requestHeaders is not ours.responseHeaders
+    assert list(ours.requestHeaders.getAllRawHeaders()) == []
