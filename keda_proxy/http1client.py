@@ -167,11 +167,14 @@ def parse_head(head: bytes) -> ResponseHead:
             raise UpstreamProtocolError("bad Content-Length")
         length = int(value)
         parts += (b"Content-Length: ", value, b"\r\n")
-    return ResponseHead(int(status[9:12]), status[13:], version, b"".join(parts), length,
-                        chunked, close or version == b"HTTP/1.0", has_date, lines)
+    # tuple.__new__ directly: the named tuple's constructor is a Python frame
+    return _new_tuple(ResponseHead, (int(status[9:12]), status[13:], version, b"".join(parts),
+                                     length, chunked, close or version == b"HTTP/1.0",
+                                     has_date, lines))
 
 
 _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
+_new_tuple = tuple.__new__
 #: canonical names the loop above looks at: framing, Date, hop-by-hop
 _SPECIAL_KEYS = _HOP_KEYS | {b"Content-Length", b"Date"}
 

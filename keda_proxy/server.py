@@ -112,6 +112,9 @@ class BodyStream:
 #: every attribute access costs a Python-level __getattribute__
 _NO_BODY_CODES = http.NO_BODY_CODES
 
+#: request factory -> whether it provides INonQueuedRequestFactory
+_NONQUEUED: dict = {}
+
 #: names whose values choose the body's framing (always the full path)
 _FRAMING_NAMES = frozenset({b"Content-Length", b"Transfer-Encoding"})
 
@@ -367,7 +370,10 @@ class ProxyChannel(http.HTTPChannel):
             return False
         self.resetTimeout()
         factory = self.requestFactory
-        if INonQueuedRequestFactory.providedBy(factory):
+        nonqueued = _NONQUEUED.get(factory)
+        if nonqueued is None:  # asked once per factory, not per request
+            nonqueued = _NONQUEUED[factory] = INonQueuedRequestFactory.providedBy(factory)
+        if nonqueued:
             request = factory(self)
         else:
             request = factory(self, len(self.requests))
