@@ -17,6 +17,7 @@ Transfer-Encoding, repeated Content-Lengths, and CR/LF/NUL in headers):
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 from twisted.protocols import basic
@@ -108,6 +109,14 @@ class BodyStream:
         self._consumer = None
 
 
+def _never(*args):
+    raise AssertionError("the empty body has no flow to control")
+
+
+#: the body of every request without one (most of them): complete from the
+#: start, so nothing ever writes to it, attaches to it or pauses through it
+_NO_BODY = BodyStream(0, _never, _never)
+
 #: looked up once: twisted.web.http is a deprecation proxy module, on which
 #: every attribute access costs a Python-level __getattribute__
 _NO_BODY_CODES = http.NO_BODY_CODES
@@ -162,7 +171,8 @@ class StreamingRequest(server.Request):
         self.path = self.uri.split(b"?", 1)[0]
         self.args = {}
         transport = ch.transport
-        self.body = BodyStream(length, transport.pauseProducing, transport.resumeProducing)
+        self.body = _NO_BODY if length == 0 else BodyStream(
+            length, transport.pauseProducing, transport.resumeProducing)
         self.content = None
         if hasattr(ch, "head_complete"):
             ch.head_complete()
@@ -203,7 +213,13 @@ class StreamingRequest(server.Request):
             body.end()
 
     def _cleanup(self):
-        super()._cleanup()
+        """http.Request's, in one step when there is no producer left and no
+        body file to close (always, for the proxy)."""
+        if self.producer or self.content is not None:
+            super()._cleanup()
+        else:
+            self.channel.requestDone(self)
+            del self.channel
         self._fire_done(None)
 
     def connectionLost(self, reason):
@@ -279,13 +295,32 @@ class StreamingRequest(server.Request):
         return b"".join(parts)
 
     def finish(self):
+        """http.Request's finish in one step (server.Request's own only adds
+        content encoders, which the proxy never uses)."""
         body = self.body
-        if body is not None and not body.done and self.channel is not None:
+        channel = self.channel
+        if body is not None and not body.done and channel is not None:
             # The response is done before the request body: the rest of the
             # body cannot be told from a next request, so close afterwards.
-            self.channel.persistent = False
+            channel.persistent = False
             body.detach()
-        return super().finish()
+        if self._disconnected:
+            raise RuntimeError(
+                "Request.finish called on a request after its connection was lost; "
+                "use Request.notifyFinish to keep track of this.")
+        if self.finished:
+            warnings.warn("Warning! request.finish called twice.", stacklevel=2)
+            return
+        if not self.startedWriting:
+            self.write(b"")
+        if self.chunked:
+            channel.write(b"0\r\n\r\n")
+        factory = getattr(channel, "factory", None)
+        if factory is not None:
+            factory.log(self)
+        self.finished = 1
+        if not self.queued:
+            self._cleanup()
 
 
 class ProxyChannel(http.HTTPChannel):

@@ -942,3 +942,15 @@ def test_a_request_starts_with_the_state_twisted_web_gives_one():
         assert getattr(ours, name) == getattr(theirs, name), name
     assert ours.requestHeaders is not ours.responseHeaders
     assert list(ours.requestHeaders.getAllRawHeaders()) == []
+
+
+def test_each_finished_request_reaches_the_sites_access_log_once():
+    h = Harness()
+    warm(h)
+    logged = []
+    h.site.log = logged.append
+    _, t = h.get()
+    h.upstream().respond(OK_5)
+    h.send(b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n")
+    assert [r.code for r in logged] == [200, 404]
+    assert response_body(t) == b"hello"
