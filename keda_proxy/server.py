@@ -329,7 +329,9 @@ class ProxyChannel(http.HTTPChannel):
     totalHeadersSize = MAX_HEAD_SIZE
     MAX_LENGTH = MAX_HEAD_SIZE
     head_timeout = HEAD_TIMEOUT
-    #: when the current request head began, or None once it is complete
+    #: when the current request head began (its first byte; for a new
+    #: connection, the connection itself, as in Go), or None when no head
+    #: is being read
     _head_started = None
 
     def connectionMade(self):
@@ -374,9 +376,12 @@ class ProxyChannel(http.HTTPChannel):
         # A head that takes too long is refused when its next bytes arrive;
         # a client that goes silent instead meets the idle timeout.  No
         # timer per request: this runs only while a head is incomplete.
+        now = self._active_at = self._now()  # read by timeoutConnection
         started = self._head_started
-        if started is not None and self.head_timeout and \
-                self._now() - started >= self.head_timeout:
+        if started is None:
+            if self._HTTPChannel__first_line and not self._handlingRequest:
+                self._head_started = now  # a keep-alive connection's next head
+        elif self.head_timeout and now - started >= self.head_timeout:
             self._refuse(408)
             return
         if (self._HTTPChannel__first_line == 1 and self.line_mode and not self._buffer
@@ -403,7 +408,6 @@ class ProxyChannel(http.HTTPChannel):
             return False
         if head.find(b"\r\n ") >= 0 or head.find(b"\r\n\t") >= 0 or head[:1] in (b" ", b"\t"):
             return False
-        self.resetTimeout()
         factory = self.requestFactory
         nonqueued = _NONQUEUED.get(factory)
         if nonqueued is None:  # asked once per factory, not per request
@@ -457,10 +461,6 @@ class ProxyChannel(http.HTTPChannel):
             basic.LineReceiver.dataReceived(self, rest)
         return True
 
-    def requestDone(self, request):
-        super().requestDone(request)
-        if self.persistent:
-            self._head_started = self._now()
 
     def allHeadersReceived(self):
         """As HTTPChannel's, but any ``100 Continue`` goes out before the
@@ -545,9 +545,19 @@ class ProxyChannel(http.HTTPChannel):
         self.setRawMode()
         self.requests[-1].requestReceived(command, path, version)
 
+    #: when bytes last arrived: the idle timer is not reset on every request
+    #: (a timer operation each); when it fires, it looks at this instead
+    _active_at = 0.0
+
     def timeoutConnection(self):
         if self._handlingRequest:  # a whole request is in and being answered
             self.setTimeout(self.timeOut)  # look again one period later
+            return
+        period = self.timeOut
+        idle = self._now() - self._active_at
+        if period and idle < period:  # active since: wait out the rest
+            self.setTimeout(period - idle)
+            self.timeOut = period  # setTimeout changed the period too
             return
         super().timeoutConnection()
 

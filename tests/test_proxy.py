@@ -148,6 +148,42 @@ def test_a_silent_client_meets_the_idle_timeout():
     assert t.disconnecting
 
 
+def test_the_idle_timeout_counts_from_the_last_bytes_received():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    h.clock.advance(10)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    up = h.upstream()
+    up.respond(OK_5)
+    h.clock.advance(59)  # 69 s after connecting, 59 s idle
+    assert not t.disconnecting
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    up.respond(OK_5)
+    assert t.value().count(b"HTTP/1.1 200 OK") == 2
+    h.clock.advance(59.5)
+    assert not t.disconnecting
+    h.clock.advance(1)  # 60.5 s idle
+    assert t.disconnecting
+
+
+def test_a_keep_alive_heads_deadline_starts_at_its_first_byte():
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    h.upstream().respond(OK_5)
+    h.clock.advance(45)  # idle between requests: not a slow head
+    proto.dataReceived(b"GET / HTTP/1.1\r\n")
+    for _ in range(2):
+        h.clock.advance(14)
+        proto.dataReceived(b"X-A: 1\r\n")
+    assert b"408" not in t.value()  # 28 s into this head
+    h.clock.advance(2)
+    proto.dataReceived(b"X-B: 1\r\n")
+    assert b"408 Request Timeout" in t.value()
+
+
 def test_keep_alive_gives_each_request_its_own_head_deadline():
     h = Harness()
     warm(h)
