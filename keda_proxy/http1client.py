@@ -224,8 +224,9 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason=None):
         state, self.state = self.state, CLOSED
         self._timer_fn = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         reason = reason or Failure(ConnectionDone())
         if state == TUNNEL and self.tunnel is not None:
             self.tunnel.upstream_lost(reason)
@@ -239,29 +240,42 @@ class UpstreamConnection(Protocol):
         if self.owner is not None:
             self.owner.connection_lost(self)
 
-    # -- one reusable timer per connection ---------------------------------
-    # The response-header timeout is armed for every request; resetting one
-    # DelayedCall per connection is much cheaper than a new callLater and a
-    # cancel per request.  A disarmed timer that still fires finds nothing.
+    # -- one lazy timer per connection -------------------------------------
+    # The response-header timeout is armed for every request.  The timer is
+    # left running when a later deadline is armed, and looks at the current
+    # deadline when it fires: no timer operation per request at all while
+    # responses come in time.  A disarmed timer that fires finds nothing.
 
     _timer = None
     _timer_fn = None
+    _timer_due = 0.0  # when the running DelayedCall fires
+    _deadline = 0.0  # when the armed timeout is due
 
     def arm_timer(self, delay: float, fn) -> None:
         self._timer_fn = fn
+        deadline = self._deadline = self.clock.seconds() + delay
         timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(delay)
-        else:
+        if timer is None:
             self._timer = self.clock.callLater(delay, self._timer_fired)
+            self._timer_due = deadline
+        elif self._timer_due > deadline:  # a shorter timeout than the last
+            timer.reset(delay)
+            self._timer_due = deadline
 
     def disarm_timer(self) -> None:
         self._timer_fn = None
 
     def _timer_fired(self) -> None:
+        self._timer = None
+        if self._timer_fn is None:
+            return
+        remaining = self._deadline - self.clock.seconds()
+        if remaining > 0:  # re-armed since this DelayedCall was set
+            self._timer = self.clock.callLater(remaining, self._timer_fired)
+            self._timer_due = self._deadline
+            return
         fn, self._timer_fn = self._timer_fn, None
-        if fn is not None:
-            fn()
+        fn()
 
     @property
     def usable(self) -> bool:

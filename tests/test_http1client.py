@@ -72,3 +72,31 @@ def test_empty_reason_phrase_and_http10():
 def test_malformed_heads_are_refused(head):
     with pytest.raises(UpstreamProtocolError):
         parse_head(head)
+
+
+def test_the_response_timer_follows_the_latest_deadline_without_a_timer_per_request():
+    from twisted.internet.task import Clock
+
+    from keda_proxy.http1client import UpstreamConnection
+
+    clock = Clock()
+    conn = UpstreamConnection(clock)
+    fired = []
+    conn.arm_timer(10, lambda: fired.append(("a", clock.seconds())))
+    clock.advance(8)
+    conn.disarm_timer()
+    conn.arm_timer(10, lambda: fired.append(("b", clock.seconds())))  # due at 18
+    assert len(clock.getDelayedCalls()) == 1  # the same timer, left running
+    clock.advance(2)
+    assert fired == []  # the first deadline passed while disarmed: nothing
+    clock.advance(7.5)
+    assert fired == []
+    clock.advance(0.5)
+    assert fired == [("b", 18.0)]
+    conn.arm_timer(10, lambda: fired.append(("c", clock.seconds())))  # due at 28
+    clock.advance(1)
+    conn.arm_timer(2, lambda: fired.append(("d", clock.seconds())))  # sooner: 21
+    clock.advance(2)
+    assert fired[-1] == ("d", 21.0)
+    clock.advance(20)
+    assert len(fired) == 2 and clock.getDelayedCalls() == []
