@@ -53,7 +53,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     length, C{None} for a chunked body, or C{0} for none; the framing
     headers are ours, never the client's.
     """
-    tokens = connection_tokens(incoming)
+    tokens = connection_tokens(incoming) if b"Connection" in incoming._rawHeaders else _NONE
     upgrade = b"upgrade" in tokens and incoming.hasHeader(b"upgrade")
     drop = (HOP_BY_HOP | tokens | _FRAMING) if tokens else _DROP
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -118,4 +118,5 @@ _HOP_KEYS = frozenset(_nameEncoder.encode(n) for n in HOP_BY_HOP)
 
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_NONE: FrozenSet[bytes] = frozenset()
 _DROP = HOP_BY_HOP | _FRAMING

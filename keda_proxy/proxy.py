@@ -218,7 +218,7 @@ class Exchange:
             self.request.on_done = self._finished
         else:
             self.request.notifyFinish().addBoth(self._finished)
-        static = self._matching_static_route()
+        static = self._matching_static_route() if self.route.static_routes else None
         ready = p.gate.is_ready(self.route.service_key)
         if static is not None:
             if static.mode == MODE_ALWAYS or not ready:

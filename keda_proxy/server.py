@@ -455,12 +455,31 @@ class ProxyChannel(http.HTTPChannel):
         if self.length == 0:
             self.allContentReceived()
         else:
-            self.setRawMode()
+            self.line_mode = 0  # setRawMode
         rest = data[end + 4:]
         if rest and self.transport is not None and not self.transport.disconnecting:
             basic.LineReceiver.dataReceived(self, rest)
         return True
 
+
+    def requestDone(self, request):
+        """HTTPChannel's, in one step (it runs after every response)."""
+        if request is not self.requests[0]:
+            raise TypeError
+        del self.requests[0]
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        if not self.persistent:
+            self.loseConnection()
+            return
+        self._handlingRequest = False
+        if self._savedTimeOut:
+            self.setTimeout(self._savedTimeOut)
+        self.line_mode = 1
+        buffered = self._dataBuffer
+        if buffered:  # a pipelined request came in meanwhile
+            self._dataBuffer = []
+            self.dataReceived(b"".join(buffered))
 
     def allHeadersReceived(self):
         """As HTTPChannel's, but any ``100 Continue`` goes out before the
@@ -542,7 +561,7 @@ class ProxyChannel(http.HTTPChannel):
         self._transferDecoder = None
         del self._command, self._path, self._version
         self._handlingRequest = True
-        self.setRawMode()
+        self.line_mode = 0  # setRawMode
         self.requests[-1].requestReceived(command, path, version)
 
     #: when bytes last arrived: the idle timer is not reset on every request
