@@ -12,7 +12,11 @@ control included.  TLS transports and anything unusual use the normal path.
 
 from __future__ import annotations
 
+import errno
+
 from twisted.internet.tcp import Connection
+
+_WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
 
 def eager_write(transport, data: bytes) -> None:
@@ -25,10 +29,16 @@ def eager_write(transport, data: bytes) -> None:
         and not transport._tempDataBuffer
         and len(transport.dataBuffer) == transport.offset
     ):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int):
+        # the socket itself: writeSomeData adds a memoryview, a size cap
+        # for old Windows and an EINTR loop, which Python already does
+        try:
+            sent = transport.socket.send(data)
+        except OSError as e:
+            # a full buffer: queue it all; a lost connection: leave it to
+            # the reactor, which will notice
+            sent = 0 if e.errno in _WOULD_BLOCK else None
+        if sent is not None:
             if sent == len(data):
                 return
             data = data[sent:]
-        # a lost connection: leave it to the reactor, which will notice
     transport.write(data)
