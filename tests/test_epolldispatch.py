@@ -97,3 +97,61 @@ def test_an_error_escaping_dispatch_is_logged_and_the_loop_goes_on(reactor):
     failures = [e for e in events if "log_failure" in e]
     assert len(failures) == 1
     assert failures[0]["log_failure"].check(RuntimeError)
+
+
+def spin(reactor, done, turns=300):
+    """Run the private reactor's turns until C{done()} (real sockets)."""
+    for _ in range(turns):
+        reactor.runUntilCurrent()
+        if done():
+            return
+        reactor.doIteration(0.01)
+    raise AssertionError("the reactor never got there")
+
+
+def test_tcp_reads_take_the_inlined_path_with_the_same_outcomes(reactor, monkeypatch):
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.protocol import Factory, Protocol
+
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    lean_dispatch(reactor)
+    dispatched = []
+    stock = reactor._doReadOrWrite
+    monkeypatch.setattr(reactor, "_doReadOrWrite",
+                        lambda s, fd, ev: (dispatched.append(type(s).__name__), stock(s, fd, ev)))
+    received, lost = [], []
+
+    class Recorder(Protocol):
+        def dataReceived(self, data):
+            received.append(data)
+            if data == b"boom":
+                raise ValueError("a buggy protocol")
+
+        def connectionLost(self, reason):
+            lost.append(reason)
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    port = reactor.listenTCP(0, Factory.forProtocol(Recorder), interface="127.0.0.1")
+    address = ("127.0.0.1", port.getHost().port)
+    try:
+        with socket.create_connection(address) as c:
+            c.sendall(b"hello")
+            spin(reactor, lambda: received == [b"hello"])
+        spin(reactor, lambda: len(lost) == 1)  # the client hung up
+        assert lost[0].check(ConnectionDone)
+        with socket.create_connection(address) as c:
+            c.sendall(b"boom")
+            spin(reactor, lambda: len(lost) == 2)
+            assert lost[1].check(ValueError)
+            c.settimeout(5)
+            assert c.recv(10) == b""  # and the connection was closed
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        port.stopListening()
+        reactor.runUntilCurrent()
+    assert [e["log_failure"].check(ValueError) for e in events if "log_failure" in e] \
+        == [ValueError]
+    # only the listening port's accepts went through the general step
+    assert set(dispatched) == {"Port"}
