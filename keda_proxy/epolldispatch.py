@@ -3,8 +3,8 @@ The epoll reactor, dispatching each event without the legacy log context.
 
 For every ready socket, Twisted's epoll reactor asks the selectable for its
 log prefix, copies the legacy log context dictionary with it, and calls
-through three wrappers before C{doRead}: about a tenth of the proxy's work
-per request, which handles two socket events.  The prefix only names the
+through three wrappers before C{doRead}: about 5% of the proxy's work per
+request (two socket events) in profiles.  The prefix only names the
 "system" of old-style C{log.msg} lines; the proxy logs with
 C{twisted.logger}, so this reactor calls the same C{_doReadOrWrite} step
 directly and still logs anything that escapes it.  A plain read on a TCP
