@@ -461,7 +461,6 @@ class ProxyChannel(http.HTTPChannel):
             basic.LineReceiver.dataReceived(self, rest)
         return True
 
-
     def requestDone(self, request):
         """HTTPChannel's, in one step (it runs after every response)."""
         if request is not self.requests[0]:
