@@ -1,5 +1,6 @@
 """
-The epoll reactor, dispatching each event without the legacy log context.
+The epoll reactor, dispatching each event without the legacy log context,
+and dialling IPv4 literals at once.
 
 For every ready socket, Twisted's epoll reactor asks the selectable for its
 log prefix, copies the legacy log context dictionary with it, and calls
@@ -10,6 +11,13 @@ C{twisted.logger}, so this reactor calls the same C{_doReadOrWrite} step
 directly and still logs anything that escapes it.  A plain read on a TCP
 connection, most events by far, runs that step's read path inline.
 
+Twisted's TCP client makes its first connect attempt a reactor turn after
+C{connectTCP} (a DelayedCall, then a Deferred for an address it already
+has): the proxy dials pods right after a scale-from-zero, a batch per
+turn, and each batch's dials waited for the next batch to be released
+first.  This reactor's C{connectTCP} issues the attempt at once for an
+IPv4 literal; everything after it is Twisted's.
+
 C{lean_dispatch(reactor)} switches an installed L{EPollReactor} (twistd's
 default on Linux) over in place; any other reactor is left as it is.
 """
@@ -17,23 +25,64 @@ default on Linux) over in place; any other reactor is left as it is.
 from __future__ import annotations
 
 import sys
-from errno import EWOULDBLOCK
+from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
+from os import strerror
 from select import EPOLLIN
+from socket import AF_INET
 
+from twisted.internet import error
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
-from twisted.internet.tcp import Client, Server
+from twisted.internet.tcp import Client, Connector, Server
 from twisted.logger import Logger
 
 _log = Logger()
 
+_IN_PROGRESS = (EINPROGRESS, EWOULDBLOCK, EALREADY)
+
+
+class _EagerClient(Client):
+    """A TCP client that makes its first connect attempt while it is set
+    up, for an IPv4 literal.  Only "in progress" is acted on here; an
+    attempt that ends at once, either way, is reported a turn later, as
+    Twisted reports it, so that nothing happens inside C{connectTCP}."""
+
+    def _finishInit(self, whenDone, skt, err, reactor):
+        if not whenDone or self._requiresResolution or self.addressFamily != AF_INET:
+            super()._finishInit(whenDone, skt, err, reactor)  # resolution, IPv6, errors
+            return
+        self._commonConnection.__init__(self, skt, None, reactor)
+        self.realAddress = self.addr
+        try:
+            result = skt.connect_ex(self.realAddress)
+        except OSError as e:
+            result = e.args[0]
+        if result in _IN_PROGRESS:
+            # as doConnect leaves it: its next call, on any event, finishes
+            self.doWrite = self.doConnect
+            self.doRead = self.doConnect
+            self.startReading()
+            self.startWriting()
+        elif result in (0, EISCONN):
+            reactor.callLater(0, self.doConnect)
+        else:
+            reactor.callLater(0, self.failIfNotConnected,
+                              error.getConnectError((result, strerror(result))))
+
+
+class _EagerConnector(Connector):
+    def _makeTransport(self):
+        return _EagerClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
 #: the transports whose reads take the inlined path (exactly these types:
-#: a subclass may read differently)
-_PLAIN_TCP = (Server, Client)
+#: a subclass may read differently), once connected (a client's C{doRead}
+#: finishes its connect until then)
+_PLAIN_TCP = (Server, Client, _EagerClient)
 
 
 class LeanEPollReactor(EPollReactor):
-    """L{EPollReactor} with a direct dispatch loop."""
+    """L{EPollReactor} with a direct dispatch loop and eager IPv4 dials."""
 
     def doPoll(self, timeout):
         if timeout is None:
@@ -47,7 +96,7 @@ class LeanEPollReactor(EPollReactor):
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if event == EPOLLIN and type(selectable) in _PLAIN_TCP:
+            if event == EPOLLIN and type(selectable) in _PLAIN_TCP and selectable.connected:
                 # the common event, a TCP connection with bytes to read:
                 # C{_doReadOrWrite}, C{doRead} and C{_dataReceived} inlined,
                 # with the same outcomes
@@ -77,6 +126,11 @@ class LeanEPollReactor(EPollReactor):
                              selectable=selectable)
 
     doIteration = doPoll
+
+    def connectTCP(self, host, port, factory, timeout=30.0, bindAddress=None):
+        connector = _EagerConnector(host, port, factory, timeout, bindAddress, self)
+        connector.connect()
+        return connector
 
 
 def lean_dispatch(reactor) -> bool:

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python import log
@@ -155,3 +156,88 @@ def test_tcp_reads_take_the_inlined_path_with_the_same_outcomes(reactor, monkeyp
         == [ValueError]
     # only the listening port's accepts went through the general step
     assert set(dispatched) == {"Port"}
+
+
+class Dialled(Protocol):
+    def __init__(self, log):
+        self.log = log
+
+    def connectionMade(self):
+        self.log.append(("made", self))
+
+    def dataReceived(self, data):
+        self.log.append(("data", data))
+
+
+class DialFactory(ClientFactory):
+    noisy = False
+
+    def __init__(self):
+        self.log = []
+
+    def buildProtocol(self, addr):
+        return Dialled(self.log)
+
+    def clientConnectionFailed(self, connector, reason):
+        self.log.append(("failed", reason))
+
+
+def test_an_ipv4_dial_is_under_way_when_connectTCP_returns(reactor):
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    lean_dispatch(reactor)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(2)
+        factory = DialFactory()
+        reactor.connectTCP("127.0.0.1", listener.getsockname()[1], factory, timeout=5)
+        assert factory.log == []  # nothing reported from inside connectTCP
+        # no reactor turn yet, and the handshake is done: the kernel has it
+        accepted, _ = listener.accept()
+        with accepted:
+            spin(reactor, lambda: factory.log[:1] and factory.log[0][0] == "made")
+            accepted.sendall(b"hi")
+            spin(reactor, lambda: ("data", b"hi") in factory.log)
+            transport = factory.log[0][1].transport
+            transport.loseConnection()
+            spin(reactor, lambda: transport.disconnected)
+            accepted.settimeout(2)
+            assert accepted.recv(10) == b""
+    assert reactor.getDelayedCalls() == []  # the connect timeout went with it
+
+
+def test_a_refused_dial_is_reported_a_turn_later_as_refused(reactor):
+    from twisted.internet.error import ConnectionRefusedError
+
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    lean_dispatch(reactor)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    factory = DialFactory()
+    reactor.connectTCP("127.0.0.1", port, factory, timeout=5)
+    assert factory.log == []
+    spin(reactor, lambda: factory.log)
+    [(what, reason)] = factory.log
+    assert what == "failed" and reason.check(ConnectionRefusedError)
+
+
+def test_an_ipv6_literal_is_dialled_the_stock_way(reactor):
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    lean_dispatch(reactor)
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with listener:
+        listener.listen(8)
+        factory = DialFactory()
+        connector = reactor.connectTCP("::1", listener.getsockname()[1], factory, timeout=5)
+        spin(reactor, lambda: factory.log)
+        assert factory.log[0][0] == "made"
+        connector.disconnect()
+        reactor.runUntilCurrent()
