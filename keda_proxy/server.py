@@ -23,7 +23,6 @@ from typing import Optional
 from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http, server
-from twisted.web.http import _parseRequestLine
 from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import INonQueuedRequestFactory
 
@@ -116,6 +115,28 @@ def _never(*args):
 #: the body of every request without one (most of them): complete from the
 #: start, so nothing ever writes to it, attaches to it or pauses through it
 _NO_BODY = BodyStream(0, _never, _never)
+
+#: RFC 9110 token characters, and the request-target bytes twisted.web takes
+_TOKEN_BYTES = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                b"!#$%&'*+-.^_`|~")
+_TARGET_BYTES = bytes(range(33, 177))
+
+
+def parse_request_line(line: bytes):
+    """twisted.web's C{_parseRequestLine}, with the same answers, checking
+    the method and the target in C (C{bytes.translate}) rather than with a
+    Python loop over every byte of the URL.  Raises C{ValueError}."""
+    method, target, version = line.split(b" ")
+    if not method or method.translate(None, _TOKEN_BYTES):
+        raise ValueError("Invalid method")
+    if target.translate(None, _TARGET_BYTES):
+        raise ValueError("Invalid request-target")
+    if not target:
+        raise ValueError("Empty request-target")
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        raise ValueError("Invalid version")
+    return method, target, version
+
 
 #: looked up once: twisted.web.http is a deprecation proxy module, on which
 #: every attribute access costs a Python-level __getattribute__
@@ -419,7 +440,7 @@ class ProxyChannel(http.HTTPChannel):
         self.requests.append(request)
         self._HTTPChannel__first_line = 0
         try:
-            command, path, version = _parseRequestLine(lines[0])
+            command, path, version = parse_request_line(lines[0])
         except ValueError:
             self._respondToBadRequestAndDisconnect()
             return True
