@@ -241,3 +241,13 @@ def test_an_ipv6_literal_is_dialled_the_stock_way(reactor):
         assert factory.log[0][0] == "made"
         connector.disconnect()
         reactor.runUntilCurrent()
+
+
+def test_the_suite_runs_on_the_production_reactor(production_reactor):
+    """The integration tests exercise the reactor twistd runs the proxy on."""
+    from twisted.internet import reactor
+
+    from keda_proxy.epolldispatch import LeanEPollReactor
+
+    assert production_reactor is LeanEPollReactor
+    assert type(reactor) is LeanEPollReactor
