@@ -446,31 +446,17 @@ class ProxyChannel(http.HTTPChannel):
             return True
         self._command, self._path, self._version = command, path, version
         self._receivedHeaderSize = size
-        # headerReceived inlined for names seen before (the usual case)
+        # headerReceived's steps, with the name looked up directly for names
+        # seen before (the usual case); anything else takes headerReceived
         raw = request.requestHeaders._rawHeaders
         known = CANONICAL_NAMES
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             name = known.get(name)
-            if name is None or not sep or name in _FRAMING_NAMES:
+            if name is None or not sep:
                 if not self.headerReceived(line):
                     return True
-                continue
-            value = value.strip(b" \t")
-            # NUL, CR, LF, as int needles: in CPython 3.11 ``b"\r" in value``
-            # first tries the needle as an int and makes and clears a
-            # TypeError, ten times the cost (so .find for longer needles)
-            if 0 in value or 13 in value or 10 in value:
-                self._respondToBadRequestAndDisconnect()
-                return True
-            values = raw.get(name)
-            if values is None:
-                raw[name] = [value]
-            else:
-                values.append(value)
-            self._receivedHeaderCount += 1
-            if self._receivedHeaderCount > self.maxHeaders:
-                self._respondToBadRequestAndDisconnect()
+            elif not self._store_header(raw, name, value.strip(b" \t")):
                 return True
         self.allHeadersReceived()
         if self.length == 0:
@@ -541,18 +527,25 @@ class ProxyChannel(http.HTTPChannel):
         except InvalidHeaderName:
             self._respondToBadRequestAndDisconnect()
             return False
-        data = data.strip(b" \t")
-        if 0 in data or 13 in data or 10 in data:  # NUL, CR, LF
+        return self._store_header(self.requests[-1].requestHeaders._rawHeaders, name,
+                                  data.strip(b" \t"))
+
+    def _store_header(self, raw: dict, name: bytes, value: bytes) -> bool:
+        """Check one header (its canonical name, its trimmed value) and store
+        it; False once the request has been refused with a 400."""
+        # NUL, CR, LF, as int needles: in CPython 3.11 ``b"\r" in value``
+        # first tries the needle as an int and makes and clears a TypeError,
+        # ten times the cost
+        if 0 in value or 13 in value or 10 in value:
             self._respondToBadRequestAndDisconnect()
             return False
-        if name in _FRAMING_NAMES and not self._maybeChooseTransferDecoder(name, data):
+        if name in _FRAMING_NAMES and not self._maybeChooseTransferDecoder(name, value):
             return False
-        raw = self.requests[-1].requestHeaders._rawHeaders
         values = raw.get(name)
         if values is None:
-            raw[name] = [data]
+            raw[name] = [value]
         else:
-            values.append(data)
+            values.append(value)
         self._receivedHeaderCount += 1
         if self._receivedHeaderCount > self.maxHeaders:
             self._respondToBadRequestAndDisconnect()
