@@ -33,8 +33,11 @@ def connection_tokens(headers: Headers) -> FrozenSet[bytes]:
     (On the request path, headers are read straight from the Headers store
     by their canonical names: C{getRawHeaders} would encode the name again.)
     """
+    values = headers._rawHeaders.get(b"Connection")
+    if not values:  # most requests
+        return _NONE
     tokens = set()
-    for value in headers._rawHeaders.get(b"Connection", ()):
+    for value in values:
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
@@ -53,7 +56,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     length, C{None} for a chunked body, or C{0} for none; the framing
     headers are ours, never the client's.
     """
-    tokens = connection_tokens(incoming) if b"Connection" in incoming._rawHeaders else _NONE
+    tokens = connection_tokens(incoming)
     upgrade = b"upgrade" in tokens and incoming.hasHeader(b"upgrade")
     drop = (HOP_BY_HOP | tokens | _FRAMING) if tokens else _DROP
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
