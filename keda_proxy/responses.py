@@ -142,6 +142,6 @@ def sniff_content_type(data: bytes) -> str:
         return "text/xml; charset=utf-8"
     if head.startswith(b"%PDF-"):
         return "application/pdf"
-    if any(b in _BINARY for b in head):
+    if not _BINARY.isdisjoint(head):  # any control byte, checked in C
         return "application/octet-stream"
     return "text/plain; charset=utf-8"
