@@ -51,11 +51,18 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 29 Nov 2026 10:00:0
             b"hello from the nginx backend\n")
 
 
+def bench_routes(n=200):
+    """As in bench_proxy.py: r1..r(n-1) on their own hosts, and r0 on the
+    Host the requests carry, last."""
+    rs = [route(name=f"r{i}", hosts=[f"r{i}.bench.local"]) for i in range(1, n)]
+    rs.append(route(name="r0", hosts=["bench.local"]))
+    return rs
+
+
 def setup(routes=200):
     h = Harness()
     h.pipeline.metrics = ProxyMetrics(h.clock, h.counter)  # as in production
-    rs = [route(name=f"r{i}", hosts=[f"r{i}.bench.local"]) for i in range(1, routes)]
-    rs.append(route(name="r0", hosts=["bench.local"]))
+    rs = bench_routes(routes)
     load(h.store, routes=rs, services=[service()], slices=[endpoint_slice()])
     proto, client = h.connect()
     proto.dataReceived(REQUEST)
@@ -83,8 +90,7 @@ def cold_round(n, profiler=None):
     h = Harness(settings=ProxySettings(direct_pod_routing=True, response_header_timeout=0))
     h.site.timeOut = None
     h.pipeline.metrics = ProxyMetrics(h.clock, h.counter)
-    rs = [route(name=f"r{i}", hosts=[f"r{i}.bench.local"]) for i in range(1, 200)]
-    rs.append(route(name="r0", hosts=["bench.local"]))
+    rs = bench_routes()
     load(h.store, routes=rs, services=[service()], slices=[endpoint_slice(ready=False)])
     clients = []
     for _ in range(n):
