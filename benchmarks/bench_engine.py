@@ -11,9 +11,10 @@ request: the part of ``bench_proxy.py``'s result that the code controls.
 ``--cold N`` measures the cold-start release instead: N requests held (with
 direct-pod routing) until one EndpointSlice update makes the Service ready,
 then released 32 per reactor turn, dialled (new pod connections for the
-first turns, then reusing them, as in ``bench_cold_start.py``) and
-answered.  Only the release is timed: the CPU per request the proxy spends
-after the update.
+first turn, then reusing them, as in ``bench_cold_start.py``) and
+answered, the pod answering each turn's requests before the next turn.
+Only the release is timed: the CPU per request the proxy spends after the
+update.
 
 ``--instructions`` counts machine instructions per request instead, under
 valgrind (``apt-get install valgrind``): the process runs N and 3N
@@ -23,10 +24,14 @@ does not move with the host's load, so a change of 1-2% shows in one run.
 as ``bench_proxy.py --interceptor`` does (``worktree`` is this checkout):
 
     .venv/bin/python benchmarks/bench_engine.py --instructions --source HEAD --source worktree
+
+With ``--cold N`` it counts the release of N held requests instead (the
+same N held with and without the update, the difference divided by N).
 """
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import re
@@ -40,7 +45,9 @@ HERE = Path(__file__).resolve().parent
 # the tree under test: this checkout, or one given by --instructions --source
 sys.path.insert(0, os.environ.get("KEDA_BENCH_SOURCE") or str(HERE.parent))
 
+from keda_proxy.app import GC_THRESHOLDS  # noqa: E402
 from keda_proxy.metrics import ProxyMetrics  # noqa: E402
+from keda_proxy.model import KIND_ENDPOINT_SLICE  # noqa: E402
 from tests.builders import endpoint_slice, load, route, service  # noqa: E402
 from tests.proxyfakes import Harness  # noqa: E402
 
@@ -81,8 +88,21 @@ def run(n, h, proto, client, up):
     assert len(h.dials) == 1
 
 
-def cold_round(n, profiler=None):
-    """One cold start of C{n} requests; returns the CPU seconds of the release."""
+def one_turn(clock):
+    """Run the calls due now, but not the ones they schedule: one reactor
+    turn.  (C{Clock.advance(0)} would also run every C{callLater(0)} made
+    meanwhile, releasing all held requests at once.)"""
+    now = clock.seconds()
+    for call in [c for c in clock.calls if c.getTime() <= now]:
+        if call in clock.calls:  # not cancelled by an earlier one
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+def cold_round(n, profiler=None, release=True):
+    """One cold start of C{n} requests; returns the CPU seconds of the
+    release (or only holds them, without C{release})."""
     from keda_proxy.proxy import ProxySettings
 
     # No idle or response-header timers: task.Clock sorts its whole list on
@@ -97,20 +117,26 @@ def cold_round(n, profiler=None):
         proto, client = h.connect()
         proto.dataReceived(REQUEST)
         clients.append(client)
+    ready = endpoint_slice()
+    if not release:
+        return 0.0
     busy = []  # every upstream connection
     if profiler is not None:
         profiler.enable()
     t0 = time.process_time()
-    load(h.store, routes=rs, services=[service()], slices=[endpoint_slice()])
+    # the update: endpoints only, as a pod turning ready changes nothing else
+    h.store.put(KIND_ENDPOINT_SLICE, ready.key, ready)
+    h.store.flush()
     answered = 0
     while answered < n:
+        # a turn: the pod's answers to what was sent, then the next batch
         for dial in h.dials[len(busy):]:
             busy.append(dial.succeed())
         for up in busy:
             if up.protocol.sink is not None:
                 up.protocol.dataReceived(RESPONSE)
                 answered += 1
-        h.clock.advance(0)
+        one_turn(h.clock)
     dt = time.process_time() - t0
     if profiler is not None:
         profiler.disable()
@@ -119,25 +145,33 @@ def cold_round(n, profiler=None):
     return dt
 
 
-def instructions(src, n: int) -> int:
-    """Instructions for N warm requests after the set-up, in a fresh process
+def instructions(src, *args: str) -> int:
+    """Instructions of this script run with C{args}, in a fresh process
     under valgrind, with fixed hashing so that runs repeat exactly."""
     env = dict(os.environ, PYTHONHASHSEED="0", KEDA_BENCH_SOURCE=str(src or ""))
     out = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         sys.executable, __file__, "--once", str(n)],
+         sys.executable, __file__, *args],
         env=env, capture_output=True, text=True, check=True).stderr
     return int(re.search(r"I\s+refs:\s+([\d,]+)", out).group(1).replace(",", ""))
 
 
-def count_instructions(sources, n: int) -> None:
+def count_instructions(sources, n: int, cold: int = 0) -> None:
     import benchlib
 
     benchlib.ensure_tools(["valgrind"])
     with tempfile.TemporaryDirectory(prefix="keda-engine-") as tmp:
         for spec in sources or ["worktree"]:
             src = benchlib.interceptor_source(spec, Path(tmp))
-            per = (instructions(src, 3 * n) - instructions(src, n)) / (2 * n)
+            if cold:
+                # the same N requests held, then released or not
+                per = (instructions(src, "--cold", str(cold), "--once", "1")
+                       - instructions(src, "--cold", str(cold), "--once", "0")) / cold
+                print(f"{spec}: {per:,.0f} instructions per released request "
+                      f"(valgrind, a cold start of {cold})")
+                continue
+            per = (instructions(src, "--once", str(3 * n))
+                   - instructions(src, "--once", str(n))) / (2 * n)
             print(f"{spec}: {per:,.0f} instructions per request "
                   f"(valgrind, {n} and {3 * n} requests)")
 
@@ -149,11 +183,20 @@ def main():
     parser.add_argument("--cold", type=int, default=0, metavar="N")
     parser.add_argument("--instructions", action="store_true")
     parser.add_argument("--source", action="append", metavar="REF-OR-DIR")
-    parser.add_argument("--once", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--once", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # the collector as in production (keda_proxy.app): the state loaded
+    # before the first request is frozen out of every collection
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.collect()
+    gc.freeze()
     if args.instructions:
-        count_instructions(args.source, 1000)
+        count_instructions(args.source, 1000, args.cold)
         return
+    if args.once is not None and args.cold:  # under valgrind: release or only hold
+        cold_round(64)  # first-use costs (lazy imports, caches) in both runs
+        cold_round(args.cold, release=bool(args.once))
+        os._exit(0)  # no teardown: it would count what the two runs keep
     if args.once:
         state = setup()
         run(200, *state)

@@ -130,6 +130,13 @@ class Interceptor:
         return _QuietSite(MetricsResource(self.metrics))
 
 
+#: Young collections every 100,000 allocations instead of 700, and full
+#: ones rarely: a burst of thousands of released requests otherwise spends
+#: seconds walking the heap.  Cycles are rare on the request path (plain
+#: reference counting frees it), so memory stays flat.
+GC_THRESHOLDS = (100_000, 50, 1000)
+
+
 def _freeze_after_first_sync():
     """Once the first full snapshot is in, move everything alive to the
     collector's permanent generation: the modules, routes and caches then
@@ -251,11 +258,7 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
 
     ic = Interceptor.build(reactor, config, ALL_KINDS, upstream_tls=upstream_tls)
     ic.store.subscribe(_freeze_after_first_sync())
-    # Young collections every 100,000 allocations instead of 700, and full
-    # ones rarely: a burst of thousands of released requests otherwise
-    # spends seconds walking the heap.  Cycles are rare on the request path
-    # (plain reference counting frees it), so memory stays flat.
-    gc.set_threshold(100_000, 50, 1000)
+    gc.set_threshold(*GC_THRESHOLDS)
     svc = InterceptorService(ic)
     source_factory(ic.store).setServiceParent(svc)
 

@@ -27,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from keda_proxy.endpoints import join_host_port, split_host_port
+from keda_proxy.endpoints import join_host_port
 from keda_proxy.headers import COLD_START_KEY, request_head
 from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
 from keda_proxy.interfaces import IRouter
@@ -43,6 +43,8 @@ log = Logger()
 
 #: Go's default readiness timeout when a fallback exists and none is set.
 DEFAULT_FALLBACK_READINESS = 30.0
+#: "pick a pod now" (see Exchange._forward_primary)
+_PICK = object()
 
 
 @define(frozen=True)
@@ -189,7 +191,8 @@ class Exchange:
 
     snapshot: Snapshot = None
     _gone = False
-    _wait = None
+    _hold = None
+    _readiness_timer = None
     _timers = ()
     _timed_out = False
     _streaming = False
@@ -261,28 +264,36 @@ class Exchange:
             timeout = self.p.settings.readiness_timeout
         if self.route.fallback is not None and timeout == 0:
             timeout = DEFAULT_FALLBACK_READINESS
-        gate = self.p.gate
         port_name = upstream_port_name(self.route.target, self.route.namespace, self.snapshot)
         # Everything that does not depend on the pod is done now, so that
         # the release after a scale-from-zero has as little left to do.
         self._build_request_head()
-        d = self._wait = gate.wait(self.route.service_key, port_name, self.facts)
+        self._hold = self.p.gate.hold(self.route.service_key, port_name, self.facts, self)
         if timeout > 0:
-            d.addBoth(_disarm, self._later(timeout, d.cancel))
-        d.addCallbacks(self._ready, self._not_ready)
+            self._readiness_timer = self._later(timeout, self._not_ready)
 
-    def _ready(self, result: Tuple[bool, str]) -> None:
-        self._wait = None
+    def ready(self, pod: Optional[Tuple[str, int]]) -> None:
+        """The gate's call: the Service is ready, and C{pod} was picked
+        (None: the Service address)."""
+        self._hold = None
+        timer = self._readiness_timer
+        if timer is not None and timer.active():
+            timer.cancel()
         if self._gone:
             return
-        cold_start, pod_host = result
         self.snapshot = self.p.store.current
-        self._forward_primary(cold_start, pod_host)
+        self._forward_primary(True, pod)
 
-    def _not_ready(self, f) -> None:
-        self._wait = None
-        f.trap(CancelledError)
-        if self._gone or self.request.finished:
+    def _unhold(self) -> bool:
+        hold, self._hold = self._hold, None
+        if hold is None:
+            return False
+        self.p.gate.unhold(hold)
+        return True
+
+    def _not_ready(self) -> None:
+        """The readiness timeout or the request deadline, while held."""
+        if not self._unhold() or self._gone or self.request.finished:
             return
         if self.route.fallback is None or self._timed_out:
             log.info("{route}: backend not ready in time", route=self.route.key)
@@ -297,9 +308,10 @@ class Exchange:
 
     # -- step 5: endpoint selection ----------------------------------------
 
-    def _forward_primary(self, cold_start, pod_host: Optional[str] = None) -> None:
-        """Send to the route's target: with direct-pod routing, to C{pod_host}
-        (from a wait), or else to a pod picked now; "" means the Service."""
+    def _forward_primary(self, cold_start, pod=_PICK) -> None:
+        """Send to the route's target: with direct-pod routing, to C{pod}
+        (from the gate), or else to a pod picked now; None means the
+        Service."""
         if self.request.finished or self._gone:
             return
         try:
@@ -313,10 +325,8 @@ class Exchange:
             self.request.responseHeaders._rawHeaders[COLD_START_KEY] = [
                 b"true" if cold_start else b"false"]
         if self.p.settings.direct_pod_routing:
-            if pod_host is None:
+            if pod is _PICK:
                 pod = self.p.gate.pick(self.route.service_key, target.port_name, self.facts)
-            else:
-                pod = split_host_port(pod_host) if pod_host else None
             target = self._pod_target(target, pod)
         self._send(target)
 
@@ -553,8 +563,8 @@ class Exchange:
             self._abort_upstream()
             self.request.channel.transport.abortConnection()
             return
-        if self._wait is not None:
-            self._wait.cancel()
+        if self._hold is not None:
+            self._not_ready()
         elif self._connecting is not None:
             self._connecting.cancel()
             write_error(self.request, http.GATEWAY_TIMEOUT)
@@ -575,8 +585,7 @@ class Exchange:
         if self._ticket is not None:
             self._ticket.release()
         if self._gone:
-            if self._wait is not None:
-                self._wait.cancel()
+            self._unhold()
             if self._connecting is not None:
                 self._connecting.cancel()
             self._abort_upstream()
@@ -626,13 +635,6 @@ def _client_facts(channel):
         scheme = b"https" if channel.isSecure() else b"http"
         facts = channel._keda_client = (getattr(addr, "host", None) or "unknown", scheme)
     return facts
-
-
-def _disarm(result, timer):
-    """Cancel C{timer} once the Deferred it guards has fired."""
-    if timer.active():
-        timer.cancel()
-    return result
 
 
 def _origin_form(uri: bytes) -> bytes:

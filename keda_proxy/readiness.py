@@ -14,8 +14,14 @@ C{wait(service, port_name)} gives a Deferred of C{(cold_start, pod_host)}:
 The caller bounds the wait by cancelling the Deferred (readiness timeout,
 request deadline, client gone); a cancelled waiter is removed at once, so
 abandoned waits leave nothing behind.
-"""
 
+C{hold} is the same wait without the Deferred, for the proxy's own
+requests: it calls C{waiter.ready(pod)} with the chosen C{(ip, port)} (or
+None), and C{unhold} withdraws it.  A release after a scale-from-zero wakes
+thousands of requests in a burst, and there a Deferred's callback chain
+and the address's round trip through a string are a good part of the work
+per request.
+"""
 from __future__ import annotations
 
 from collections import deque
@@ -44,9 +50,8 @@ class ReadinessGate:
     store: StateStore
     batch: int = 32
     selector: IEndpointSelector = field(factory=RandomSelector)
-    #: service key -> waiter id -> (Deferred, port name, request facts)
-    _waiters: Dict[str, Dict[int, tuple]] = field(factory=dict)
-    _next_id: int = 0
+    #: service key -> the L{Hold}s waiting on it, oldest first
+    _waiters: Dict[str, Dict["Hold", None]] = field(factory=dict)
     _releasing: deque = field(factory=deque)
     _release_call: object = None
 
@@ -76,20 +81,31 @@ class ReadinessGate:
         """
         if self.is_ready(service_key):
             return succeed((False, self.pod_host(service_key, port_name, facts)))
-        waiters = self._waiters.setdefault(service_key, {})
-        wid = self._next_id
-        self._next_id += 1
-
-        def cancel(d):
-            group = self._waiters.get(service_key)
-            if group is not None:
-                group.pop(wid, None)
-                if not group:
-                    del self._waiters[service_key]
-
-        d = Deferred(cancel)
-        waiters[wid] = (d, service_key, port_name, facts)
+        d = Deferred(lambda d: self.unhold(hold))
+        hold = self.hold(service_key, port_name, facts, _DeferredWaiter(d))
         return d
+
+    def hold(self, service_key: str, port_name: str, facts, waiter) -> "Hold":
+        """Hold C{waiter} until the Service is ready, then call
+        C{waiter.ready(pod)} once, with a pod C{(ip, port)} picked then, or
+        None when C{port_name} has no ready pod.  The caller checks
+        readiness first: this always waits for the next ready snapshot."""
+        hold = Hold(waiter, service_key, port_name, facts)
+        group = self._waiters.get(service_key)
+        if group is None:
+            group = self._waiters[service_key] = {}
+        group[hold] = None
+        return hold
+
+    def unhold(self, hold: "Hold") -> None:
+        """Withdraw C{hold}: its waiter is not called (it may have been
+        woken and wait for its turn to be released)."""
+        hold.waiter = None
+        group = self._waiters.get(hold.service_key)
+        if group is not None:
+            group.pop(hold, None)
+            if not group:
+                del self._waiters[hold.service_key]
 
     def waiting(self, service_key: str = None) -> int:
         """How many requests are held (for one Service, or in all), not
@@ -103,17 +119,44 @@ class ReadinessGate:
             return
         woken = [key for key in self._waiters if new.endpoints_for(key).ready]
         for key in woken:
-            self._releasing.extend(self._waiters.pop(key).values())
+            self._releasing.extend(self._waiters.pop(key))
         self._release()
 
     def _release(self) -> None:
         self._release_call = None
         queue = self._releasing
+        pick = self.pick
         for _ in range(min(self.batch, len(queue))):
-            d, service_key, port_name, facts = queue.popleft()
-            if not d.called:  # a wait cancelled after waking is skipped
+            hold = queue.popleft()
+            waiter = hold.waiter
+            if waiter is not None:  # a hold withdrawn after waking is skipped
+                hold.waiter = None
                 # chosen now, from the snapshot of this turn: a pod that
                 # went away meanwhile is not picked
-                d.callback((True, self.pod_host(service_key, port_name, facts)))
+                waiter.ready(pick(hold.service_key, hold.port_name, hold.facts))
         if queue and self._release_call is None:
             self._release_call = self.store.clock.callLater(0, self._release)
+
+
+class Hold:
+    """One held request (see L{ReadinessGate.hold})."""
+
+    __slots__ = ("waiter", "service_key", "port_name", "facts")
+
+    def __init__(self, waiter, service_key: str, port_name: str, facts):
+        self.waiter = waiter
+        self.service_key = service_key
+        self.port_name = port_name
+        self.facts = facts
+
+
+class _DeferredWaiter:
+    """Fires a L{ReadinessGate.wait} Deferred."""
+
+    __slots__ = ("deferred",)
+
+    def __init__(self, deferred: Deferred):
+        self.deferred = deferred
+
+    def ready(self, pod: Optional[Tuple[str, int]]) -> None:
+        self.deferred.callback((True, "" if pod is None else join_host_port(*pod)))

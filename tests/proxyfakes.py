@@ -73,20 +73,24 @@ class PendingDial:
         self.deferred.errback(Failure(exc))
 
 
+class _FakeEndpoint:
+    def __init__(self, dials, key, budget):
+        self.dials = dials
+        self.key = key
+        self.budget = budget
+
+    def connect(self, factory):
+        dial = PendingDial(self.key, self.budget, factory)
+        self.dials.append(dial)
+        return dial.deferred
+
+
 class FakeEndpoints:
     def __init__(self):
         self.dials: list[PendingDial] = []
 
     def endpoint_for(self, key, budget):
-        endpoints = self
-
-        class _Endpoint:
-            def connect(self, factory):
-                dial = PendingDial(key, budget, factory)
-                endpoints.dials.append(dial)
-                return dial.deferred
-
-        return _Endpoint()
+        return _FakeEndpoint(self.dials, key, budget)
 
 
 class Harness:

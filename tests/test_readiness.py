@@ -150,3 +150,56 @@ def test_split_host_port_refuses_what_join_never_writes():
         with pytest.raises(ValueError):
             split_host_port(bad)
     assert split_host_port("10.0.0.1:80") == ("10.0.0.1", 80)
+
+
+class Waiter:
+    def __init__(self):
+        self.calls = []
+
+    def ready(self, pod):
+        self.calls.append(pod)
+
+
+def test_hold_gives_the_waiter_the_pod_pair_once():
+    clock, store, gate = make()
+    waiter, other = Waiter(), Waiter()
+    gate.hold("default/web", "http", None, waiter)
+    gate.hold("default/web", "metrics", None, other)  # no such port: None
+    store.put(KIND_ENDPOINT_SLICE, "default/web-abc", endpoint_slice(ips=("fd00::1",)))
+    store.flush()
+    assert waiter.calls == [("fd00::1", 8080)]
+    assert other.calls == [None]
+    store.put(KIND_ENDPOINT_SLICE, "default/web-abc", endpoint_slice(ips=("fd00::2",)))
+    store.flush()
+    clock.advance(0)
+    assert waiter.calls == [("fd00::1", 8080)]
+    assert gate.waiting() == 0 and gate._waiters == {}
+
+
+def test_a_hold_withdrawn_after_waking_is_skipped():
+    clock, store, gate = make()
+    waiters = [Waiter() for _ in range(100)]
+    holds = [gate.hold("default/web", "http", None, w) for w in waiters]
+    store.put(KIND_ENDPOINT_SLICE, "default/web-abc", endpoint_slice())
+    store.flush()
+    assert [len(w.calls) for w in waiters] == [1] * gate.batch + [0] * (100 - gate.batch)
+    gate.unhold(holds[50])  # woken, waiting for its turn: the client left
+    gate.unhold(holds[0])  # already released: nothing happens
+    clock.advance(0)
+    assert [len(w.calls) for w in waiters] == [0 if i == 50 else 1 for i in range(100)]
+    assert not gate._releasing
+
+
+def test_wait_cancelled_after_waking_is_not_fired():
+    clock, store, gate = make()
+    waits = [gate.wait("default/web", "http") for _ in range(gate.batch + 1)]
+    store.put(KIND_ENDPOINT_SLICE, "default/web-abc", endpoint_slice())
+    store.flush()
+    last = waits[-1]
+    assert not last.called
+    failures = []
+    last.addErrback(failures.append)
+    last.cancel()
+    clock.advance(0)
+    assert failures[0].check(CancelledError)  # cancelled, never called back
+    assert all(d.result == (True, "127.0.0.1:8080") for d in waits[:-1])
