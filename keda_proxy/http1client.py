@@ -115,58 +115,76 @@ def parse_head(head: bytes) -> ResponseHead:
         raise UpstreamProtocolError(f"bad status line {status[:80]!r}")
     parts = []
     known = CANONICAL_NAMES
-    lengths = named = None
-    chunked = close = has_date = False
+    cache = _LINES
+    length_value = named = None
+    chunked = close = has_date = conflict = False
     del lines[0]
     for line in lines:
-        name, colon, value = line.partition(b":")
-        key = known.get(name)
-        if key is None or not colon:
-            if not name or not colon or name[0] in _SPACE or name[-1] in _SPACE:
-                if not line:
-                    continue
-                raise UpstreamProtocolError(f"bad or folded header line {line[:80]!r}")
-            try:
-                key = canonical_name(name)
-            except InvalidHeaderName:
-                raise UpstreamProtocolError(f"bad header name {name[:80]!r}") from None
-        value = value.strip(b" \t")
-        if key in _SPECIAL_KEYS:
-            if key == b"Content-Length":
-                lengths = lengths or set()
-                lengths.add(value)
+        hit = cache.get(line)
+        if hit is None:
+            name, colon, value = line.partition(b":")
+            key = known.get(name)
+            if key is None or not colon:
+                if not name or not colon or name[0] in _SPACE or name[-1] in _SPACE:
+                    if not line:
+                        continue
+                    raise UpstreamProtocolError(f"bad or folded header line {line[:80]!r}")
+                try:
+                    key = canonical_name(name)
+                except InvalidHeaderName:
+                    raise UpstreamProtocolError(f"bad header name {name[:80]!r}") from None
+            value = value.strip(b" \t")
+            if len(cache) >= _LINES_MAX:
+                cache.clear()
+            if key not in _SPECIAL_KEYS:
+                parts.append(b"%s: %s\r\n" % (key, value))
+                cache[line] = parts[-1]
                 continue
-            if key == b"Date":
-                has_date = True
-            elif key == b"Transfer-Encoding":
-                chunked = value.lower().endswith(b"chunked")
+            if key != b"Date":  # a new value every second: not worth keeping
+                cache[line] = (key, value)
+        elif hit.__class__ is bytes:  # an end-to-end line, as sent on
+            parts.append(hit)
+            continue
+        else:
+            key, value = hit
+        # framing, Date and the hop-by-hop headers
+        if key == b"Content-Length":
+            if length_value is None:
+                length_value = value
+            elif value != length_value:
+                conflict = True
+        elif key == b"Date":
+            has_date = True
+            parts.append(b"Date: %s\r\n" % value)
+        elif key == b"Transfer-Encoding":
+            chunked = value.lower().endswith(b"chunked")
+        elif key == b"Connection":
+            value = value.lower()
+            if value == b"keep-alive":
                 continue
-            elif key == b"Connection":
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token == b"close":
-                        close = True
-                    elif token and token != b"keep-alive":
-                        named = named or set()
-                        named.add(token)
+            if value == b"close":
+                close = True
                 continue
-            else:  # the other hop-by-hop headers
-                continue
-        parts += (key, b": ", value, b"\r\n")
+            for token in value.split(b","):
+                token = token.strip()
+                if token == b"close":
+                    close = True
+                elif token and token != b"keep-alive":
+                    named = named or set()
+                    named.add(token)
     if named:  # headers the Connection header made hop-by-hop
-        parts = [p for i in range(0, len(parts), 4) if parts[i].lower() not in named
-                 for p in parts[i:i + 4]]
+        parts = [p for p in parts if p[:p.index(b":")].lower() not in named]
         has_date = has_date and b"date" not in named
     version = status[:8]
     length = None
-    if lengths and not chunked:  # framing is ours: Connection cannot drop it
-        if len(lengths) > 1:
+    if length_value is not None and not chunked:  # framing is ours, whatever Connection says
+        if conflict:
             raise UpstreamProtocolError("conflicting Content-Length")
-        value = lengths.pop()
+        value = length_value
         if not value.isdigit():
             raise UpstreamProtocolError("bad Content-Length")
         length = int(value)
-        parts += (b"Content-Length: ", value, b"\r\n")
+        parts.append(b"Content-Length: %s\r\n" % value)
     # tuple.__new__ directly: the named tuple's constructor is a Python frame
     return _new_tuple(ResponseHead, (int(status[9:12]), status[13:], version, b"".join(parts),
                                      length, chunked, close or version == b"HTTP/1.0",
@@ -174,6 +192,14 @@ def parse_head(head: bytes) -> ResponseHead:
 
 
 _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
+#: raw header line -> the line as sent on (end-to-end headers), or its
+#: C{(canonical name, value)} (the framing and hop-by-hop ones).  Most
+#: lines repeat from one response to the next (Server, Content-Type,
+#: Content-Length, Connection...): a line seen before skips the split, the
+#: name lookup and the checks, which gave it the same answer then.  Lines
+#: with per-response values fill it up; it is simply emptied when full.
+_LINES: dict = {}
+_LINES_MAX = 4096
 _new_tuple = tuple.__new__
 #: canonical names the loop above looks at: framing, Date, hop-by-hop
 _SPECIAL_KEYS = _HOP_KEYS | {b"Content-Length", b"Date"}

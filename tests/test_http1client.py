@@ -2,7 +2,7 @@
 
 import pytest
 
-from keda_proxy.http1client import UpstreamProtocolError, parse_head
+from keda_proxy.http1client import _LINES, _LINES_MAX, UpstreamProtocolError, parse_head
 
 
 def test_status_line_and_end_to_end_headers_in_order():
@@ -72,6 +72,47 @@ def test_empty_reason_phrase_and_http10():
 def test_malformed_heads_are_refused(head):
     with pytest.raises(UpstreamProtocolError):
         parse_head(head)
+
+
+GOOD_HEADS = [
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: x\r\nContent-Length: 3\r\nConnection: keep-alive",
+    b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nX-Kept: 1",
+    b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Type: text/plain",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nServer: nginx",
+    b"HTTP/1.0 200 OK\r\nserver: nginx\r\nKeep-Alive: timeout=5",
+]
+
+
+@pytest.mark.parametrize("raw", GOOD_HEADS)
+def test_a_head_parses_the_same_with_its_lines_remembered(raw):
+    _LINES.clear()
+    first = parse_head(raw)
+    assert _LINES  # the lines were remembered...
+    assert parse_head(raw) == first  # ...and give the same answer
+
+
+def test_remembered_lines_still_obey_the_head_they_are_in():
+    _LINES.clear()
+    for raw in GOOD_HEADS:
+        parse_head(raw)
+    parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1")
+    parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2")
+    # X-Secret was sent on in no head above; Connection names it here
+    head = parse_head(b"HTTP/1.1 200 OK\r\nX-Secret: s\r\nConnection: x-secret\r\nServer: nginx")
+    assert head.block == b"Server: nginx\r\n"
+    with pytest.raises(UpstreamProtocolError):  # both lengths known, still a conflict
+        parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2")
+    with pytest.raises(UpstreamProtocolError):  # a bad line is never remembered
+        parse_head(b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-A : 1")
+    assert b"X-A : 1" not in _LINES
+
+
+def test_remembered_lines_are_bounded():
+    _LINES.clear()
+    for i in range(_LINES_MAX + 100):
+        parse_head(b"HTTP/1.1 200 OK\r\nX-Request-Id: %d" % i)
+    assert 0 < len(_LINES) <= _LINES_MAX
+    assert parse_head(b"HTTP/1.1 200 OK\r\nX-Request-Id: 7").block == b"X-Request-Id: 7\r\n"
 
 
 def test_the_response_timer_follows_the_latest_deadline_without_a_timer_per_request():
