@@ -22,6 +22,7 @@ from keda_proxy.counting import QueueCounter
 from keda_proxy.metrics import MetricsResource, ProxyMetrics
 from keda_proxy.pluginrouting import PluginRouter, discover_routing_plugins
 from keda_proxy.pool import ConnectionPool
+from keda_proxy.prewarm import PodWarmer
 from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.server import StreamingSite
@@ -69,6 +70,8 @@ class Interceptor:
     pool: object
     pipeline: Pipeline
     metrics: ProxyMetrics
+    #: opens pod connections while requests are held (direct-pod routing)
+    warmer: Optional[PodWarmer] = None
     draining: bool = False
 
     @classmethod
@@ -98,6 +101,11 @@ class Interceptor:
             plugins = discover_routing_plugins()
         for p in plugins:
             log.info("routing plugin {name} loaded", name=getattr(p, "name", repr(p)))
+        if config.direct_pod_routing and config.direct_pod_warm_connections > 0:
+            warmer = PodWarmer(reactor, store, gate, pool,
+                               per_pod=config.direct_pod_warm_connections)
+        else:
+            warmer = None
         metrics = ProxyMetrics(reactor, counter)
         pipeline = Pipeline(
             clock=reactor,
@@ -109,7 +117,7 @@ class Interceptor:
             settings=settings_from_config(config, dial_budget),
             metrics=metrics,
         )
-        return cls(reactor, config, store, counter, gate, pool, pipeline, metrics)
+        return cls(reactor, config, store, counter, gate, pool, pipeline, metrics, warmer)
 
     def is_ready(self) -> bool:
         return self.store.current.synced and not self.draining
@@ -220,6 +228,8 @@ class InterceptorService(MultiService):
             return _wait_idle(clock, ic.counter, cfg.drain_timeout)
 
         def rest(_):
+            if ic.warmer is not None:
+                ic.warmer.stop()
             ic.pool.close_idle()
             return MultiService.stopService(self)
 

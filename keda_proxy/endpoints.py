@@ -12,7 +12,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from zope.interface import implementer
 
 from keda_proxy.interfaces import IEndpointSelector
-from keda_proxy.model import EndpointSlice, ServiceEndpoints
+from keda_proxy.model import Endpoint, EndpointSlice, ServiceEndpoints
 
 
 @implementer(IEndpointSelector)
@@ -48,29 +48,36 @@ def split_host_port(hostport: str) -> Tuple[str, int]:
 
 
 def service_endpoints(slices: Iterable[EndpointSlice]) -> ServiceEndpoints:
-    """Ready ``(ip, port)`` pairs by port name, over all slices of a Service.
+    """Ready ``(ip, port)`` pairs by port name, over all slices of a Service
+    (and, apart, those of pods still starting).
 
     Each address is paired only with ports of its own slice: during a rolling
     deploy two slices may give the same port name different numbers.
     Duplicates across slices are dropped and the order is stable (sorted), so
     two rebuilds from the same slices give equal values.
     """
+    slices = tuple(slices)
+    candidates = _pairs_by_port_name(slices, Endpoint.is_ready.fget)
+    ready = any(candidates.values()) or _has_ready_address(slices)
+    return ServiceEndpoints(ready=ready, candidates=candidates,
+                            starting=_pairs_by_port_name(slices, Endpoint.is_starting.fget))
+
+
+def _pairs_by_port_name(slices, wanted) -> Dict[str, Tuple[Tuple[str, int], ...]]:
     seen: Dict[str, set] = {}
     by_name: Dict[str, List[Tuple[str, int]]] = {}
     for s in slices:
-        ready = [a for ep in s.endpoints if ep.is_ready for a in ep.addresses]
-        if not ready:
+        addresses = [a for ep in s.endpoints if wanted(ep) for a in ep.addresses]
+        if not addresses:
             continue
         for p in s.ports:
             bucket = seen.setdefault(p.name, set())
-            for ip in ready:
+            for ip in addresses:
                 pair = (ip, p.port)
                 if pair not in bucket:
                     bucket.add(pair)
                     by_name.setdefault(p.name, []).append(pair)
-    candidates = {name: tuple(sorted(pairs)) for name, pairs in by_name.items()}
-    ready = any(candidates.values()) or _has_ready_address(slices)
-    return ServiceEndpoints(ready=ready, candidates=candidates)
+    return {name: tuple(sorted(pairs)) for name, pairs in by_name.items()}
 
 
 def _has_ready_address(slices) -> bool:

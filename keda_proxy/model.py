@@ -198,6 +198,10 @@ class Endpoint:
     def is_ready(self) -> bool:
         return self.ready is not False and self.terminating is not True
 
+    @property
+    def is_starting(self) -> bool:
+        return self.ready is False and self.terminating is not True
+
 
 @frozen
 class EndpointSlice:
@@ -239,6 +243,9 @@ class ServiceEndpoints:
 
     ready: bool = False
     candidates: Mapping[str, Tuple[Tuple[str, int], ...]] = field(factory=dict)
+    #: the same for pods that are not ready yet and not terminating: a
+    #: scaled-up pod is listed from the moment it has an address
+    starting: Mapping[str, Tuple[Tuple[str, int], ...]] = field(factory=dict)
 
 
 NO_ENDPOINTS = ServiceEndpoints()

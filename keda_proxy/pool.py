@@ -119,6 +119,11 @@ class ConnectionPool:
         endpoint = self.endpoint_for(key, dial_budget)
         return endpoint.connect(_ConnectionFactory(self.clock, owner))
 
+    def put_idle(self, conn: UpstreamConnection) -> None:
+        """Keep a new connection from L{connect} that no request used."""
+        if conn.owner is not None:
+            self._release(conn.owner.key, conn)
+
     def _release(self, key: PoolKey, conn: UpstreamConnection) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) >= self.max_idle_per_host:

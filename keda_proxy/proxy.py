@@ -268,7 +268,14 @@ class Exchange:
         # Everything that does not depend on the pod is done now, so that
         # the release after a scale-from-zero has as little left to do.
         self._build_request_head()
-        self._hold = self.p.gate.hold(self.route.service_key, port_name, self.facts, self)
+        warm = None
+        if self.p.settings.direct_pod_routing:
+            try:  # the pod connections it will want, to open while it waits
+                target = self._service_target(self.route.target)
+                warm = (target.scheme, target.server_name)
+            except RouteError:
+                pass  # reported when it is released
+        self._hold = self.p.gate.hold(self.route.service_key, port_name, self.facts, self, warm)
         if timeout > 0:
             self._readiness_timer = self._later(timeout, self._not_ready)
 

@@ -54,6 +54,9 @@ class ReadinessGate:
     _waiters: Dict[str, Dict["Hold", None]] = field(factory=dict)
     _releasing: deque = field(factory=deque)
     _release_call: object = None
+    #: called with a Service key and how many requests are held for it,
+    #: each time one more is
+    hold_listeners: list = field(factory=list)
 
     def __attrs_post_init__(self):
         self.store.subscribe(self._snapshot_changed)
@@ -85,17 +88,31 @@ class ReadinessGate:
         hold = self.hold(service_key, port_name, facts, _DeferredWaiter(d))
         return d
 
-    def hold(self, service_key: str, port_name: str, facts, waiter) -> "Hold":
+    def hold(self, service_key: str, port_name: str, facts, waiter, warm=None) -> "Hold":
         """Hold C{waiter} until the Service is ready, then call
         C{waiter.ready(pod)} once, with a pod C{(ip, port)} picked then, or
         None when C{port_name} has no ready pod.  The caller checks
-        readiness first: this always waits for the next ready snapshot."""
-        hold = Hold(waiter, service_key, port_name, facts)
+        readiness first: this always waits for the next ready snapshot.
+
+        @param warm: C{(scheme, server_name)} of the pod connections the
+            request will want, for L{keda_proxy.prewarm.PodWarmer}.
+        """
+        hold = Hold(waiter, service_key, port_name, facts, warm)
         group = self._waiters.get(service_key)
         if group is None:
             group = self._waiters[service_key] = {}
         group[hold] = None
+        for listener in self.hold_listeners:
+            listener(service_key, len(group))
         return hold
+
+    def holds(self, service_key: str):
+        """The L{Hold}s waiting on a Service, oldest first (read-only)."""
+        return self._waiters.get(service_key, {}).keys()
+
+    def held_services(self):
+        """The Services that requests are held for."""
+        return list(self._waiters)
 
     def unhold(self, hold: "Hold") -> None:
         """Withdraw C{hold}: its waiter is not called (it may have been
@@ -141,13 +158,14 @@ class ReadinessGate:
 class Hold:
     """One held request (see L{ReadinessGate.hold})."""
 
-    __slots__ = ("waiter", "service_key", "port_name", "facts")
+    __slots__ = ("waiter", "service_key", "port_name", "facts", "warm")
 
-    def __init__(self, waiter, service_key: str, port_name: str, facts):
+    def __init__(self, waiter, service_key: str, port_name: str, facts, warm=None):
         self.waiter = waiter
         self.service_key = service_key
         self.port_name = port_name
         self.facts = facts
+        self.warm = warm
 
 
 class _DeferredWaiter:

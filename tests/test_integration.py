@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 
 from keda_proxy.app import Interceptor
 from keda_proxy.config import load_config
@@ -250,4 +250,34 @@ def test_direct_pod_cold_start_reaches_an_ipv6_pod_past_a_stale_one():
         assert tried[1] == (("::1", p6),)  # then the one left
     finally:
         yield pod_port.stopListening()
+        yield r.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_direct_pod_cold_start_uses_connections_opened_while_the_pod_was_starting():
+    """The slice lists the pod, not ready: while requests wait, the proxy
+    connects to it (sending nothing); once it is ready, they go out on
+    those connections, with no new dial."""
+    r = Rig().start(env={"KEDA_HTTP_DIRECT_POD_ROUTING": "true",
+                         "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": "3"})
+    try:
+        bp = r.backend_port.getHost().port
+        r.load(slices=[endpoint_slice(ports=(("http", bp),), ready=False)])
+        ds = [r.client.http.get(r.url(f"/{i}"), headers={"Host": "web.example"})
+              for i in range(5)]
+        yield wait_for(lambda: r.ic.gate.waiting("default/web") == 5, what="requests held")
+        yield wait_for(lambda: r.backend.connections == 3, what="warm connections")
+        key = (b"http", "127.0.0.1", bp, "web.default")
+        yield wait_for(lambda: r.ic.pool.idle_count(key) == 3, what="idle in the pool")
+        assert r.backend.seen == []  # nothing sent before the pod is ready
+        r.load()
+        resps = yield gatherResults(ds)
+        assert [resp.code for resp in resps] == [200] * 5
+        for resp in resps:
+            yield resp.content()
+        assert len(r.backend.seen) == 5
+        # three requests on the warm connections, the other two had to dial
+        assert r.backend.connections == 5
+        assert r.ic.pool.idle_count(key) >= 3
+    finally:
         yield r.stop()

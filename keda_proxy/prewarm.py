@@ -1,0 +1,135 @@
+"""
+Opening pod connections while requests are held for a cold Service.
+
+After a scale-from-zero the new pod is listed in the EndpointSlice, not
+ready, from the moment it has an address, and it usually listens well
+before its readiness probe passes (the probe runs every 10 s by default).
+With direct-pod routing, while requests are held for a Service, the
+L{PodWarmer} opens connections to its starting pods (TCP, plus the TLS
+handshake with the Service's name when upstreams are TLS) and leaves them
+idle in the pool.  Nothing is sent on them until the pod is ready; then the
+release finds them open, instead of dialling first: dials are a large part
+of a release's work, and TLS handshakes by far the largest.
+
+Per starting pod and port it keeps up to C{per_pod} connections open or
+opening (no more than requests are held).  A pod that refuses is tried with
+one dial per C{interval}.  It stops when nothing is held any more or the
+Service is ready; connections left over age out of the pool like any other.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Dict
+
+from attrs import define, field
+from twisted.logger import Logger
+
+from keda_proxy.pool import ConnectionPool, PoolKey
+from keda_proxy.readiness import ReadinessGate
+from keda_proxy.store import StateStore
+
+log = Logger()
+
+
+@define
+class PodWarmer:
+    """Keeps connections to starting pods open while requests are held.
+
+    @ivar per_pod: connections per starting pod and port; 0 turns it off.
+    """
+
+    clock: object
+    store: StateStore
+    gate: ReadinessGate
+    pool: ConnectionPool
+    per_pod: int = 64
+    interval: float = 0.1
+    #: dials under way, per pool key
+    _dialing: Dict[PoolKey, int] = field(factory=dict)
+    #: keys whose last dial failed: one dial at a time until one succeeds
+    _refusing: set = field(factory=set)
+    _timer: object = None
+    _stopped: bool = False
+
+    def __attrs_post_init__(self):
+        if self.per_pod > 0:
+            self.gate.hold_listeners.append(self._held)
+            self.store.subscribe(self._snapshot_changed)
+
+    def stop(self) -> None:
+        """No more dials (at shutdown); those under way still finish."""
+        self._stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _snapshot_changed(self, old, new) -> None:
+        if old.endpoints is not new.endpoints:
+            self._warm_all()
+
+    def _held(self, service_key: str, held: int) -> None:
+        """One more request held: while they are few, each may want one
+        more connection; past C{per_pod}, the periodic pass is enough."""
+        if held <= self.per_pod and self._warm(service_key):
+            self._schedule()
+
+    def _warm_all(self) -> None:
+        self._timer = None
+        live = set()
+        for service_key in self.gate.held_services():
+            live |= self._warm(service_key)
+        self._refusing &= live
+        if live:
+            # again soon: a refusing pod gets its next try, and connections
+            # the pod closed meanwhile are opened again
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._timer is None and not self._stopped:
+            self._timer = self.clock.callLater(self.interval, self._warm_all)
+
+    def _warm(self, service_key: str) -> set:
+        """Dial what is missing for one Service; the pool keys of its
+        starting pods."""
+        holds = self.gate.holds(service_key)
+        eps = self.store.current.endpoints_for(service_key)
+        if self._stopped or not holds or eps.ready or not eps.starting:
+            return set()
+        held = len(holds)
+        # every request held for a Service normally wants the same
+        specs = {(h.port_name, h.warm) for h in islice(holds, 64) if h.warm is not None}
+        keys = set()
+        for port_name, (scheme, server_name) in specs:
+            for ip, port in eps.starting.get(port_name, ()):
+                key = (scheme, ip, port, server_name)
+                keys.add(key)
+                want = 1 if key in self._refusing else min(held, self.per_pod)
+                for _ in range(want - self.pool.idle_count(key) - self._dialing.get(key, 0)):
+                    self._dial(key)
+        return keys
+
+    def _dial(self, key: PoolKey) -> None:
+        self._dialing[key] = self._dialing.get(key, 0) + 1
+        d = self.pool.connect(key, 0.0)  # one attempt; the next pass retries
+        d.addCallbacks(self._connected, self._failed, callbackArgs=(key,),
+                       errbackArgs=(key,))
+
+    def _dialled(self, key: PoolKey) -> None:
+        left = self._dialing[key] - 1
+        if left:
+            self._dialing[key] = left
+        else:
+            del self._dialing[key]
+
+    def _connected(self, conn, key: PoolKey) -> None:
+        self._dialled(key)
+        if key in self._refusing:
+            self._refusing.discard(key)
+            log.debug("pod {host}:{port} accepts connections; keeping some open",
+                      host=key[1], port=key[2])
+        self.pool.put_idle(conn)
+
+    def _failed(self, f, key: PoolKey) -> None:
+        self._dialled(key)
+        self._refusing.add(key)

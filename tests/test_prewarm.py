@@ -1,0 +1,142 @@
+"""Tests for keda_proxy.prewarm: pod connections opened while requests wait."""
+
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.python.failure import Failure
+
+from keda_proxy.model import Endpoint, EndpointPort, EndpointSlice
+from keda_proxy.prewarm import PodWarmer
+from keda_proxy.proxy import ProxySettings
+from tests.builders import endpoint_slice, load, route, service
+from tests.proxyfakes import OK_5, Harness, response_body
+
+POD = (b"http", "10.0.0.7", 3000, "web.default")
+
+
+def starting(ips=("10.0.0.7",), terminating=None):
+    return EndpointSlice(
+        namespace="default", name="web-abc", service_name="web",
+        endpoints=tuple(Endpoint(addresses=(ip,), ready=False, terminating=terminating)
+                        for ip in ips),
+        ports=(EndpointPort(name="http", port=3000),))
+
+
+def harness(per_pod=2, direct=True):
+    h = Harness(settings=ProxySettings(direct_pod_routing=direct))
+    warmer = PodWarmer(h.clock, h.store, h.gate, h.pool, per_pod=per_pod)
+    return h, warmer
+
+
+def hold(h, n, slices):
+    """C{n} requests held; their client transports."""
+    return [proto_and_transport[1] for proto_and_transport in held(h, n, slices)]
+
+
+def held(h, n, slices):
+    load(h.store, routes=[route()], services=[service()], slices=slices)
+    return [h.get(b"/%d" % i) for i in range(n)]
+
+
+def test_held_requests_open_connections_to_a_starting_pod_sending_nothing():
+    h, _ = harness(per_pod=2)
+    hold(h, 3, [starting()])
+    assert [d.key for d in h.dials] == [POD, POD]  # per_pod, fewer than held
+    ups = [d.succeed() for d in h.dials]
+    assert h.pool.idle_count(POD) == 2
+    assert all(up.sent() == b"" for up in ups)
+    h.clock.advance(1)  # later passes keep it at that
+    assert len(h.dials) == 2
+
+
+def test_no_more_connections_than_requests_held():
+    h, _ = harness(per_pod=10)
+    hold(h, 1, [starting()])
+    assert len(h.dials) == 1
+
+
+def test_released_requests_go_out_on_the_warm_connections():
+    h, _ = harness(per_pod=2)
+    clients = hold(h, 3, [starting()])
+    ups = [d.succeed() for d in h.dials]
+    load(h.store, routes=[route()], services=[service()],
+         slices=[endpoint_slice(ips=("10.0.0.7",), ports=(("http", 3000),))])
+    assert len(h.dials) == 3  # two warm connections reused, one new dial
+    assert h.dials[2].key == POD
+    ups.append(h.dials[2].succeed())
+    for up in ups:
+        assert up.request_line().startswith(b"GET /")
+        up.respond(OK_5)
+    assert [response_body(t) for t in clients] == [b"hello"] * 3
+
+
+def test_a_refusing_pod_is_tried_once_per_interval_then_filled_up():
+    h, warmer = harness(per_pod=3)
+    hold(h, 5, [starting()])
+    assert len(h.dials) == 3
+    for d in h.dials:
+        d.fail(ConnectionRefusedError())
+    h.clock.advance(warmer.interval)
+    assert len(h.dials) == 4  # one probe
+    h.dials[3].fail(ConnectionRefusedError())
+    h.clock.advance(warmer.interval)
+    assert len(h.dials) == 5
+    h.dials[4].succeed()  # listening now
+    h.clock.advance(warmer.interval)
+    assert len(h.dials) == 7 and h.pool.idle_count(POD) == 1
+
+
+def test_connections_the_pod_closes_are_opened_again():
+    h, warmer = harness(per_pod=2)
+    hold(h, 2, [starting()])
+    first = h.dials[0].succeed()
+    h.dials[1].succeed()
+    first.close()
+    assert h.pool.idle_count(POD) == 1
+    h.clock.advance(warmer.interval)
+    assert len(h.dials) == 3
+
+
+def test_nothing_is_warmed_without_direct_pod_routing_or_for_terminating_pods():
+    h, _ = harness(direct=False)
+    hold(h, 2, [starting()])
+    h.clock.advance(1)
+    assert h.dials == []
+    h, _ = harness()
+    hold(h, 2, [starting(terminating=True)])
+    h.clock.advance(1)
+    assert h.dials == []
+
+
+def test_warming_stops_once_nothing_is_held():
+    h, warmer = harness(per_pod=2)
+    [(proto, _)] = held(h, 1, [starting()])
+    h.dials[0].fail(ConnectionRefusedError())
+    proto.connectionLost(Failure(ConnectionDone()))  # the client gives up
+    assert h.gate.waiting() == 0
+    h.clock.advance(warmer.interval)
+    probes = len(h.dials)
+    h.clock.advance(10 * warmer.interval)
+    assert len(h.dials) == probes
+    assert warmer._timer is None and warmer._refusing == set()
+
+
+def test_a_pod_turning_ready_ends_warming():
+    h, warmer = harness(per_pod=2)
+    hold(h, 3, [starting()])
+    h.dials[0].fail(ConnectionRefusedError())  # a pass would retry it
+    load(h.store, routes=[route()], services=[service()],
+         slices=[endpoint_slice(ips=("10.0.0.7",), ports=(("http", 3000),))])
+    released = len(h.dials)
+    assert released == 2 + 3  # the warm dial left, then one per released request
+    h.clock.advance(10 * warmer.interval)
+    assert len(h.dials) == released
+    assert warmer._timer is None
+
+
+def test_stop_cancels_the_next_pass():
+    h, warmer = harness(per_pod=2)
+    hold(h, 2, [starting()])
+    for d in h.dials:
+        d.fail(ConnectionRefusedError())
+    warmer.stop()
+    h.clock.advance(1)
+    assert len(h.dials) == 2
