@@ -12,9 +12,11 @@ release finds them open, instead of dialling first: dials are a large part
 of a release's work, and TLS handshakes by far the largest.
 
 Per starting pod and port it keeps up to C{per_pod} connections open or
-opening (no more than requests are held).  A pod that refuses is tried with
-one dial per C{interval}.  It stops when nothing is held any more or the
-Service is ready; connections left over age out of the pool like any other.
+opening (no more than requests are held, nor than the pool keeps idle).  A
+pod that refuses, or closes them before they are used (a failed TLS
+handshake), gets one dial per C{interval} until a connection stays open.
+It stops when nothing is held any more or the Service is ready;
+connections left over age out of the pool like any other.
 """
 
 from __future__ import annotations
@@ -23,13 +25,11 @@ from itertools import islice
 from typing import Dict
 
 from attrs import define, field
-from twisted.logger import Logger
 
+from keda_proxy.http1client import CLOSED
 from keda_proxy.pool import ConnectionPool, PoolKey
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.store import StateStore
-
-log = Logger()
 
 
 @define
@@ -47,7 +47,11 @@ class PodWarmer:
     interval: float = 0.1
     #: dials under way, per pool key
     _dialing: Dict[PoolKey, int] = field(factory=dict)
-    #: keys whose last dial failed: one dial at a time until one succeeds
+    #: the connections opened, per key, until a request uses them
+    _opened: Dict[PoolKey, list] = field(factory=dict)
+    #: keys whose last dial failed, or whose connections closed unused (a
+    #: failed TLS handshake, say): one dial at a time, until a connection
+    #: has stayed open from one pass to the next
     _refusing: set = field(factory=set)
     _timer: object = None
     _stopped: bool = False
@@ -80,6 +84,8 @@ class PodWarmer:
         for service_key in self.gate.held_services():
             live |= self._warm(service_key)
         self._refusing &= live
+        for key in self._opened.keys() - live:
+            del self._opened[key]
         if live:
             # again soon: a refusing pod gets its next try, and connections
             # the pod closed meanwhile are opened again
@@ -96,7 +102,10 @@ class PodWarmer:
         eps = self.store.current.endpoints_for(service_key)
         if self._stopped or not holds or eps.ready or not eps.starting:
             return set()
-        held = len(holds)
+        # within the pool's bounds: connections it would close at once
+        # would only be opened again on the next pass
+        most = min(len(holds), self.per_pod, self.pool.max_idle_per_host)
+        room = self.pool.max_idle - self.pool.idle_count() - sum(self._dialing.values())
         # every request held for a Service normally wants the same
         specs = {(h.port_name, h.warm) for h in islice(holds, 64) if h.warm is not None}
         keys = set()
@@ -104,10 +113,26 @@ class PodWarmer:
             for ip, port in eps.starting.get(port_name, ()):
                 key = (scheme, ip, port, server_name)
                 keys.add(key)
-                want = 1 if key in self._refusing else min(held, self.per_pod)
-                for _ in range(want - self.pool.idle_count(key) - self._dialing.get(key, 0)):
+                self._check_opened(key)
+                want = 1 if key in self._refusing else most
+                missing = want - self.pool.idle_count(key) - self._dialing.get(key, 0)
+                for _ in range(min(missing, room)):
                     self._dial(key)
+                    room -= 1
         return keys
+
+    def _check_opened(self, key: PoolKey) -> None:
+        """Forget the connections requests took; judge the pod by the rest."""
+        opened = self._opened.get(key)
+        if not opened:
+            return
+        unused = [c for c in opened if c.uses == 0]
+        alive = [c for c in unused if c.state != CLOSED]
+        if len(alive) < len(unused):
+            self._refusing.add(key)  # closed before anyone used them
+        elif alive:
+            self._refusing.discard(key)
+        opened[:] = alive
 
     def _dial(self, key: PoolKey) -> None:
         self._dialing[key] = self._dialing.get(key, 0) + 1
@@ -124,10 +149,7 @@ class PodWarmer:
 
     def _connected(self, conn, key: PoolKey) -> None:
         self._dialled(key)
-        if key in self._refusing:
-            self._refusing.discard(key)
-            log.debug("pod {host}:{port} accepts connections; keeping some open",
-                      host=key[1], port=key[2])
+        self._opened.setdefault(key, []).append(conn)
         self.pool.put_idle(conn)
 
     def _failed(self, f, key: PoolKey) -> None:

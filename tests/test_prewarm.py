@@ -84,15 +84,32 @@ def test_a_refusing_pod_is_tried_once_per_interval_then_filled_up():
     assert len(h.dials) == 7 and h.pool.idle_count(POD) == 1
 
 
-def test_connections_the_pod_closes_are_opened_again():
+def test_a_connection_the_pod_closed_is_opened_again_once_the_others_stay_open():
     h, warmer = harness(per_pod=2)
     hold(h, 2, [starting()])
     first = h.dials[0].succeed()
     h.dials[1].succeed()
     first.close()
     assert h.pool.idle_count(POD) == 1
-    h.clock.advance(warmer.interval)
+    h.clock.advance(warmer.interval)  # closed unused: careful, one at a time
+    assert len(h.dials) == 2
+    h.clock.advance(warmer.interval)  # the other one stayed open: fill up
     assert len(h.dials) == 3
+
+
+def test_connections_closed_unused_are_not_reopened_in_a_loop():
+    """A pod whose connections die at once (a failed TLS handshake, a proxy
+    in front that drops them) gets one dial per interval, not a refill."""
+    h, warmer = harness(per_pod=8)
+    hold(h, 8, [starting()])
+    assert len(h.dials) == 8
+    for d in list(h.dials):
+        d.succeed().close()
+    for n in range(5):
+        h.clock.advance(warmer.interval)
+        for d in h.dials[8 + n:]:
+            d.succeed().close()
+    assert len(h.dials) <= 8 + 5
 
 
 def test_nothing_is_warmed_without_direct_pod_routing_or_for_terminating_pods():
