@@ -12,9 +12,10 @@ release finds them open, instead of dialling first: dials are a large part
 of a release's work, and TLS handshakes by far the largest.
 
 Per starting pod and port it keeps up to C{per_pod} connections open or
-opening (no more than requests are held, nor than the pool keeps idle).  A
-pod that refuses, or closes them before they are used (a failed TLS
-handshake), gets one dial per C{interval} until a connection stays open.
+opening (no more than requests are held, nor than the pool keeps idle),
+once one connection has stayed open for an C{interval}; until then, and
+whenever a dial fails or a connection closes unused (the pod is not
+listening yet, or fails the TLS handshake), it dials once per interval.
 It stops when nothing is held any more or the Service is ready;
 connections left over age out of the pool like any other.
 """
@@ -47,12 +48,12 @@ class PodWarmer:
     interval: float = 0.1
     #: dials under way, per pool key
     _dialing: Dict[PoolKey, int] = field(factory=dict)
-    #: the connections opened, per key, until a request uses them
+    #: C{(connection, when opened)} per key, until a request uses it
     _opened: Dict[PoolKey, list] = field(factory=dict)
-    #: keys whose last dial failed, or whose connections closed unused (a
-    #: failed TLS handshake, say): one dial at a time, until a connection
-    #: has stayed open from one pass to the next
-    _refusing: set = field(factory=set)
+    #: keys where a connection has stayed open, unused, for an interval:
+    #: only these are filled up; any other gets one dial at a time (a pod
+    #: not listening yet, or failing the TLS handshake, is not flooded)
+    _proven: set = field(factory=set)
     _timer: object = None
     _stopped: bool = False
 
@@ -83,12 +84,12 @@ class PodWarmer:
         live = set()
         for service_key in self.gate.held_services():
             live |= self._warm(service_key)
-        self._refusing &= live
+        self._proven &= live
         for key in self._opened.keys() - live:
             del self._opened[key]
         if live:
-            # again soon: a refusing pod gets its next try, and connections
-            # the pod closed meanwhile are opened again
+            # again soon: a pod not proven yet gets its next try, and
+            # connections the pod closed meanwhile are opened again
             self._schedule()
 
     def _schedule(self) -> None:
@@ -114,7 +115,7 @@ class PodWarmer:
                 key = (scheme, ip, port, server_name)
                 keys.add(key)
                 self._check_opened(key)
-                want = 1 if key in self._refusing else most
+                want = most if key in self._proven else 1
                 missing = want - self.pool.idle_count(key) - self._dialing.get(key, 0)
                 for _ in range(min(missing, room)):
                     self._dial(key)
@@ -126,12 +127,12 @@ class PodWarmer:
         opened = self._opened.get(key)
         if not opened:
             return
-        unused = [c for c in opened if c.uses == 0]
-        alive = [c for c in unused if c.state != CLOSED]
+        unused = [(c, at) for c, at in opened if c.uses == 0]
+        alive = [(c, at) for c, at in unused if c.state != CLOSED]
         if len(alive) < len(unused):
-            self._refusing.add(key)  # closed before anyone used them
-        elif alive:
-            self._refusing.discard(key)
+            self._proven.discard(key)  # closed before anyone used them
+        elif any(at <= self.clock.seconds() - self.interval for _, at in alive):
+            self._proven.add(key)
         opened[:] = alive
 
     def _dial(self, key: PoolKey) -> None:
@@ -149,9 +150,9 @@ class PodWarmer:
 
     def _connected(self, conn, key: PoolKey) -> None:
         self._dialled(key)
-        self._opened.setdefault(key, []).append(conn)
+        self._opened.setdefault(key, []).append((conn, self.clock.seconds()))
         self.pool.put_idle(conn)
 
     def _failed(self, f, key: PoolKey) -> None:
         self._dialled(key)
-        self._refusing.add(key)
+        self._proven.discard(key)

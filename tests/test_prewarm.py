@@ -36,11 +36,20 @@ def held(h, n, slices):
     return [h.get(b"/%d" % i) for i in range(n)]
 
 
+def prove(h, warmer):
+    """Let the first warm dial connect and stay open for an interval."""
+    up = h.dials[0].succeed()
+    h.clock.advance(warmer.interval)
+    return up
+
+
 def test_held_requests_open_connections_to_a_starting_pod_sending_nothing():
-    h, _ = harness(per_pod=2)
+    h, warmer = harness(per_pod=2)
     hold(h, 3, [starting()])
+    assert [d.key for d in h.dials] == [POD]  # one, until the pod proves itself
+    first = prove(h, warmer)
     assert [d.key for d in h.dials] == [POD, POD]  # per_pod, fewer than held
-    ups = [d.succeed() for d in h.dials]
+    ups = [first, h.dials[1].succeed()]
     assert h.pool.idle_count(POD) == 2
     assert all(up.sent() == b"" for up in ups)
     h.clock.advance(1)  # later passes keep it at that
@@ -48,15 +57,17 @@ def test_held_requests_open_connections_to_a_starting_pod_sending_nothing():
 
 
 def test_no_more_connections_than_requests_held():
-    h, _ = harness(per_pod=10)
-    hold(h, 1, [starting()])
-    assert len(h.dials) == 1
+    h, warmer = harness(per_pod=10)
+    hold(h, 2, [starting()])
+    prove(h, warmer)
+    h.clock.advance(1)
+    assert len(h.dials) == 2
 
 
 def test_released_requests_go_out_on_the_warm_connections():
-    h, _ = harness(per_pod=2)
+    h, warmer = harness(per_pod=2)
     clients = hold(h, 3, [starting()])
-    ups = [d.succeed() for d in h.dials]
+    ups = [prove(h, warmer), h.dials[1].succeed()]
     load(h.store, routes=[route()], services=[service()],
          slices=[endpoint_slice(ips=("10.0.0.7",), ports=(("http", 3000),))])
     assert len(h.dials) == 3  # two warm connections reused, one new dial
@@ -71,45 +82,41 @@ def test_released_requests_go_out_on_the_warm_connections():
 def test_a_refusing_pod_is_tried_once_per_interval_then_filled_up():
     h, warmer = harness(per_pod=3)
     hold(h, 5, [starting()])
+    assert len(h.dials) == 1
+    h.dials[0].fail(ConnectionRefusedError())
+    h.clock.advance(warmer.interval)
+    assert len(h.dials) == 2  # one probe per interval
+    h.dials[1].fail(ConnectionRefusedError())
+    h.clock.advance(warmer.interval)
     assert len(h.dials) == 3
-    for d in h.dials:
-        d.fail(ConnectionRefusedError())
-    h.clock.advance(warmer.interval)
-    assert len(h.dials) == 4  # one probe
-    h.dials[3].fail(ConnectionRefusedError())
-    h.clock.advance(warmer.interval)
-    assert len(h.dials) == 5
-    h.dials[4].succeed()  # listening now
-    h.clock.advance(warmer.interval)
-    assert len(h.dials) == 7 and h.pool.idle_count(POD) == 1
+    h.dials[2].succeed()  # listening now
+    h.clock.advance(warmer.interval)  # and still open an interval later
+    assert len(h.dials) == 5 and h.pool.idle_count(POD) == 1
 
 
-def test_a_connection_the_pod_closed_is_opened_again_once_the_others_stay_open():
+def test_a_connection_the_pod_closed_is_opened_again():
     h, warmer = harness(per_pod=2)
     hold(h, 2, [starting()])
-    first = h.dials[0].succeed()
+    first = prove(h, warmer)
     h.dials[1].succeed()
     first.close()
     assert h.pool.idle_count(POD) == 1
-    h.clock.advance(warmer.interval)  # closed unused: careful, one at a time
+    h.clock.advance(warmer.interval)  # closed unused: careful again
     assert len(h.dials) == 2
-    h.clock.advance(warmer.interval)  # the other one stayed open: fill up
+    h.clock.advance(warmer.interval)  # the other stayed open: fill up
     assert len(h.dials) == 3
 
 
 def test_connections_closed_unused_are_not_reopened_in_a_loop():
     """A pod whose connections die at once (a failed TLS handshake, a proxy
-    in front that drops them) gets one dial per interval, not a refill."""
+    in front that drops them) gets one dial per interval, never a refill."""
     h, warmer = harness(per_pod=8)
     hold(h, 8, [starting()])
-    assert len(h.dials) == 8
-    for d in list(h.dials):
-        d.succeed().close()
-    for n in range(5):
-        h.clock.advance(warmer.interval)
-        for d in h.dials[8 + n:]:
+    for n in range(10):
+        for d in h.dials[n:]:
             d.succeed().close()
-    assert len(h.dials) <= 8 + 5
+        h.clock.advance(warmer.interval)
+    assert len(h.dials) == 11
 
 
 def test_nothing_is_warmed_without_direct_pod_routing_or_for_terminating_pods():
@@ -133,7 +140,7 @@ def test_warming_stops_once_nothing_is_held():
     probes = len(h.dials)
     h.clock.advance(10 * warmer.interval)
     assert len(h.dials) == probes
-    assert warmer._timer is None and warmer._refusing == set()
+    assert warmer._timer is None and warmer._proven == set()
 
 
 def test_a_pod_turning_ready_ends_warming():
@@ -143,7 +150,7 @@ def test_a_pod_turning_ready_ends_warming():
     load(h.store, routes=[route()], services=[service()],
          slices=[endpoint_slice(ips=("10.0.0.7",), ports=(("http", 3000),))])
     released = len(h.dials)
-    assert released == 2 + 3  # the warm dial left, then one per released request
+    assert released == 1 + 3  # the failed warm dial, then one per released request
     h.clock.advance(10 * warmer.interval)
     assert len(h.dials) == released
     assert warmer._timer is None
@@ -152,8 +159,7 @@ def test_a_pod_turning_ready_ends_warming():
 def test_stop_cancels_the_next_pass():
     h, warmer = harness(per_pod=2)
     hold(h, 2, [starting()])
-    for d in h.dials:
-        d.fail(ConnectionRefusedError())
+    h.dials[0].fail(ConnectionRefusedError())
     warmer.stop()
     h.clock.advance(1)
-    assert len(h.dials) == 2
+    assert len(h.dials) == 1

@@ -32,6 +32,12 @@ class Hello(resource.Resource):
 
 
 class QuietSite(server.Site):
+    connections = 0
+
+    def buildProtocol(self, addr):
+        self.connections += 1
+        return super().buildProtocol(addr)
+
     def log(self, request):
         pass
 
@@ -45,11 +51,14 @@ def ca():
 def rig(tmp_path, ca):
     listening = []
 
+    sites = []
+
     def pod(name):
         cert = ca.issue_cert(name)
         ctx = ssl.PrivateCertificate.loadPEM(
             cert.cert_chain_pems[0].bytes() + cert.private_key_pem.bytes()).options()
-        port = reactor.listenSSL(0, QuietSite(Hello()), ctx, interface="127.0.0.1")
+        sites.append(QuietSite(Hello()))
+        port = reactor.listenSSL(0, sites[-1], ctx, interface="127.0.0.1")
         listening.append(port)
         return port.getHost().port
 
@@ -57,8 +66,10 @@ def rig(tmp_path, ca):
                                      ca.issue_cert("proxy.example"), with_ca=ca)
     cfg = config(tls_cert_path=cert_path, tls_key_path=key_path)
 
-    def start(direct_pod_routing=True, pod_name="web.default", fallback_name=None):
+    def start(direct_pod_routing=True, pod_name="web.default", fallback_name=None,
+              ready=True):
         good = pod(pod_name)
+        start.pod_site = sites[-1]
         c = attrs.evolve(cfg, direct_pod_routing=direct_pod_routing)
         ic = Interceptor.build(reactor, c, ALL_KINDS, plugins=(),
                                resolver=StaticResolver({"web.default": "127.0.0.1",
@@ -66,7 +77,9 @@ def rig(tmp_path, ca):
                                dial_budget=0.3, upstream_tls=UpstreamTLS.from_config(c))
         routes = [route(hosts=["web.example"])]
         services = [service(ports=(("http", good),))]
-        slices = [endpoint_slice(ports=(("http", good),))]
+        slices = [endpoint_slice(ports=(("http", good),), ready=ready)]
+        start.ready_state = dict(routes=routes, services=services,
+                                 slices=[endpoint_slice(ports=(("http", good),))])
         if fallback_name is not None:
             fb = pod(fallback_name)
             routes = [route(hosts=["web.example"], fallback=ServiceRef(name="backup", port=fb),
@@ -120,3 +133,36 @@ def test_fallback_uses_the_fallback_service_name(rig, ca):
                    fallback_name="backup.default")
     raw = yield _get(port, ca)
     assert raw.startswith(b"HTTP/1.1 200 OK"), raw[:200]
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_connections_opened_while_the_pod_starts_verify_the_service_name(rig, ca):
+    """Warm connections to a starting pod do their TLS handshake, with the
+    Service's name, before the pod is ready; the request then uses one."""
+    ic, port = rig(direct_pod_routing=True, ready=False)
+    site = rig.pod_site
+    got = _get(port, ca)
+    yield wait_for(lambda: ic.gate.waiting() == 1, what="request held")
+    yield wait_for(lambda: site.connections == 1 and ic.pool.idle_count() == 1,
+                   what="a warm connection")
+    load(ic.store, **rig.ready_state)
+    raw = yield got
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert site.connections == 1  # no dial after the pod turned ready
+
+
+@pytest_twisted.inlineCallbacks
+def test_warm_connections_to_a_pod_with_the_wrong_certificate_are_not_retried_in_a_loop(
+        rig, ca):
+    ic, port = rig(direct_pod_routing=True, pod_name="evil.default", ready=False)
+    site = rig.pod_site
+    got = [_get(port, ca) for _ in range(20)]
+    yield wait_for(lambda: ic.gate.waiting() == 20, what="requests held")
+    yield wait_for(lambda: site.connections >= 3, what="a few handshakes")
+    before = site.connections
+    yield wait_for(lambda: site.connections >= before + 2, what="later handshakes")
+    assert site.connections < 20  # one at a time, not a refill per pass
+    load(ic.store, **rig.ready_state)
+    for d in got:
+        raw = yield d
+        assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
