@@ -45,7 +45,10 @@ HERE = Path(__file__).resolve().parent
 # the tree under test: this checkout, or one given by --instructions --source
 sys.path.insert(0, os.environ.get("KEDA_BENCH_SOURCE") or str(HERE.parent))
 
-from keda_proxy.app import GC_THRESHOLDS  # noqa: E402
+try:
+    from keda_proxy.app import GC_THRESHOLDS
+except ImportError:  # a tree from before it was named (--source)
+    GC_THRESHOLDS = (100_000, 50, 1000)
 from keda_proxy.metrics import ProxyMetrics  # noqa: E402
 from keda_proxy.model import KIND_ENDPOINT_SLICE  # noqa: E402
 from tests.builders import endpoint_slice, load, route, service  # noqa: E402
