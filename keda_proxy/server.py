@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from keda_proxy.eagerwrite import eager_write
-from keda_proxy.headers import CANONICAL_NAMES, canonical_name
+from keda_proxy.headers import CANONICAL_NAMES, canonical_name, connection_tokens
 from keda_proxy.responses import status_text
 
 #: Whole request head (line + headers) limit, as Go's 1 MiB is too generous
@@ -499,12 +499,13 @@ class ProxyChannel(http.HTTPChannel):
         req.gotLength(self.length)
 
     def checkPersistence(self, request, version):
-        """HTTPChannel's rule (HTTP/1.1 keeps the connection unless the
-        request says ``Connection: close``), reading the store directly."""
+        """HTTP/1.1 keeps the connection unless the request says
+        ``Connection: close``: a token in any ``Connection`` value,
+        comma-separated and in any case, as Go reads it (twisted.web splits
+        on spaces, so ``keep-alive,close`` kept it open)."""
         if version != b"HTTP/1.1":
             return False
-        connection = request.requestHeaders._rawHeaders.get(b"Connection")
-        if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
+        if b"close" in connection_tokens(request.requestHeaders):
             request.responseHeaders._rawHeaders[b"Connection"] = [b"close"]
             return False
         return True

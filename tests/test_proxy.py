@@ -5,6 +5,7 @@ StringTransports on a MemoryReactorClock.
 """
 
 import attrs
+import pytest
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -943,6 +944,20 @@ def test_response_header_timeout_restarts_for_each_request_on_a_pooled_connectio
     assert t.value() == b""
     h.clock.advance(0.1)
     assert status_line(t) == b"HTTP/1.1 504 Gateway Timeout"
+
+
+@pytest.mark.parametrize("connection", [
+    b"Connection: keep-alive,close\r\n",
+    b"Connection: CLOSE\r\n",
+    b"Connection: keep-alive\r\nConnection: close\r\n",
+])
+def test_close_is_found_as_go_finds_it_in_connection_tokens(connection):
+    h = Harness()
+    warm(h)
+    proto, t = h.send(b"GET / HTTP/1.1\r\nHost: example.com\r\n" + connection + b"\r\n")
+    h.upstream().respond(OK_5)
+    assert response_body(t) == b"hello"
+    assert t.disconnecting
 
 
 def test_connection_close_from_the_client_ends_the_connection_after_the_response():
