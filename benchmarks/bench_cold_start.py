@@ -29,8 +29,8 @@ Every scenario starts afresh, on loopback only, in a temp dir:
 Then, once ``/readyz`` answers 200, an asyncio client in this process opens
 N connections to the proxy and sends one ``GET /`` (``Host: bench.local``)
 on each (the responses are then read by a bare epoll loop, which costs the
-client a few microseconds per response).  When the admin ``/queue`` shows ``Concurrency == N`` (all held,
-none answered), the interceptor's VmRSS is read, and at T0 the
+client a few microseconds per response).  When the admin ``/queue`` shows
+``Concurrency == N`` (all held, none answered), the interceptor's VmRSS is read, and at T0 the
 EndpointSlice is replaced with ``ready: true`` through the fake API
 server's ``PUT`` (so a watch event flows) and the pod process is told to
 open the Service address at T0 + D.  For each request the time from T0 to
