@@ -45,11 +45,10 @@ Scenarios (``--quick``: D = 2 s and N = 1, 100 and a 1,000 stress):
 - direct-pod routing, 10,000 held: all 200 within 2 s of readiness, none
   lost, RSS <= 250 MB while holding, Concurrency back to 0.
 
-With direct-pod routing the interceptor connects to the starting pod while
-requests are held (``KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS``, on by
-default); the report counts the pod connections accepted after T0, which
-are the dials the release still made.  ``--env
-KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS=0`` measures without.
+The report counts the pod connections accepted after T0: the dials the
+release made.  ``--env KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS=64`` measures
+with warm connections (off by default): the interceptor then connects to
+the starting pod while requests are held.
 
 ``--pod python`` makes the Python process the pod too (the same 12-byte
 answer): it needs about four times nginx's CPU per request, on the two

@@ -255,12 +255,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("KEDA_HTTP_DIRECT_POD_ROUTING", "direct_pod_routing", "false", _bool,
            "Send requests to a ready pod's ip:port instead of the Service's "
            "ClusterIP, bypassing kube-proxy."),
-    EnvVar("KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS", "direct_pod_warm_connections", "64",
+    EnvVar("KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS", "direct_pod_warm_connections", "0",
            _count,
            "With direct-pod routing, how many connections to open to each starting "
            "(not yet ready) pod of a Service while requests wait for it, so that "
-           "they need no dial once it is ready; 0 opens none. An extension: the Go "
-           "interceptor has no such setting."),
+           "they need no dial once it is ready; 0 (the default) opens none. Only for "
+           "servers that take idle connections without tying up a worker. An "
+           "extension: the Go interceptor has no such setting."),
     EnvVar("KEDA_HTTP_DRAIN_TIMEOUT", "drain_timeout", "30s", _duration,
            "How long in-flight requests may finish after the proxy stops listening "
            "at shutdown; 0 waits indefinitely."),

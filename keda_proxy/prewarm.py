@@ -18,6 +18,10 @@ whenever a dial fails or a connection closes unused (the pod is not
 listening yet, or fails the TLS handshake), it dials once per interval.
 It stops when nothing is held any more or the Service is ready;
 connections left over age out of the pool like any other.
+
+Off unless ``KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS`` is set: a server that
+gives each connection one of a few workers (gunicorn's sync workers) would
+have them wait on connections that carry no request.
 """
 
 from __future__ import annotations

@@ -163,3 +163,20 @@ def test_stop_cancels_the_next_pass():
     warmer.stop()
     h.clock.advance(1)
     assert len(h.dials) == 1
+
+
+def test_off_by_default_and_on_with_the_variable():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from keda_proxy.app import Interceptor
+    from keda_proxy.config import load_config
+    from keda_proxy.model import ALL_KINDS
+
+    ports = {"KEDA_HTTP_PROXY_PORT": "1", "KEDA_HTTP_ADMIN_PORT": "2"}
+    build = lambda env: Interceptor.build(  # noqa: E731
+        MemoryReactorClock(), load_config({**ports, **env}), ALL_KINDS, plugins=())
+    assert build({"KEDA_HTTP_DIRECT_POD_ROUTING": "true"}).warmer is None
+    assert build({"KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": "8"}).warmer is None  # no direct
+    ic = build({"KEDA_HTTP_DIRECT_POD_ROUTING": "true",
+                "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": "8"})
+    assert ic.warmer.per_pod == 8 and ic.warmer.pool is ic.pool

@@ -70,7 +70,8 @@ def rig(tmp_path, ca):
               ready=True):
         good = pod(pod_name)
         start.pod_site = sites[-1]
-        c = attrs.evolve(cfg, direct_pod_routing=direct_pod_routing)
+        c = attrs.evolve(cfg, direct_pod_routing=direct_pod_routing,
+                         direct_pod_warm_connections=0 if ready else 64)
         ic = Interceptor.build(reactor, c, ALL_KINDS, plugins=(),
                                resolver=StaticResolver({"web.default": "127.0.0.1",
                                                         "backup.default": "127.0.0.1"}),
