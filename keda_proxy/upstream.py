@@ -52,11 +52,22 @@ class IServiceResolver(Interface):
 
 
 def ip_version(host: str) -> Optional[int]:
-    """4 or 6 for an IP literal, None for a name."""
-    try:
-        return ipaddress.ip_address(host).version
-    except ValueError:
-        return None
+    """4 or 6 for an IP literal, None for a name.  Remembered: the same pod
+    and Service addresses are dialled over and over, and parsing one takes
+    a good part of a dial."""
+    version = _IP_VERSIONS.get(host, 0)
+    if version == 0:
+        try:
+            version = ipaddress.ip_address(host).version
+        except ValueError:
+            version = None
+        if len(_IP_VERSIONS) >= 4096:
+            _IP_VERSIONS.clear()
+        _IP_VERSIONS[host] = version
+    return version
+
+
+_IP_VERSIONS: Dict[str, Optional[int]] = {}
 
 
 @implementer(IServiceResolver)

@@ -273,3 +273,12 @@ def test_direct_endpoint_failure_and_cancel():
 def _factory():
     from twisted.internet.protocol import Factory
     return Factory.forProtocol(lambda: UpstreamConnection(Clock()))
+
+
+def test_ip_version_is_remembered_and_stays_right():
+    from keda_proxy.upstream import _IP_VERSIONS, ip_version
+
+    for _ in range(2):  # parsed, then remembered
+        assert [ip_version(h) for h in ("10.0.0.7", "fd00::1", "web.default", "10.0.0")] \
+            == [4, 6, None, None]
+    assert _IP_VERSIONS["web.default"] is None and _IP_VERSIONS["fd00::1"] == 6
