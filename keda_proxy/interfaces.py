@@ -54,6 +54,19 @@ class IEndpointSelector(Interface):
         """
 
 
+class IHeldRequest(Interface):
+    """A request held by L{keda_proxy.readiness.ReadinessGate.hold} until its
+    Service has a ready pod."""
+
+    def ready(pod):
+        """The Service is ready.  Called once, on the reactor thread.
+
+        @param pod: the ready pod C{(ip, port)} the endpoint selector picked
+            for the request's port name, or None when that port name has
+            none (the request then goes to the Service address).
+        """
+
+
 class IStateSink(Interface):
     """
     Where sources put parsed cluster objects.  Called on the reactor

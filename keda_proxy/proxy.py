@@ -30,7 +30,7 @@ from zope.interface import implementer
 from keda_proxy.endpoints import join_host_port
 from keda_proxy.headers import COLD_START_KEY, request_head
 from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
-from keda_proxy.interfaces import IRouter
+from keda_proxy.interfaces import IHeldRequest, IRouter
 from keda_proxy.model import MODE_ALWAYS, RequestFacts, Route, ServiceRef
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.responses import write_error, write_static
@@ -181,7 +181,7 @@ class Pipeline:
             self.metrics.record(request, started, None)
 
 
-@implementer(IResponseSink)
+@implementer(IResponseSink, IHeldRequest)
 class Exchange:
     """One request's journey through the pipeline.
 

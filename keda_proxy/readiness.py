@@ -22,6 +22,7 @@ thousands of requests in a burst, and there a Deferred's callback chain
 and the address's round trip through a string are a good part of the work
 per request.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -29,9 +30,10 @@ from typing import Dict, Optional, Tuple
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
 
 from keda_proxy.endpoints import RandomSelector, join_host_port
-from keda_proxy.interfaces import IEndpointSelector
+from keda_proxy.interfaces import IEndpointSelector, IHeldRequest
 from keda_proxy.store import Snapshot, StateStore
 
 
@@ -89,9 +91,9 @@ class ReadinessGate:
         return d
 
     def hold(self, service_key: str, port_name: str, facts, waiter, warm=None) -> "Hold":
-        """Hold C{waiter} until the Service is ready, then call
-        C{waiter.ready(pod)} once, with a pod C{(ip, port)} picked then, or
-        None when C{port_name} has no ready pod.  The caller checks
+        """Hold C{waiter} (an L{IHeldRequest}) until the Service is ready,
+        then call C{waiter.ready(pod)} once, with a pod C{(ip, port)} picked
+        then, or None when C{port_name} has no ready pod.  The caller checks
         readiness first: this always waits for the next ready snapshot.
 
         @param warm: C{(scheme, server_name)} of the pod connections the
@@ -168,6 +170,7 @@ class Hold:
         self.warm = warm
 
 
+@implementer(IHeldRequest)
 class _DeferredWaiter:
     """Fires a L{ReadinessGate.wait} Deferred."""
 
