@@ -134,13 +134,15 @@ def parse_head(head: bytes) -> ResponseHead:
                 except InvalidHeaderName:
                     raise UpstreamProtocolError(f"bad header name {name[:80]!r}") from None
             value = value.strip(b" \t")
-            if len(cache) >= _LINES_MAX:
+            keep = len(line) <= _LINE_KEPT_MAX
+            if keep and len(cache) >= _LINES_MAX:
                 cache.clear()
             if key not in _SPECIAL_KEYS:
                 parts.append(b"%s: %s\r\n" % (key, value))
-                cache[line] = parts[-1]
+                if keep:
+                    cache[line] = parts[-1]
                 continue
-            if key != b"Date":  # a new value every second: not worth keeping
+            if keep and key != b"Date":  # Date: a new value every second
                 cache[line] = (key, value)
         elif hit.__class__ is bytes:  # an end-to-end line, as sent on
             parts.append(hit)
@@ -200,6 +202,9 @@ _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
 #: with per-response values fill it up; it is simply emptied when full.
 _LINES: dict = {}
 _LINES_MAX = 4096
+#: longer lines (cookies, tokens) are rarely repeated, and would make the
+#: table large
+_LINE_KEPT_MAX = 200
 _new_tuple = tuple.__new__
 #: canonical names the loop above looks at: framing, Date, hop-by-hop
 _SPECIAL_KEYS = _HOP_KEYS | {b"Content-Length", b"Date"}

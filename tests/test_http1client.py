@@ -113,6 +113,9 @@ def test_remembered_lines_are_bounded():
         parse_head(b"HTTP/1.1 200 OK\r\nX-Request-Id: %d" % i)
     assert 0 < len(_LINES) <= _LINES_MAX
     assert parse_head(b"HTTP/1.1 200 OK\r\nX-Request-Id: 7").block == b"X-Request-Id: 7\r\n"
+    long_line = b"Set-Cookie: " + b"x" * 300
+    assert parse_head(b"HTTP/1.1 200 OK\r\n" + long_line).block == long_line + b"\r\n"
+    assert long_line not in _LINES  # long lines are not kept
 
 
 def test_the_response_timer_follows_the_latest_deadline_without_a_timer_per_request():
