@@ -222,7 +222,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "no limit."),
     EnvVar("KEDA_HTTP_MAX_IDLE_CONNS_PER_HOST", "max_idle_conns_per_host", "200",
            _count,
-           "Idle upstream connections kept per backend address."),
+           "Idle upstream connections kept per backend address; 0 means 2, Go's "
+           "default."),
     EnvVar("KEDA_HTTP_PROXY_TLS_ENABLED", "proxy_tls_enabled", "false", _bool,
            "Also serve the proxy over TLS on `KEDA_HTTP_PROXY_TLS_PORT`; requests "
            "received there are forwarded upstream over TLS."),

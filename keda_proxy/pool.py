@@ -31,6 +31,8 @@ from keda_proxy.http1client import IConnectionOwner, UpstreamConnection
 
 #: A connection idle for less than this may carry a request body.
 FRESH_ENOUGH = 1.0
+#: Go's C{http.DefaultMaxIdleConnsPerHost}, used when the setting is 0.
+GO_DEFAULT_MAX_IDLE_PER_HOST = 2
 
 PoolKey = Tuple[bytes, str, int, str]
 
@@ -73,7 +75,9 @@ class ConnectionPool:
 
     clock: object
     endpoint_for: object
+    #: 0 means no limit, as Go's C{MaxIdleConns}
     max_idle: int = 1000
+    #: 0 means 2, as Go's C{MaxIdleConnsPerHost}
     max_idle_per_host: int = 200
     idle_timeout: float = 90.0
     _idle: Dict[PoolKey, List[UpstreamConnection]] = field(factory=dict)
@@ -81,6 +85,10 @@ class ConnectionPool:
     _idle_order: "OrderedDict[UpstreamConnection, PoolKey]" = field(factory=OrderedDict)
     _owners: Dict[PoolKey, _Owner] = field(factory=dict)
     _sweeper: object = None
+
+    def __attrs_post_init__(self):
+        if self.max_idle_per_host <= 0:
+            self.max_idle_per_host = GO_DEFAULT_MAX_IDLE_PER_HOST
 
     def take_idle(self, key: PoolKey, has_body: bool = False):
         """A pooled connection for C{key} that is safe for this request, or
@@ -133,9 +141,6 @@ class ConnectionPool:
             old, old_key = self._idle_order.popitem(last=False)
             self._idle.get(old_key, []).remove(old)
             self._close(old)
-        if self.max_idle <= 0:
-            self._close(conn)
-            return
         idle.append(conn)
         self._idle_order[conn] = key
         self._ensure_sweeper()

@@ -110,7 +110,9 @@ class PodWarmer:
         # within the pool's bounds: connections it would close at once
         # would only be opened again on the next pass
         most = min(len(holds), self.per_pod, self.pool.max_idle_per_host)
-        room = self.pool.max_idle - self.pool.idle_count() - sum(self._dialing.values())
+        room = most * len(eps.starting)  # with no total bound (max_idle 0)
+        if self.pool.max_idle > 0:
+            room = self.pool.max_idle - self.pool.idle_count() - sum(self._dialing.values())
         # every request held for a Service normally wants the same
         specs = {(h.port_name, h.warm) for h in islice(holds, 64) if h.warm is not None}
         keys = set()

@@ -69,6 +69,17 @@ def test_idle_connections_are_reused_newest_first():
     assert len(d.dials) == 2
 
 
+def test_zero_bounds_mean_what_they_mean_in_go():
+    """MaxIdleConns 0: no total bound; MaxIdleConnsPerHost 0: Go's default, 2."""
+    clock = Clock()
+    pool = ConnectionPool(clock, Dialler(clock).endpoint_for, max_idle=0, max_idle_per_host=0)
+    conns = pooled(pool, KEY, 3)
+    assert pool.idle_count(KEY) == 2 and conns[2].transport.disconnecting
+    for i in range(5):
+        pooled(pool, (b"http", f"10.0.0.{i}", 80, ""), 2)
+    assert pool.idle_count() == 12  # nothing closed to keep a total
+
+
 def test_idle_connections_are_bounded_per_host_and_in_total():
     clock = Clock()
     pool = ConnectionPool(clock, Dialler(clock).endpoint_for, max_idle=3, max_idle_per_host=2)

@@ -180,3 +180,11 @@ def test_off_by_default_and_on_with_the_variable():
     ic = build({"KEDA_HTTP_DIRECT_POD_ROUTING": "true",
                 "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": "8"})
     assert ic.warmer.per_pod == 8 and ic.warmer.pool is ic.pool
+
+
+def test_warming_with_no_total_bound_on_idle_connections():
+    h, warmer = harness(per_pod=3)
+    h.pool.max_idle = 0  # no limit, as in Go
+    hold(h, 5, [starting()])
+    prove(h, warmer)
+    assert len(h.dials) == 3
