@@ -78,9 +78,9 @@ class PodWarmer:
             self._warm_all()
 
     def _held(self, service_key: str, held: int) -> None:
-        """One more request held: while they are few, each may want one
-        more connection; past C{per_pod}, the periodic pass is enough."""
-        if held <= self.per_pod and self._warm(service_key):
+        """One more request held: the first starts warming its Service at
+        once; the periodic pass adds connections as more are held."""
+        if held == 1 and self._warm(service_key):
             self._schedule()
 
     def _warm_all(self) -> None:
