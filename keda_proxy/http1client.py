@@ -40,7 +40,8 @@ class UpstreamProtocolError(Exception):
 class IResponseSink(Interface):
     """Receives one upstream response, in this order: C{response_head},
     C{response_data}*, then exactly one of C{response_done} /
-    C{response_failed} (or C{response_upgraded} for a 101)."""
+    C{response_failed} (or C{response_upgraded} for a 101); or only
+    C{response_whole}."""
 
     def response_head(head):
         """@param head: the L{ResponseHead}."""
@@ -50,6 +51,10 @@ class IResponseSink(Interface):
 
     def response_done():
         pass
+
+    def response_whole(head, body):
+        """C{response_head}, C{response_data} and C{response_done} at once:
+        a counted body that arrived with its head, in one read."""
 
     def response_failed(reason, response_started):
         """The connection broke.  C{response_started} tells whether any of
@@ -400,6 +405,10 @@ class UpstreamConnection(Protocol):
                 return
             if 100 <= code < 200:
                 continue  # 100 Continue, 103 Early Hints: wait for the real one
+            if parsed.length and len(self._buffer) == parsed.length and not self._head_only \
+                    and code != 304 and code != 204:
+                self._whole(parsed)  # the usual response: all of it in this read
+                return
             self._start_body(parsed)
         if self.state == BODY and self._buffer:
             rest, self._buffer = self._buffer, b""
@@ -407,6 +416,18 @@ class UpstreamConnection(Protocol):
                 self._counted(rest)  # the common case: a small counted body
             else:
                 self.dataReceived(rest)
+
+    def _whole(self, head: ResponseHead) -> None:
+        """A counted body that came with its head: what L{_start_body},
+        L{_counted} and L{_finish} do for it, with one call to the sink
+        instead of three."""
+        body, self._buffer = self._buffer, b""
+        sink, self.sink = self.sink, None
+        self._response_started = True
+        self._timer_fn = None  # the response-header timer: the head is in
+        self._end_exchange(not head.close and self._request_complete)
+        if sink is not None:
+            sink.response_whole(head, body)
 
     def _protocol_error(self, error: Exception) -> None:
         sink, self.sink = self.sink, None
@@ -468,9 +489,15 @@ class UpstreamConnection(Protocol):
         if self.state == CLOSED or not self._request_complete:
             # a request body still unsent would be read as the next request
             reusable = False
+        self._end_exchange(reusable)
+        if sink is not None:
+            sink.response_done()
+
+    def _end_exchange(self, reusable: bool) -> None:
+        """Back to the pool, or closed, before the sink hears that the
+        response is done: a pipelined request that the sink's completion
+        lets through can then reuse the connection at once."""
         self.state = DONE
-        # Back to the pool before the sink hears of it, so that a pipelined
-        # request the sink's completion lets through can reuse it at once.
         if reusable and self.transport is not None:
             self.state = IDLE
             self.idle_since = self.clock.seconds()
@@ -478,8 +505,6 @@ class UpstreamConnection(Protocol):
                 self.owner.connection_reusable(self)
         elif self.transport is not None:
             self.transport.loseConnection()
-        if sink is not None:
-            sink.response_done()
 
     def _upgrade(self, head: ResponseHead) -> None:
         self._response_started = True

@@ -483,6 +483,20 @@ class Exchange:
             req.registerProducer(conn.transport, True)
         req.write(data)
 
+    def response_whole(self, head, body: bytes) -> None:
+        self._release_body()
+        self._conn = None
+        req = self.request
+        if self._gone or req.finished:
+            return
+        req.code = head.code
+        req.code_message = head.phrase
+        req.upstream_head = head
+        self._head = head
+        self._streaming = True
+        req.write(body)
+        req.finish()
+
     def response_done(self) -> None:
         if self._body_writer is not None:
             self._release_body()

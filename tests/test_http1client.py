@@ -144,3 +144,87 @@ def test_the_response_timer_follows_the_latest_deadline_without_a_timer_per_requ
     assert fired[-1] == ("d", 21.0)
     clock.advance(20)
     assert len(fired) == 2 and clock.getDelayedCalls() == []
+
+
+class _Sink:
+    """Records what an upstream connection tells its sink."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def response_head(self, head):
+        self.log.append(("head", head.code))
+
+    def response_data(self, data):
+        self.log.append(("data", data))
+
+    def response_done(self):
+        self.log.append(("done",))
+
+    def response_failed(self, reason, started):
+        self.log.append(("failed", started))
+
+    def response_whole(self, head, body):
+        self.log.append(("whole", head.code, body))
+
+
+class _Owner:
+    def __init__(self, log):
+        self.log = log
+
+    def connection_reusable(self, conn):
+        self.log.append(("pooled",))
+
+    def connection_lost(self, conn):
+        self.log.append(("lost",))
+
+
+def _exchange(reads, method=b"GET", has_body=False, timeout=0):
+    """A connection that sent one request and got C{reads}; what the sink
+    and the pool heard, in order, and the connection."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from keda_proxy.http1client import UpstreamConnection
+
+    log = []
+    conn = UpstreamConnection(Clock())
+    conn.owner = _Owner(log)
+    conn.makeConnection(StringTransport())
+    conn.send(method, method + b" / HTTP/1.1\r\n\r\n", _Sink(log), has_body=has_body)
+    if timeout:
+        conn.arm_timer(timeout, lambda: log.append(("timeout",)))
+    for data in reads:
+        conn.dataReceived(data)
+    return log, conn
+
+
+def test_a_response_that_comes_whole_is_one_call_after_the_pool_has_the_connection():
+    log, conn = _exchange([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"], timeout=5)
+    assert log == [("pooled",), ("whole", 200, b"hello")]
+    conn.clock.advance(10)  # the response-header timer was disarmed
+    assert log[-1] != ("timeout",)
+
+
+def test_a_response_in_pieces_takes_the_streaming_calls():
+    log, _ = _exchange([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", b"lo"])
+    assert log == [("head", 200), ("data", b"hel"), ("data", b"lo"), ("pooled",), ("done",)]
+
+
+@pytest.mark.parametrize("raw, method, has_body, expected", [
+    # the upstream closes after it: not pooled
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi", b"GET", False,
+     [("whole", 200, b"hi")]),
+    # a request body still unsent would be read as the next request
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"POST", True, [("whole", 200, b"hi")]),
+    # no body for HEAD, whatever the length says
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"HEAD", False,
+     [("head", 200), ("pooled",), ("done",)]),
+    # more than announced: what was promised, and the connection is distrusted
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi!", b"GET", False,
+     [("head", 200), ("data", b"hi"), ("done",)]),
+])
+def test_whole_responses_are_pooled_only_when_safe(raw, method, has_body, expected):
+    log, conn = _exchange([raw], method=method, has_body=has_body)
+    assert log == expected
+    assert conn.transport.disconnecting == (("pooled",) not in expected)
