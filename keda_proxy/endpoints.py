@@ -23,6 +23,8 @@ class RandomSelector:
         self._choice = (rng or random.Random()).choice
 
     def select(self, candidates, request):
+        if len(candidates) == 1:  # the usual first pod after a scale-from-zero
+            return candidates[0]
         return self._choice(candidates)
 
 

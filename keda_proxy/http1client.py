@@ -115,9 +115,17 @@ def parse_head(head: bytes) -> ResponseHead:
     if head.count(b"\n") != breaks or head.count(b"\r") != breaks or 0 in head:  # NUL
         raise UpstreamProtocolError("bare CR, LF or NUL in the response head")
     status = lines[0]
-    if status[:7] != b"HTTP/1." or status[8:9] != b" " or not status[9:12].isdigit() \
-            or status[12:13] not in (b"", b" "):
-        raise UpstreamProtocolError(f"bad status line {status[:80]!r}")
+    parsed_status = _STATUS_LINES.get(status)
+    if parsed_status is None:
+        if status[:7] != b"HTTP/1." or status[8:9] != b" " or not status[9:12].isdigit() \
+                or status[12:13] not in (b"", b" "):
+            raise UpstreamProtocolError(f"bad status line {status[:80]!r}")
+        parsed_status = (int(status[9:12]), status[13:], status[:8])
+        if len(status) <= _LINE_KEPT_MAX:
+            if len(_STATUS_LINES) >= _LINES_MAX:
+                _STATUS_LINES.clear()
+            _STATUS_LINES[status] = parsed_status
+    code, phrase, version = parsed_status
     parts = []
     known = CANONICAL_NAMES
     cache = _LINES
@@ -182,7 +190,6 @@ def parse_head(head: bytes) -> ResponseHead:
     if named:  # headers the Connection header made hop-by-hop
         parts = [p for p in parts if p[:p.index(b":")].lower() not in named]
         has_date = has_date and b"date" not in named
-    version = status[:8]
     length = None
     if length_value is not None and not chunked:  # framing is ours, whatever Connection says
         if conflict:
@@ -193,7 +200,7 @@ def parse_head(head: bytes) -> ResponseHead:
         length = int(value)
         parts.append(b"Content-Length: %s\r\n" % value)
     # tuple.__new__ directly: the named tuple's constructor is a Python frame
-    return _new_tuple(ResponseHead, (int(status[9:12]), status[13:], version, b"".join(parts),
+    return _new_tuple(ResponseHead, (code, phrase, version, b"".join(parts),
                                      length, chunked, close or version == b"HTTP/1.0",
                                      has_date, lines))
 
@@ -207,6 +214,8 @@ _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
 #: with per-response values fill it up; it is simply emptied when full.
 _LINES: dict = {}
 _LINES_MAX = 4096
+#: status line -> C{(code, phrase, version)}, likewise
+_STATUS_LINES: dict = {}
 #: longer lines (cookies, tokens) are rarely repeated, and would make the
 #: table large
 _LINE_KEPT_MAX = 200

@@ -2,7 +2,13 @@
 
 import pytest
 
-from keda_proxy.http1client import _LINES, _LINES_MAX, UpstreamProtocolError, parse_head
+from keda_proxy.http1client import (
+    _LINES,
+    _LINES_MAX,
+    _STATUS_LINES,
+    UpstreamProtocolError,
+    parse_head,
+)
 
 
 def test_status_line_and_end_to_end_headers_in_order():
@@ -86,8 +92,9 @@ GOOD_HEADS = [
 @pytest.mark.parametrize("raw", GOOD_HEADS)
 def test_a_head_parses_the_same_with_its_lines_remembered(raw):
     _LINES.clear()
+    _STATUS_LINES.clear()
     first = parse_head(raw)
-    assert _LINES  # the lines were remembered...
+    assert _LINES and _STATUS_LINES  # the lines were remembered...
     assert parse_head(raw) == first  # ...and give the same answer
 
 
@@ -105,6 +112,10 @@ def test_remembered_lines_still_obey_the_head_they_are_in():
     with pytest.raises(UpstreamProtocolError):  # a bad line is never remembered
         parse_head(b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-A : 1")
     assert b"X-A : 1" not in _LINES
+    for _ in range(2):
+        with pytest.raises(UpstreamProtocolError):
+            parse_head(b"HTTP/1.1 2000 OK\r\nServer: nginx")
+    assert b"HTTP/1.1 2000 OK" not in _STATUS_LINES
 
 
 def test_remembered_lines_are_bounded():

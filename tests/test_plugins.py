@@ -79,3 +79,12 @@ def test_store_provides_the_state_sink_interface():
     from keda_proxy.interfaces import IStateSink
 
     assert verifyObject(IStateSink, Harness().store)
+
+
+def test_the_random_selector_picks_every_candidate_and_the_only_one():
+    import random
+
+    selector = RandomSelector(random.Random(7))
+    pods = (("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80))
+    assert {selector.select(pods, None) for _ in range(200)} == set(pods)
+    assert selector.select(pods[:1], None) == pods[0]
