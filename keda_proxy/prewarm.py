@@ -77,6 +77,10 @@ class PodWarmer:
         if old.endpoints is not new.endpoints:
             self._warm_all()
 
+    def _tick(self) -> None:
+        self._timer = None
+        self._warm_all()
+
     def _held(self, service_key: str, held: int) -> None:
         """One more request held: the first starts warming its Service at
         once; the periodic pass adds connections as more are held."""
@@ -84,7 +88,6 @@ class PodWarmer:
             self._schedule()
 
     def _warm_all(self) -> None:
-        self._timer = None
         live = set()
         for service_key in self.gate.held_services():
             live |= self._warm(service_key)
@@ -98,7 +101,7 @@ class PodWarmer:
 
     def _schedule(self) -> None:
         if self._timer is None and not self._stopped:
-            self._timer = self.clock.callLater(self.interval, self._warm_all)
+            self._timer = self.clock.callLater(self.interval, self._tick)
 
     def _warm(self, service_key: str) -> set:
         """Dial what is missing for one Service; the pool keys of its

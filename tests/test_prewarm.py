@@ -188,3 +188,14 @@ def test_warming_with_no_total_bound_on_idle_connections():
     hold(h, 5, [starting()])
     prove(h, warmer)
     assert len(h.dials) == 3
+
+
+def test_snapshot_changes_do_not_add_periodic_passes():
+    h, warmer = harness(per_pod=2)
+    hold(h, 2, [starting()])
+    h.dials[0].fail(ConnectionRefusedError())
+    for i in range(5):  # other Services' endpoints change meanwhile
+        load(h.store, routes=[route()], services=[service()],
+             slices=[starting(), endpoint_slice(service="other", name=f"other-{i}")])
+    mine = [c for c in h.clock.getDelayedCalls() if getattr(c.func, "__self__", None) is warmer]
+    assert len(mine) == 1
