@@ -113,7 +113,7 @@ class PodWarmer:
         # within the pool's bounds: connections it would close at once
         # would only be opened again on the next pass
         most = min(len(holds), self.per_pod, self.pool.max_idle_per_host)
-        room = most * len(eps.starting)  # with no total bound (max_idle 0)
+        room = None  # no total bound (max_idle 0)
         if self.pool.max_idle > 0:
             room = self.pool.max_idle - self.pool.idle_count() - sum(self._dialing.values())
         # every request held for a Service normally wants the same
@@ -126,9 +126,11 @@ class PodWarmer:
                 self._check_opened(key)
                 want = most if key in self._proven else 1
                 missing = want - self.pool.idle_count(key) - self._dialing.get(key, 0)
-                for _ in range(min(missing, room)):
+                if room is not None:
+                    missing = min(missing, room)
+                    room -= max(missing, 0)
+                for _ in range(missing):
                     self._dial(key)
-                    room -= 1
         return keys
 
     def _check_opened(self, key: PoolKey) -> None:

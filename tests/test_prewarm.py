@@ -199,3 +199,16 @@ def test_snapshot_changes_do_not_add_periodic_passes():
              slices=[starting(), endpoint_slice(service="other", name=f"other-{i}")])
     mine = [c for c in h.clock.getDelayedCalls() if getattr(c.func, "__self__", None) is warmer]
     assert len(mine) == 1
+
+
+def test_warming_stays_within_the_pools_total_bound():
+    h, warmer = harness(per_pod=2)
+    h.pool.max_idle = 3
+    hold(h, 4, [starting(ips=("10.0.0.7", "10.0.0.8"))])
+    for d in h.dials:
+        d.succeed()
+    h.clock.advance(warmer.interval)  # both pods proven: fill, up to 3 in all
+    for d in h.dials[2:]:
+        d.succeed()
+    h.clock.advance(5 * warmer.interval)
+    assert len(h.dials) == 3 and h.pool.idle_count() == 3
