@@ -37,6 +37,24 @@ def warm(h, *routes, slices=None, **kw):
          slices=[endpoint_slice()] if slices is None else slices, **kw)
 
 
+def proxied(response: bytes):
+    """The client's side of a GET to the default route, answered upstream
+    with C{response}."""
+    h = Harness()
+    warm(h)
+    _, t = h.get()
+    h.upstream().respond(response)
+    return t
+
+
+def warm_client():
+    """A harness with the default route warm, and a client connected to it."""
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    return h, proto, t
+
+
 # -- routing and malformed requests -------------------------------------------
 
 def test_no_route_is_404_with_go_style_body():
@@ -129,9 +147,7 @@ def test_oversized_request_line_is_414_and_headers_431():
 
 
 def test_slow_request_head_is_cut_off():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: exa")
     for _ in range(3):
         h.clock.advance(10)
@@ -141,18 +157,14 @@ def test_slow_request_head_is_cut_off():
 
 
 def test_a_silent_client_meets_the_idle_timeout():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: exa")
     h.clock.advance(60)
     assert t.disconnecting
 
 
 def test_the_idle_timeout_counts_from_the_last_bytes_received():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     h.clock.advance(10)
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
     up = h.upstream()
@@ -169,9 +181,7 @@ def test_the_idle_timeout_counts_from_the_last_bytes_received():
 
 
 def test_a_keep_alive_heads_deadline_starts_at_its_first_byte():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
     h.upstream().respond(OK_5)
     h.clock.advance(45)  # idle between requests: not a slow head
@@ -186,9 +196,7 @@ def test_a_keep_alive_heads_deadline_starts_at_its_first_byte():
 
 
 def test_keep_alive_gives_each_request_its_own_head_deadline():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     h.clock.advance(25)
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
     h.upstream().respond(OK_5)
@@ -287,11 +295,8 @@ def test_response_streams_as_it_arrives_without_hop_by_hop_headers():
 
 
 def test_a_chunked_response_with_a_stray_length_reaches_the_client_chunked_only():
-    h = Harness()
-    warm(h)
-    _, t = h.get()
-    h.upstream().respond(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    t = proxied(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     hd = response_headers(t)
     assert b"content-length" not in hd  # it would disagree with the body
     assert hd[b"transfer-encoding"] == [b"chunked"]
@@ -299,10 +304,7 @@ def test_a_chunked_response_with_a_stray_length_reaches_the_client_chunked_only(
 
 
 def test_content_length_response_is_passed_with_its_length():
-    h = Harness()
-    warm(h)
-    _, t = h.get()
-    h.upstream().respond(OK_5)
+    t = proxied(OK_5)
     assert response_headers(t)[b"content-length"] == [b"5"]
     assert response_body(t) == b"hello"
 
@@ -320,11 +322,8 @@ def test_no_content_type_is_made_up_and_date_is_set():
 
 
 def test_upstream_date_replaces_ours():
-    h = Harness()
-    warm(h)
-    _, t = h.get()
-    h.upstream().respond(b"HTTP/1.1 200 OK\r\nDate: Sun, 29 Nov 2026 10:00:00 GMT\r\n"
-                         b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+    t = proxied(b"HTTP/1.1 200 OK\r\nDate: Sun, 29 Nov 2026 10:00:00 GMT\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
     headers = response_headers(t)
     assert headers[b"date"] == [b"Sun, 29 Nov 2026 10:00:00 GMT"]
     assert headers[b"content-type"] == [b"text/plain"]
@@ -498,9 +497,7 @@ def test_numeric_port_needs_no_service():
 # -- request bodies -----------------------------------------------------------------
 
 def test_request_body_streams_before_it_is_complete():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\n"
                        b"hello")
     up = h.upstream()  # dialled before the body is complete
@@ -543,9 +540,7 @@ def test_chunked_request_body_is_sent_chunked():
 
 
 def test_slow_upstream_pauses_the_client_upload():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 100\r\n\r\nx")
     up = h.upstream()
     up.transport.producer.pauseProducing()  # upstream send buffer full
@@ -555,9 +550,7 @@ def test_slow_upstream_pauses_the_client_upload():
 
 
 def test_early_response_to_an_upload_closes_the_connection_safely():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"POST /nowhere HTTP/1.1\r\nHost: nowhere.example\r\n"
                        b"Content-Length: 10\r\n\r\nhello")
     assert status_line(t) == b"HTTP/1.1 404 Not Found"
@@ -567,9 +560,7 @@ def test_early_response_to_an_upload_closes_the_connection_safely():
 
 
 def test_expect_continue_is_answered():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n"
                        b"Expect: 100-continue\r\n\r\n")
     assert t.value().startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -825,9 +816,7 @@ def test_websocket_upgrade_becomes_a_counted_two_way_tunnel():
 
 
 def test_pipelined_requests_are_answered_in_order():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"GET /one HTTP/1.1\r\nHost: example.com\r\n\r\n"
                        b"GET /two HTTP/1.1\r\nHost: example.com\r\n\r\n")
     up = h.upstream()
@@ -853,9 +842,7 @@ def test_http10_client_gets_a_response_it_can_frame():
 
 
 def test_an_upstream_answering_before_the_body_is_sent_is_not_reused():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\n"
                        b"hello")
     up = h.upstream()
@@ -891,9 +878,7 @@ def test_keep_alive_survives_responses_given_at_once():
 
 
 def test_continue_is_sent_before_an_immediate_answer():
-    h = Harness()
-    warm(h)
-    proto, t = h.connect()
+    h, proto, t = warm_client()
     proto.dataReceived(b"POST / HTTP/1.1\r\nHost: nowhere.example\r\nContent-Length: 2\r\n"
                        b"Expect: 100-continue\r\n\r\n")
     out = t.value()
