@@ -467,6 +467,10 @@ class Exchange:
         if self._gone or req.finished:
             self._abort_upstream()
             return
+        self._take_head(req, head)
+
+    def _take_head(self, req, head) -> None:
+        """The upstream's status and header lines become the response's."""
         req.code = head.code
         req.code_message = head.phrase
         req.upstream_head = head  # its header lines go out as they are
@@ -489,11 +493,7 @@ class Exchange:
         req = self.request
         if self._gone or req.finished:
             return
-        req.code = head.code
-        req.code_message = head.phrase
-        req.upstream_head = head
-        self._head = head
-        self._streaming = True
+        self._take_head(req, head)
         req.write(body)
         req.finish()
 
