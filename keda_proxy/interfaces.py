@@ -66,6 +66,13 @@ class IHeldRequest(Interface):
             none (the request then goes to the Service address).
         """
 
+    def pod_connection():
+        """What a pod connection for this request is made of, for opening
+        some while it waits (L{keda_proxy.prewarm.PodWarmer}).
+
+        @return: C{(scheme, TLS server name)}, or None for none.
+        """
+
 
 class IStateSink(Interface):
     """

@@ -116,8 +116,13 @@ class PodWarmer:
         room = None  # no total bound (max_idle 0)
         if self.pool.max_idle > 0:
             room = self.pool.max_idle - self.pool.idle_count() - sum(self._dialing.values())
-        # every request held for a Service normally wants the same
-        specs = {(h.port_name, h.warm) for h in islice(holds, 64) if h.warm is not None}
+        # every request held for a Service normally wants the same: asked
+        # here, only when warming, rather than of every request held
+        specs = set()
+        for h in islice(holds, 64):
+            spec = h.waiter.pod_connection()
+            if spec is not None:
+                specs.add((h.port_name, spec))
         keys = set()
         for port_name, (scheme, server_name) in specs:
             for ip, port in eps.starting.get(port_name, ()):

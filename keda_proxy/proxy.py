@@ -268,14 +268,7 @@ class Exchange:
         # Everything that does not depend on the pod is done now, so that
         # the release after a scale-from-zero has as little left to do.
         self._build_request_head()
-        warm = None
-        if self.p.settings.direct_pod_routing:
-            try:  # the pod connections it will want, to open while it waits
-                target = self._service_target(self.route.target)
-                warm = (target.scheme, target.server_name)
-            except RouteError:
-                pass  # reported when it is released
-        self._hold = self.p.gate.hold(self.route.service_key, port_name, self.facts, self, warm)
+        self._hold = self.p.gate.hold(self.route.service_key, port_name, self.facts, self)
         if timeout > 0:
             self._readiness_timer = self._later(timeout, self._not_ready)
 
@@ -290,6 +283,17 @@ class Exchange:
             return
         self.snapshot = self.p.store.current
         self._forward_primary(True, pod)
+
+    def pod_connection(self):
+        """Only with direct-pod routing: the Service's scheme and TLS name,
+        which a connection to one of its pods keeps."""
+        if not self.p.settings.direct_pod_routing:
+            return None
+        try:
+            target = self._service_target(self.route.target)
+        except RouteError:
+            return None  # reported when it is released
+        return target.scheme, target.server_name
 
     def _unhold(self) -> bool:
         hold, self._hold = self._hold, None

@@ -90,16 +90,13 @@ class ReadinessGate:
         hold = self.hold(service_key, port_name, facts, _DeferredWaiter(d))
         return d
 
-    def hold(self, service_key: str, port_name: str, facts, waiter, warm=None) -> "Hold":
+    def hold(self, service_key: str, port_name: str, facts, waiter) -> "Hold":
         """Hold C{waiter} (an L{IHeldRequest}) until the Service is ready,
         then call C{waiter.ready(pod)} once, with a pod C{(ip, port)} picked
         then, or None when C{port_name} has no ready pod.  The caller checks
         readiness first: this always waits for the next ready snapshot.
-
-        @param warm: C{(scheme, server_name)} of the pod connections the
-            request will want, for L{keda_proxy.prewarm.PodWarmer}.
         """
-        hold = Hold(waiter, service_key, port_name, facts, warm)
+        hold = Hold(waiter, service_key, port_name, facts)
         group = self._waiters.get(service_key)
         if group is None:
             group = self._waiters[service_key] = {}
@@ -160,14 +157,13 @@ class ReadinessGate:
 class Hold:
     """One held request (see L{ReadinessGate.hold})."""
 
-    __slots__ = ("waiter", "service_key", "port_name", "facts", "warm")
+    __slots__ = ("waiter", "service_key", "port_name", "facts")
 
-    def __init__(self, waiter, service_key: str, port_name: str, facts, warm=None):
+    def __init__(self, waiter, service_key: str, port_name: str, facts):
         self.waiter = waiter
         self.service_key = service_key
         self.port_name = port_name
         self.facts = facts
-        self.warm = warm
 
 
 @implementer(IHeldRequest)
@@ -181,3 +177,6 @@ class _DeferredWaiter:
 
     def ready(self, pod: Optional[Tuple[str, int]]) -> None:
         self.deferred.callback((True, "" if pod is None else join_host_port(*pod)))
+
+    def pod_connection(self):
+        return None  # a bare wait: nobody to open connections for
