@@ -10,6 +10,8 @@ from typing import FrozenSet
 
 from twisted.web.http_headers import Headers, _nameEncoder
 
+from keda_proxy.memo import remember
+
 HOP_BY_HOP: FrozenSet[bytes] = frozenset({
     b"connection",
     b"proxy-connection",
@@ -110,9 +112,7 @@ def canonical_name(name: bytes) -> bytes:
     token."""
     key = CANONICAL_NAMES.get(name)
     if key is None:
-        key = _nameEncoder.encode(name)
-        if len(CANONICAL_NAMES) < 4096:  # names are few; odd ones are not kept
-            CANONICAL_NAMES[name] = key
+        key = remember(CANONICAL_NAMES, name, _nameEncoder.encode(name))
     return key
 
 

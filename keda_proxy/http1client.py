@@ -25,6 +25,7 @@ from zope.interface import Attribute, Interface
 
 from keda_proxy.eagerwrite import eager_write
 from keda_proxy.headers import _HOP_KEYS, CANONICAL_NAMES, canonical_name
+from keda_proxy.memo import remember
 
 #: Largest response head accepted from an upstream (Go's default is 1 MiB).
 MAX_HEAD = 1 << 20
@@ -122,9 +123,7 @@ def parse_head(head: bytes) -> ResponseHead:
             raise UpstreamProtocolError(f"bad status line {status[:80]!r}")
         parsed_status = (int(status[9:12]), status[13:], status[:8])
         if len(status) <= _LINE_KEPT_MAX:
-            if len(_STATUS_LINES) >= _LINES_MAX:
-                _STATUS_LINES.clear()
-            _STATUS_LINES[status] = parsed_status
+            remember(_STATUS_LINES, status, parsed_status)
     code, phrase, version = parsed_status
     parts = []
     known = CANONICAL_NAMES
@@ -148,15 +147,13 @@ def parse_head(head: bytes) -> ResponseHead:
                     raise UpstreamProtocolError(f"bad header name {name[:80]!r}") from None
             value = value.strip(b" \t")
             keep = len(line) <= _LINE_KEPT_MAX
-            if keep and len(cache) >= _LINES_MAX:
-                cache.clear()
             if key not in _SPECIAL_KEYS:
                 parts.append(b"%s: %s\r\n" % (key, value))
                 if keep:
-                    cache[line] = parts[-1]
+                    remember(cache, line, parts[-1])
                 continue
             if keep and key != b"Date":  # Date: a new value every second
-                cache[line] = (key, value)
+                remember(cache, line, (key, value))
         elif hit.__class__ is bytes:  # an end-to-end line, as sent on
             parts.append(hit)
             continue
@@ -213,7 +210,6 @@ _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
 #: name lookup and the checks, which gave it the same answer then.  Lines
 #: with per-response values fill it up; it is simply emptied when full.
 _LINES: dict = {}
-_LINES_MAX = 4096
 #: status line -> C{(code, phrase, version)}, likewise
 _STATUS_LINES: dict = {}
 #: longer lines (cookies, tokens) are rarely repeated, and would make the

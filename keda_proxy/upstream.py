@@ -33,6 +33,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from keda_proxy.memo import remember
 from keda_proxy.store import StateStore
 
 #: Go's retry interval between dial attempts.
@@ -61,9 +62,7 @@ def ip_version(host: str) -> Optional[int]:
             version = ipaddress.ip_address(host).version
         except ValueError:
             version = None
-        if len(_IP_VERSIONS) >= 4096:
-            _IP_VERSIONS.clear()
-        _IP_VERSIONS[host] = version
+        remember(_IP_VERSIONS, host, version)
     return version
 
 

@@ -2,13 +2,8 @@
 
 import pytest
 
-from keda_proxy.http1client import (
-    _LINES,
-    _LINES_MAX,
-    _STATUS_LINES,
-    UpstreamProtocolError,
-    parse_head,
-)
+from keda_proxy.http1client import _LINES, _STATUS_LINES, UpstreamProtocolError, parse_head
+from keda_proxy.memo import LIMIT as _LINES_MAX
 
 
 def test_status_line_and_end_to_end_headers_in_order():
