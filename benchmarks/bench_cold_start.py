@@ -313,6 +313,23 @@ class Rec:
         self.cold = None
         self.done = False
 
+    def answered(self, status: int, head: bytes) -> None:
+        """A whole response is in (C{head} lower-cased)."""
+        self.t = time.monotonic()
+        self.status = status
+        self.cold = b"\r\nx-keda-http-cold-start: true" in head
+        self.done = True
+
+    def closed(self, buf: bytearray, error: Optional[str] = None) -> None:
+        """The connection ended before a response was complete: one whose
+        body runs until the close is complete now; anything else failed."""
+        if buf.find(b"\r\n\r\n") >= 0:
+            self.answered(int(bytes(buf[9:12])), bytes(buf).lower())
+            return
+        self.t = time.monotonic()
+        self.error = error or "closed before a response"
+        self.done = True
+
 
 def response_complete(buf: bytearray) -> Optional[tuple]:
     """(status, head) once C{buf} holds one whole response, else None."""
@@ -359,27 +376,13 @@ class ClientProto(asyncio.Protocol):
         self.buf += data
         got = response_complete(self.buf)
         if got is not None:
-            self._finish(got[0], got[1])
-
-    def _finish(self, status, head):
-        rec = self.rec
-        rec.t = time.monotonic()
-        rec.status = status
-        rec.cold = b"\r\nx-keda-http-cold-start: true" in head
-        rec.done = True
-        self.on_done()
+            self.rec.answered(*got)
+            self.on_done()
 
     def connection_lost(self, exc):
-        rec = self.rec
-        if rec.done:
-            return
-        if self.buf.find(b"\r\n\r\n") >= 0:  # a body delimited by close
-            self._finish(int(bytes(self.buf[9:12])), bytes(self.buf).lower())
-            return
-        rec.t = time.monotonic()
-        rec.error = f"closed: {exc}" if exc else "closed before a response"
-        rec.done = True
-        self.on_done()
+        if not self.rec.done:
+            self.rec.closed(self.buf, f"closed: {exc}" if exc else None)
+            self.on_done()
 
 
 def collect(held, deadline: float) -> None:
@@ -406,32 +409,31 @@ def collect(held, deadline: float) -> None:
                 return
             for fd, _ in poller.poll(min(timeout, 0.1)):
                 rec, buf = waiting[fd]
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                except OSError as e:
-                    data, rec.error = b"", f"closed: {e}"
-                if data:
-                    buf += data
-                    got = response_complete(buf)
-                    if got is None:
-                        continue
-                    rec.t = time.monotonic()
-                    rec.status = got[0]
-                    rec.cold = b"\r\nx-keda-http-cold-start: true" in got[1]
-                else:  # closed: complete if the body ran until the close
-                    rec.t = time.monotonic()
-                    if buf.find(b"\r\n\r\n") >= 0:
-                        rec.status = int(bytes(buf[9:12]))
-                        rec.cold = b"\r\nx-keda-http-cold-start: true" in bytes(buf).lower()
-                    elif rec.error is None:
-                        rec.error = "closed before a response"
-                rec.done = True
-                poller.unregister(fd)
-                del waiting[fd]
+                if _read_held(fd, rec, buf):
+                    poller.unregister(fd)
+                    del waiting[fd]
     finally:
         poller.close()
+
+
+def _read_held(fd: int, rec: Rec, buf: bytearray) -> bool:
+    """One read for a held response; True once it is over, either way."""
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        rec.closed(buf, f"closed: {e}")
+        return True
+    if not data:
+        rec.closed(buf)
+        return True
+    buf += data
+    got = response_complete(buf)
+    if got is None:
+        return False
+    rec.answered(*got)
+    return True
 
 
 def percentile(values, p):
