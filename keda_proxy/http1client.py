@@ -410,8 +410,8 @@ class UpstreamConnection(Protocol):
                 return
             if 100 <= code < 200:
                 continue  # 100 Continue, 103 Early Hints: wait for the real one
-            if parsed.length and len(self._buffer) == parsed.length and not self._head_only \
-                    and code != 304 and code != 204:
+            if parsed.length and len(self._buffer) == parsed.length \
+                    and not self._bodiless(code):
                 self._whole(parsed)  # the usual response: all of it in this read
                 return
             self._start_body(parsed)
@@ -421,6 +421,11 @@ class UpstreamConnection(Protocol):
                 self._counted(rest)  # the common case: a small counted body
             else:
                 self.dataReceived(rest)
+
+    def _bodiless(self, code: int) -> bool:
+        """HEAD, 204 and 304 responses end with their head, whatever it
+        says of a length."""
+        return self._head_only or code == 204 or code == 304
 
     def _whole(self, head: ResponseHead) -> None:
         """A counted body that came with its head: what L{_start_body},
@@ -451,7 +456,7 @@ class UpstreamConnection(Protocol):
         self.sink.response_head(head)
         if self.sink is None:  # the sink gave up during the head
             return
-        if self._head_only or code in (204, 304):
+        if self._bodiless(code):
             self._finish(reusable=self._keep_alive)
         elif head.chunked:
             self._decoder = _ChunkedTransferDecoder(self._deliver, self._chunked_done)
