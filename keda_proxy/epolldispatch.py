@@ -16,7 +16,11 @@ C{connectTCP} (a DelayedCall, then a Deferred for an address it already
 has): the proxy dials pods right after a scale-from-zero, a batch per
 turn, and each batch's dials waited for the next batch to be released
 first.  This reactor's C{connectTCP} issues the attempt at once for an
-IPv4 literal; everything after it is Twisted's.
+IPv4 literal; everything after it is Twisted's.  C{connect_at_once} goes
+one step further for callers that allow it (the pool's pod dials): a
+handshake that is already over when C{connect} returns, as it is to a pod
+on the same host, is finished in the same call, so the request goes out
+in the turn that released it and no poller registration waits for it.
 
 C{lean_dispatch(reactor)} switches an installed L{EPollReactor} (twistd's
 default on Linux) over in place; any other reactor is left as it is.
@@ -28,7 +32,7 @@ import sys
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
 from select import EPOLLIN
-from socket import AF_INET
+from socket import AF_INET, SO_ERROR, SOL_SOCKET
 
 from twisted.internet import error
 from twisted.internet.epollreactor import EPollReactor
@@ -61,6 +65,9 @@ class _EagerClient(Client):
             # as doConnect leaves it: its next call, on any event, finishes
             self.doWrite = self.doConnect
             self.doRead = self.doConnect
+            if getattr(self.connector, "at_once", False) and _established(skt):
+                self.established = True  # connect_at_once finishes it
+                return
             self.startReading()
             self.startWriting()
         elif result in (0, EISCONN):
@@ -70,7 +77,22 @@ class _EagerClient(Client):
                               error.getConnectError((result, strerror(result))))
 
 
+def _established(skt) -> bool:
+    """Whether a connect still "in progress" has in fact completed: a
+    loopback or same-host handshake is usually over by the time
+    C{connect} returns.  Only an established socket has a peer name."""
+    try:
+        skt.getpeername()
+    except OSError:
+        return False
+    return not skt.getsockopt(SOL_SOCKET, SO_ERROR)
+
+
 class _EagerConnector(Connector):
+    #: finish a connection that is established at once in the same call
+    #: (set by L{LeanEPollReactor.connect_at_once} only)
+    at_once = False
+
     def _makeTransport(self):
         return _EagerClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
@@ -130,6 +152,25 @@ class LeanEPollReactor(EPollReactor):
     def connectTCP(self, host, port, factory, timeout=30.0, bindAddress=None):
         connector = _EagerConnector(host, port, factory, timeout, bindAddress, self)
         connector.connect()
+        return connector
+
+    def connect_at_once(self, host, port, factory, timeout=30.0):
+        """C{connectTCP}, for a caller that accepts its protocol being
+        connected before this returns: an IPv4 dial whose handshake is
+        already over when C{connect} returns (to the same host) is finished
+        here, as C{doConnect} would finish it on the next turn, with no
+        poller registration for the wait.  Anything else goes on as with
+        C{connectTCP}."""
+        connector = _EagerConnector(host, port, factory, timeout, None, self)
+        connector.at_once = True
+        connector.connect()
+        transport = connector.transport
+        if getattr(transport, "established", False):
+            del transport.established
+            # doConnect's own end, for a connected socket
+            del transport.doWrite
+            del transport.doRead
+            transport._connectDone()
         return connector
 
 

@@ -323,10 +323,11 @@ class DirectEndpoint:
                 except ierror.NotConnectingError:
                     pass
 
-        # the Deferred exists before the dial: a reactor may report at once
+        # the Deferred exists before the dial: it may fire before the dial
+        # returns (a connection established at once, see connect_at_once)
         d = notifying.deferred = Deferred(cancel)
-        connector = self.reactor.connectTCP(self.host, self.port, factory,
-                                            timeout=self.timeout)
+        dial = getattr(self.reactor, "connect_at_once", None) or self.reactor.connectTCP
+        connector = dial(self.host, self.port, factory, timeout=self.timeout)
         return d
 
 

@@ -243,6 +243,105 @@ def test_an_ipv6_literal_is_dialled_the_stock_way(reactor):
         reactor.runUntilCurrent()
 
 
+def test_connect_at_once_connects_a_loopback_dial_before_it_returns(reactor):
+    """The handshake to a listener on this host is over when C{connect}
+    returns: the protocol is connected in the same call, registered for
+    reading only, with no connect timeout left behind."""
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    lean_dispatch(reactor)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(2)
+        factory = DialFactory()
+        connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory,
+                                            timeout=5)
+        [(what, proto)] = factory.log
+        assert what == "made" and proto.transport.connected
+        assert connector.state == "connected"
+        assert reactor.getDelayedCalls() == []  # the connect timeout is cancelled
+        transport = proto.transport
+        assert transport in reactor.getReaders() and reactor.getWriters() == []
+        accepted, _ = listener.accept()
+        with accepted:
+            transport.write(b"sent")
+            got = []
+            accepted.setblocking(False)
+
+            def arrived():
+                try:
+                    got.append(accepted.recv(100))
+                except BlockingIOError:
+                    pass
+                return got
+
+            spin(reactor, arrived)
+            assert got == [b"sent"]
+            accepted.sendall(b"hi")
+            spin(reactor, lambda: ("data", b"hi") in factory.log)
+            transport.loseConnection()
+            spin(reactor, lambda: transport.disconnected)
+
+
+def test_connect_at_once_leaves_a_handshake_under_way_to_the_reactor(reactor, monkeypatch):
+    """A connect not yet established (a pod on another host) is finished
+    by the reactor, a turn later, as C{connectTCP} finishes it."""
+    from keda_proxy import epolldispatch
+
+    epolldispatch.lean_dispatch(reactor)
+    monkeypatch.setattr(epolldispatch, "_established", lambda skt: False)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        factory = DialFactory()
+        connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory,
+                                            timeout=5)
+        assert factory.log == []
+        assert connector.transport in reactor.getWriters()
+        spin(reactor, lambda: factory.log)
+        assert factory.log[0][0] == "made"
+        assert reactor.getDelayedCalls() == []
+        connector.disconnect()
+        reactor.runUntilCurrent()
+
+
+def test_connect_at_once_reports_a_refusal_a_turn_later(reactor):
+    from twisted.internet.error import ConnectionRefusedError
+
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    lean_dispatch(reactor)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    factory = DialFactory()
+    reactor.connect_at_once("127.0.0.1", port, factory, timeout=5)
+    assert factory.log == []
+    spin(reactor, lambda: factory.log)
+    [(what, reason)] = factory.log
+    assert what == "failed" and reason.check(ConnectionRefusedError)
+
+
+def test_a_direct_endpoint_fires_at_once_on_this_reactor(reactor):
+    """The pool's pod dials take the at-once path: the connection is
+    there when C{connect} returns."""
+    from keda_proxy.epolldispatch import lean_dispatch
+    from keda_proxy.upstream import DirectEndpoint
+
+    lean_dispatch(reactor)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        factory = DialFactory()
+        d = DirectEndpoint(reactor, "127.0.0.1", listener.getsockname()[1], 5).connect(factory)
+        got = []
+        d.addCallback(got.append)
+        assert len(got) == 1 and got[0].transport.connected
+        got[0].transport.loseConnection()
+        spin(reactor, lambda: got[0].transport.disconnected)
+
+
 def test_the_suite_runs_on_the_production_reactor(production_reactor):
     """The integration tests exercise the reactor twistd runs the proxy on."""
     from twisted.internet import reactor
