@@ -98,7 +98,7 @@ class ResponseHead(NamedTuple):
     #: whether the block carries a Date (which then replaces ours)
     has_date: bool
     #: the header lines exactly as sent (a 101 passes them all on)
-    lines: list
+    lines: tuple
 
 
 def parse_head(head: bytes) -> ResponseHead:
@@ -110,7 +110,13 @@ def parse_head(head: bytes) -> ResponseHead:
     Parsing, framing and the hop-by-hop filter (L{headers.HOP_BY_HOP})
     share one loop over the lines, which yields the bytes to send on: the
     response's headers are never stored and serialised again.
+
+    A head seen before, byte for byte, gets the same (immutable) answer
+    from L{_HEADS} without any of that.
     """
+    parsed = _HEADS.get(head)
+    if parsed is not None:
+        return parsed
     lines = head.split(b"\r\n")
     breaks = len(lines) - 1
     if head.count(b"\n") != breaks or head.count(b"\r") != breaks or 0 in head:  # NUL
@@ -197,12 +203,24 @@ def parse_head(head: bytes) -> ResponseHead:
         length = int(value)
         parts.append(b"Content-Length: %s\r\n" % value)
     # tuple.__new__ directly: the named tuple's constructor is a Python frame
-    return _new_tuple(ResponseHead, (code, phrase, version, b"".join(parts),
-                                     length, chunked, close or version == b"HTTP/1.0",
-                                     has_date, lines))
+    parsed = _new_tuple(ResponseHead, (code, phrase, version, b"".join(parts),
+                                       length, chunked, close or version == b"HTTP/1.0",
+                                       has_date, tuple(lines)))
+    if len(head) <= _HEAD_KEPT_MAX:
+        remember(_HEADS, head, parsed, _HEADS_LIMIT)
+    return parsed
 
 
 _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
+#: whole response head -> its L{ResponseHead}.  A backend answering the
+#: same request (a burst released after a cold start, a health check,
+#: static content) sends the same head, byte for byte, until its Date
+#: changes a second later: one lookup then replaces the whole parse.
+#: Heads with per-response lines (request ids, cookies) miss and are kept
+#: until the table is emptied, when full.
+_HEADS: dict = {}
+_HEAD_KEPT_MAX = 512
+_HEADS_LIMIT = 1024
 #: raw header line -> the line as sent on (end-to-end headers), or its
 #: C{(canonical name, value)} (the framing and hop-by-hop ones).  Most
 #: lines repeat from one response to the next (Server, Content-Type,

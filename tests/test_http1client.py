@@ -2,7 +2,15 @@
 
 import pytest
 
-from keda_proxy.http1client import _LINES, _STATUS_LINES, UpstreamProtocolError, parse_head
+from keda_proxy.http1client import (
+    _HEAD_KEPT_MAX,
+    _HEADS,
+    _HEADS_LIMIT,
+    _LINES,
+    _STATUS_LINES,
+    UpstreamProtocolError,
+    parse_head,
+)
 from keda_proxy.memo import LIMIT as _LINES_MAX
 
 
@@ -90,7 +98,33 @@ def test_a_head_parses_the_same_with_its_lines_remembered(raw):
     _STATUS_LINES.clear()
     first = parse_head(raw)
     assert _LINES and _STATUS_LINES  # the lines were remembered...
-    assert parse_head(raw) == first  # ...and give the same answer
+    _HEADS.clear()  # (not the whole head: the lines are the subject here)
+    again = parse_head(raw)
+    assert again == first and again is not first  # ...and give the same answer
+
+
+@pytest.mark.parametrize("raw", GOOD_HEADS)
+def test_a_head_seen_before_gets_the_same_answer_without_a_parse(raw, monkeypatch):
+    _HEADS.clear()
+    first = parse_head(raw)
+    assert isinstance(first.lines, tuple)  # shared between responses: immutable
+    monkeypatch.setattr("keda_proxy.http1client._STATUS_LINES", None)  # a parse would fail
+    assert parse_head(raw) is first
+
+
+def test_remembered_heads_are_bounded_and_only_good_short_ones():
+    _HEADS.clear()
+    for i in range(_HEADS_LIMIT + 10):
+        parse_head(b"HTTP/1.1 200 OK\r\nX-Request-Id: %d" % i)
+    assert 0 < len(_HEADS) <= _HEADS_LIMIT
+    long_head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * _HEAD_KEPT_MAX
+    assert parse_head(long_head).block == long_head[17:] + b"\r\n"
+    assert long_head not in _HEADS
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2"
+    for _ in range(2):
+        with pytest.raises(UpstreamProtocolError):
+            parse_head(bad)
+    assert bad not in _HEADS
 
 
 def test_remembered_lines_still_obey_the_head_they_are_in():
