@@ -44,13 +44,17 @@ class ReadinessGate:
     Woken requests are released C{batch} per reactor turn, oldest first:
     releasing thousands in one turn would hold every response back until
     the last request had been dialled, and would make connect timeouts
-    fire on connections that completed long before the turn ended.
+    fire on connections that completed long before the turn ended.  A pod
+    on the same host usually answers a batch within its turn, so the
+    next batch reuses those connections: the batch is also about how many
+    connections a cold start opens to a pod.  16 opens few, and is still
+    large next to the cost of a reactor turn.
 
     @ivar selector: the L{IEndpointSelector} that picks the pod.
     """
 
     store: StateStore
-    batch: int = 32
+    batch: int = 16
     selector: IEndpointSelector = field(factory=RandomSelector)
     #: service key -> the L{Hold}s waiting on it, oldest first
     _waiters: Dict[str, Dict["Hold", None]] = field(factory=dict)
