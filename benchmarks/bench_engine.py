@@ -10,7 +10,7 @@ request: the part of ``bench_proxy.py``'s result that the code controls.
 
 ``--cold N`` measures the cold-start release instead: N requests held (with
 direct-pod routing) until one EndpointSlice update makes the Service ready,
-then released 32 per reactor turn, dialled (new pod connections for the
+then released a batch (16) per reactor turn, dialled (new pod connections for the
 first turn, then reusing them, as in ``bench_cold_start.py``) and
 answered, the pod answering each turn's requests before the next turn.
 Only the release is timed: the CPU per request the proxy spends after the
