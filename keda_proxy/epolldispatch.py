@@ -170,7 +170,14 @@ class LeanEPollReactor(EPollReactor):
             # doConnect's own end, for a connected socket
             del transport.doWrite
             del transport.doRead
-            transport._connectDone()
+            try:
+                transport._connectDone()
+            except BaseException:
+                # what the dispatch loop does with an error escaping doConnect:
+                # the caller's turn goes on, this connection is lost
+                why = sys.exc_info()[1]
+                _log.failure("Unhandled error connecting {selectable!r}", selectable=transport)
+                self._disconnectSelectable(transport, why, False)
         return connector
 
 

@@ -323,6 +323,39 @@ def test_connect_at_once_reports_a_refusal_a_turn_later(reactor):
     assert what == "failed" and reason.check(ConnectionRefusedError)
 
 
+def test_connect_at_once_contains_an_error_from_connectionMade(reactor):
+    """A protocol that fails as it connects loses its connection, logged,
+    as the reactor handles it on a later turn; the caller's call returns."""
+    from keda_proxy.epolldispatch import lean_dispatch
+
+    class Failing(Dialled):
+        def connectionMade(self):
+            raise ValueError("broken protocol")
+
+        def connectionLost(self, reason):
+            self.log.append(("lost", reason))
+
+    lean_dispatch(reactor)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            factory = DialFactory()
+            factory.buildProtocol = lambda addr: Failing(factory.log)
+            connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1],
+                                                factory, timeout=5)
+            [(what, reason)] = factory.log
+            assert what == "lost" and reason.check(ValueError)
+            assert connector.transport.disconnected
+            assert connector.transport not in reactor.getReaders()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["log_failure"].check(ValueError) for e in events if "log_failure" in e] \
+        == [ValueError]
+
+
 def test_a_direct_endpoint_fires_at_once_on_this_reactor(reactor):
     """The pool's pod dials take the at-once path: the connection is
     there when C{connect} returns."""
