@@ -222,7 +222,13 @@ class FakeApiServer:
         self.history_size = history_size
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        #: everything waits and changes under this one lock
+        self._cond = threading.Condition(lock)
+        #: per resource type, what its watches wait on: a change wakes the
+        #: watches of its own type only, as the real server's per-resource
+        #: watch caches do, not every watch thread of the process
+        self._kind_cond = {r.plural: threading.Condition(lock) for r in RESOURCE_TYPES}
         self._rv = start_rv
         #: a new watch must start at or after this resourceVersion
         self._floor = start_rv
@@ -279,7 +285,7 @@ class FakeApiServer:
         httpd.server_close()
         with self._cond:
             self._epoch += 1
-            self._cond.notify_all()
+            self._wake()
         with self._conns_lock:
             conns = dict(self._conns)
         for sock in conns:
@@ -302,7 +308,7 @@ class FakeApiServer:
         """Cut every open watch connection abruptly (no final chunk)."""
         with self._cond:
             self._epoch += 1
-            self._cond.notify_all()
+            self._wake()
 
     def compact(self, upto: int | None = None, *, drop_watches: bool = False) -> None:
         """Forget the event history up to resourceVersion C{upto}.
@@ -327,7 +333,7 @@ class FakeApiServer:
             self._floor = max(self._floor, upto)
             if drop_watches:
                 self._epoch += 1
-            self._cond.notify_all()
+            self._wake()
 
     def set_latency(self, seconds: float) -> None:
         """Delay every API response (before its headers) by C{seconds}."""
@@ -369,10 +375,11 @@ class FakeApiServer:
         """Create or replace many objects under one lock; returns the count."""
         with self._cond:
             n = 0
+            kinds = set()
             for obj in objs:
-                self._write_locked(obj, None)
+                kinds.add(resource_type(self._write_locked(obj, None)["kind"]).plural)
                 n += 1
-            self._cond.notify_all()
+            self._wake(kinds)
         return n
 
     def delete(self, kind: str, namespace: str, name: str) -> dict:
@@ -384,7 +391,7 @@ class FakeApiServer:
             gone = copy.deepcopy(old)
             gone["metadata"]["resourceVersion"] = str(self._rv)
             self._record(Event(self._rv, "DELETED", res, gone))
-            self._cond.notify_all()
+            self._wake((res.plural,))
             return gone
 
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
@@ -401,8 +408,15 @@ class FakeApiServer:
     def _write(self, obj: dict, must_exist: bool | None) -> dict:
         with self._cond:
             stored = self._write_locked(obj, must_exist)
-            self._cond.notify_all()
+            self._wake((resource_type(stored["kind"]).plural,))
             return copy.deepcopy(stored)
+
+    def _wake(self, plurals=None) -> None:
+        """Under the lock: wake the watches of C{plurals} (of every type
+        when None), and anything else waiting."""
+        self._cond.notify_all()
+        for plural in self._kind_cond if plurals is None else plurals:
+            self._kind_cond[plural].notify_all()
 
     def _write_locked(self, obj: dict, must_exist: bool | None) -> dict:
         res = resource_type(obj["kind"])
@@ -598,7 +612,7 @@ class FakeApiServer:
                         if events or now >= deadline or (bookmarks and now >= next_bookmark):
                             break
                         wake = min(deadline, next_bookmark) if bookmarks else deadline
-                        self._cond.wait(wake - now)
+                        self._kind_cond[res.plural].wait(wake - now)
                     if expired is None:
                         cursor = self._rv
                 if expired is not None:

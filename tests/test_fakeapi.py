@@ -273,3 +273,51 @@ def test_writes_and_control_over_http(fake):
     assert request(fake, "POST", "/fake/fail", {"status": 500, "count": 1})[0] == 200
     assert get(fake, SERVICES)[0] == 500
     assert get(fake, SERVICES)[0] == 200
+
+
+def test_a_change_wakes_the_watches_of_its_type_at_once():
+    """Each watch waits on its own resource type; a write of every kind,
+    by every path, reaches that type's watches before the next write,
+    without waiting for a timer (here a 60 s bookmark)."""
+    server = FakeApiServer(bookmark_interval=60).start()
+    got = {"slices": [], "services": []}
+
+    def run(name, path):
+        pool = urllib3.PoolManager(retries=False)
+        resp = pool.request("GET", f"{server.url}{path}?watch=true&allowWatchBookmarks=true"
+                            f"&resourceVersion={rv}", preload_content=False, timeout=10)
+        try:
+            for chunk in resp.read_chunked():
+                got[name] += [json.loads(line)["type"] for line in chunk.splitlines()]
+                if len(got[name]) == 2:
+                    return
+        finally:
+            resp.release_conn()
+            pool.clear()
+
+    def arrived(name, count):
+        deadline = time.monotonic() + 2
+        while len(got[name]) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return len(got[name]) == count
+
+    try:
+        rv = server.resource_version
+        threads = [threading.Thread(target=run, args=item, daemon=True) for item in {
+            "slices": "/apis/discovery.k8s.io/v1/endpointslices", "services": SERVICES}.items()]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while server.open_watches < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # both watches are waiting
+        server.create(endpoint_slice("web-1"))
+        assert arrived("slices", 1)
+        server.apply_many([service("web")])
+        assert arrived("services", 1)
+        server.delete("EndpointSlice", "default", "web-1")
+        assert arrived("slices", 2)
+        server.delete("Service", "default", "web")
+        assert arrived("services", 2)
+        assert got == {"slices": ["ADDED", "DELETED"], "services": ["ADDED", "DELETED"]}
+    finally:
+        server.stop()
