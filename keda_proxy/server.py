@@ -262,6 +262,9 @@ class StreamingRequest(server.Request):
     upstream_head = None
     #: HEAD, 204 or 304: the head goes out, any body is dropped
     _bodiless = False
+    #: an HTTP/1.0 request that asked for ``Connection: keep-alive``: kept
+    #: if its response has a known length (see L{ProxyChannel.checkPersistence})
+    keep_alive_10 = False
 
     def write(self, data):
         """http.Request's write, without server.Request's default
@@ -312,6 +315,11 @@ class StreamingRequest(server.Request):
         elif not length_known and version == b"HTTP/1.1":
             self.chunked = 1
             parts.append(b"Transfer-Encoding: chunked\r\n")
+        if self.keep_alive_10:
+            if self._bodiless or length_known:
+                parts.append(b"Connection: keep-alive\r\n")
+            elif self.channel is not None:
+                self.channel.persistent = False  # the body ends with the connection
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -502,10 +510,20 @@ class ProxyChannel(http.HTTPChannel):
         """HTTP/1.1 keeps the connection unless the request says
         ``Connection: close``: a token in any ``Connection`` value,
         comma-separated and in any case, as Go reads it (twisted.web splits
-        on spaces, so ``keep-alive,close`` kept it open)."""
+        on spaces, so ``keep-alive,close`` kept it open).
+
+        HTTP/1.0 closes it, unless the request asks for
+        ``Connection: keep-alive`` (``ab -k``, some load balancers' checks)
+        and its response has a known length: as in Go, that response then
+        says ``Connection: keep-alive``, and one whose body runs until the
+        close still closes (L{StreamingRequest._response_head} decides)."""
+        tokens = connection_tokens(request.requestHeaders)
         if version != b"HTTP/1.1":
+            if version == b"HTTP/1.0" and b"keep-alive" in tokens and b"close" not in tokens:
+                request.keep_alive_10 = True
+                return True
             return False
-        if b"close" in connection_tokens(request.requestHeaders):
+        if b"close" in tokens:
             request.responseHeaders._rawHeaders[b"Connection"] = [b"close"]
             return False
         return True

@@ -990,3 +990,53 @@ def test_each_finished_request_reaches_the_sites_access_log_once():
     h.send(b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n")
     assert [r.code for r in logged] == [200, 404]
     assert response_body(t) == b"hello"
+
+
+KEEP_ALIVE_10 = b"GET / HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n"
+
+
+def test_an_http10_keep_alive_is_kept_when_the_response_length_is_known():
+    """As Go's server: the response says so, and the next request uses the
+    same connection."""
+    h = Harness()
+    warm(h)
+    proto, t = h.send(KEEP_ALIVE_10)
+    up = h.upstream()
+    up.respond(OK_5)
+    assert status_line(t) == b"HTTP/1.0 200 OK"
+    assert response_headers(t)[b"connection"] == [b"keep-alive"]
+    assert response_body(t) == b"hello"
+    assert not t.disconnecting
+    t.clear()
+    proto.dataReceived(b"HEAD / HTTP/1.0\r\nHost: example.com\r\nConnection: Keep-Alive\r\n\r\n")
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")  # HEAD: no length
+    assert response_headers(t)[b"connection"] == [b"keep-alive"]
+    assert not t.disconnecting
+    t.clear()
+    proto.dataReceived(b"GET / HTTP/1.0\r\nHost: nowhere.example\r\nConnection: keep-alive\r\n\r\n")
+    assert status_line(t) == b"HTTP/1.0 404 Not Found"  # our own answers too
+    assert response_headers(t)[b"connection"] == [b"keep-alive"]
+    assert not t.disconnecting
+
+
+def test_an_http10_keep_alive_closes_after_a_body_that_ends_with_the_connection():
+    h = Harness()
+    warm(h)
+    proto, t = h.send(KEEP_ALIVE_10)
+    h.upstream().respond(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert b"connection" not in response_headers(t)
+    assert t.value().endswith(b"hello")
+    assert t.disconnecting  # the only end an HTTP/1.0 client can see
+
+
+@pytest.mark.parametrize("connection", [b"", b"Connection: close\r\n",
+                                        b"Connection: keep-alive, close\r\n"])
+def test_an_http10_request_without_keep_alive_is_closed_as_before(connection):
+    h = Harness()
+    warm(h)
+    proto, t = h.send(b"GET / HTTP/1.0\r\nHost: example.com\r\n" + connection + b"\r\n")
+    h.upstream().respond(OK_5)
+    assert b"connection" not in response_headers(t)  # Go sends none to 1.0 either
+    assert response_body(t) == b"hello"
+    assert t.disconnecting
