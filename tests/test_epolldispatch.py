@@ -207,7 +207,8 @@ def test_an_ipv4_dial_is_under_way_when_connectTCP_returns(reactor):
     assert reactor.getDelayedCalls() == []  # the connect timeout went with it
 
 
-def test_a_refused_dial_is_reported_a_turn_later_as_refused(reactor):
+@pytest.mark.parametrize("dial", ["connectTCP", "connect_at_once"])
+def test_a_refused_dial_is_reported_a_turn_later_as_refused(reactor, dial):
     from twisted.internet.error import ConnectionRefusedError
 
     from keda_proxy.epolldispatch import lean_dispatch
@@ -217,7 +218,7 @@ def test_a_refused_dial_is_reported_a_turn_later_as_refused(reactor):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     factory = DialFactory()
-    reactor.connectTCP("127.0.0.1", port, factory, timeout=5)
+    getattr(reactor, dial)("127.0.0.1", port, factory, timeout=5)
     assert factory.log == []
     spin(reactor, lambda: factory.log)
     [(what, reason)] = factory.log
@@ -304,23 +305,6 @@ def test_connect_at_once_leaves_a_handshake_under_way_to_the_reactor(reactor, mo
         assert reactor.getDelayedCalls() == []
         connector.disconnect()
         reactor.runUntilCurrent()
-
-
-def test_connect_at_once_reports_a_refusal_a_turn_later(reactor):
-    from twisted.internet.error import ConnectionRefusedError
-
-    from keda_proxy.epolldispatch import lean_dispatch
-
-    lean_dispatch(reactor)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    factory = DialFactory()
-    reactor.connect_at_once("127.0.0.1", port, factory, timeout=5)
-    assert factory.log == []
-    spin(reactor, lambda: factory.log)
-    [(what, reason)] = factory.log
-    assert what == "failed" and reason.check(ConnectionRefusedError)
 
 
 def test_connect_at_once_contains_an_error_from_connectionMade(reactor):
