@@ -25,6 +25,17 @@ def reactor():
     os.close(r.waker.o)
 
 
+@pytest.fixture
+def listener():
+    """A socket listening on 127.0.0.1 that nobody accepts from: the
+    kernel completes the handshakes by itself."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        s.settimeout(2)
+        yield s
+
+
 class Reader:
     """A minimal IReadDescriptor over one end of a socket pair."""
 
@@ -182,28 +193,24 @@ class DialFactory(ClientFactory):
         self.log.append(("failed", reason))
 
 
-def test_an_ipv4_dial_is_under_way_when_connectTCP_returns(reactor):
+def test_an_ipv4_dial_is_under_way_when_connectTCP_returns(reactor, listener):
     from keda_proxy.epolldispatch import lean_dispatch
 
     lean_dispatch(reactor)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        listener.settimeout(2)
-        factory = DialFactory()
-        reactor.connectTCP("127.0.0.1", listener.getsockname()[1], factory, timeout=5)
-        assert factory.log == []  # nothing reported from inside connectTCP
-        # no reactor turn yet, and the handshake is done: the kernel has it
-        accepted, _ = listener.accept()
-        with accepted:
-            spin(reactor, lambda: factory.log[:1] and factory.log[0][0] == "made")
-            accepted.sendall(b"hi")
-            spin(reactor, lambda: ("data", b"hi") in factory.log)
-            transport = factory.log[0][1].transport
-            transport.loseConnection()
-            spin(reactor, lambda: transport.disconnected)
-            accepted.settimeout(2)
-            assert accepted.recv(10) == b""
+    factory = DialFactory()
+    reactor.connectTCP("127.0.0.1", listener.getsockname()[1], factory, timeout=5)
+    assert factory.log == []  # nothing reported from inside connectTCP
+    # no reactor turn yet, and the handshake is done: the kernel has it
+    accepted, _ = listener.accept()
+    with accepted:
+        spin(reactor, lambda: factory.log[:1] and factory.log[0][0] == "made")
+        accepted.sendall(b"hi")
+        spin(reactor, lambda: ("data", b"hi") in factory.log)
+        transport = factory.log[0][1].transport
+        transport.loseConnection()
+        spin(reactor, lambda: transport.disconnected)
+        accepted.settimeout(2)
+        assert accepted.recv(10) == b""
     assert reactor.getDelayedCalls() == []  # the connect timeout went with it
 
 
@@ -244,70 +251,64 @@ def test_an_ipv6_literal_is_dialled_the_stock_way(reactor):
         reactor.runUntilCurrent()
 
 
-def test_connect_at_once_connects_a_loopback_dial_before_it_returns(reactor):
+def test_connect_at_once_connects_a_loopback_dial_before_it_returns(reactor, listener):
     """The handshake to a listener on this host is over when C{connect}
     returns: the protocol is connected in the same call, registered for
     reading only, with no connect timeout left behind."""
     from keda_proxy.epolldispatch import lean_dispatch
 
     lean_dispatch(reactor)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        listener.settimeout(2)
-        factory = DialFactory()
-        connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory,
-                                            timeout=5)
-        [(what, proto)] = factory.log
-        assert what == "made" and proto.transport.connected
-        assert connector.state == "connected"
-        assert reactor.getDelayedCalls() == []  # the connect timeout is cancelled
-        transport = proto.transport
-        assert transport in reactor.getReaders() and reactor.getWriters() == []
-        accepted, _ = listener.accept()
-        with accepted:
-            transport.write(b"sent")
-            got = []
-            accepted.setblocking(False)
+    factory = DialFactory()
+    connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory,
+                                        timeout=5)
+    [(what, proto)] = factory.log
+    assert what == "made" and proto.transport.connected
+    assert connector.state == "connected"
+    assert reactor.getDelayedCalls() == []  # the connect timeout is cancelled
+    transport = proto.transport
+    assert transport in reactor.getReaders() and reactor.getWriters() == []
+    accepted, _ = listener.accept()
+    with accepted:
+        transport.write(b"sent")
+        got = []
+        accepted.setblocking(False)
 
-            def arrived():
-                try:
-                    got.append(accepted.recv(100))
-                except BlockingIOError:
-                    pass
-                return got
+        def arrived():
+            try:
+                got.append(accepted.recv(100))
+            except BlockingIOError:
+                pass
+            return got
 
-            spin(reactor, arrived)
-            assert got == [b"sent"]
-            accepted.sendall(b"hi")
-            spin(reactor, lambda: ("data", b"hi") in factory.log)
-            transport.loseConnection()
-            spin(reactor, lambda: transport.disconnected)
+        spin(reactor, arrived)
+        assert got == [b"sent"]
+        accepted.sendall(b"hi")
+        spin(reactor, lambda: ("data", b"hi") in factory.log)
+        transport.loseConnection()
+        spin(reactor, lambda: transport.disconnected)
 
 
-def test_connect_at_once_leaves_a_handshake_under_way_to_the_reactor(reactor, monkeypatch):
+def test_connect_at_once_leaves_a_handshake_under_way_to_the_reactor(
+        reactor, monkeypatch, listener):
     """A connect not yet established (a pod on another host) is finished
     by the reactor, a turn later, as C{connectTCP} finishes it."""
     from keda_proxy import epolldispatch
 
     epolldispatch.lean_dispatch(reactor)
     monkeypatch.setattr(epolldispatch, "_established", lambda skt: False)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        factory = DialFactory()
-        connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory,
-                                            timeout=5)
-        assert factory.log == []
-        assert connector.transport in reactor.getWriters()
-        spin(reactor, lambda: factory.log)
-        assert factory.log[0][0] == "made"
-        assert reactor.getDelayedCalls() == []
-        connector.disconnect()
-        reactor.runUntilCurrent()
+    factory = DialFactory()
+    connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory,
+                                        timeout=5)
+    assert factory.log == []
+    assert connector.transport in reactor.getWriters()
+    spin(reactor, lambda: factory.log)
+    assert factory.log[0][0] == "made"
+    assert reactor.getDelayedCalls() == []
+    connector.disconnect()
+    reactor.runUntilCurrent()
 
 
-def test_connect_at_once_contains_an_error_from_connectionMade(reactor):
+def test_connect_at_once_contains_an_error_from_connectionMade(reactor, listener):
     """A protocol that fails as it connects loses its connection, logged,
     as the reactor handles it on a later turn; the caller's call returns."""
     from keda_proxy.epolldispatch import lean_dispatch
@@ -323,40 +324,34 @@ def test_connect_at_once_contains_an_error_from_connectionMade(reactor):
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
-        with socket.socket() as listener:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(8)
-            factory = DialFactory()
-            factory.buildProtocol = lambda addr: Failing(factory.log)
-            connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1],
-                                                factory, timeout=5)
-            [(what, reason)] = factory.log
-            assert what == "lost" and reason.check(ValueError)
-            assert connector.transport.disconnected
-            assert connector.transport not in reactor.getReaders()
+        factory = DialFactory()
+        factory.buildProtocol = lambda addr: Failing(factory.log)
+        connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1],
+                                            factory, timeout=5)
+        [(what, reason)] = factory.log
+        assert what == "lost" and reason.check(ValueError)
+        assert connector.transport.disconnected
+        assert connector.transport not in reactor.getReaders()
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert [e["log_failure"].check(ValueError) for e in events if "log_failure" in e] \
         == [ValueError]
 
 
-def test_a_direct_endpoint_fires_at_once_on_this_reactor(reactor):
+def test_a_direct_endpoint_fires_at_once_on_this_reactor(reactor, listener):
     """The pool's pod dials take the at-once path: the connection is
     there when C{connect} returns."""
     from keda_proxy.epolldispatch import lean_dispatch
     from keda_proxy.upstream import DirectEndpoint
 
     lean_dispatch(reactor)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        factory = DialFactory()
-        d = DirectEndpoint(reactor, "127.0.0.1", listener.getsockname()[1], 5).connect(factory)
-        got = []
-        d.addCallback(got.append)
-        assert len(got) == 1 and got[0].transport.connected
-        got[0].transport.loseConnection()
-        spin(reactor, lambda: got[0].transport.disconnected)
+    factory = DialFactory()
+    d = DirectEndpoint(reactor, "127.0.0.1", listener.getsockname()[1], 5).connect(factory)
+    got = []
+    d.addCallback(got.append)
+    assert len(got) == 1 and got[0].transport.connected
+    got[0].transport.loseConnection()
+    spin(reactor, lambda: got[0].transport.disconnected)
 
 
 def test_the_suite_runs_on_the_production_reactor(production_reactor):
