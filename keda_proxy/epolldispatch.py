@@ -32,7 +32,7 @@ import sys
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
 from select import EPOLLIN
-from socket import AF_INET, SO_ERROR, SOL_SOCKET
+from socket import AF_INET
 
 from twisted.internet import error
 from twisted.internet.epollreactor import EPollReactor
@@ -80,12 +80,14 @@ class _EagerClient(Client):
 def _established(skt) -> bool:
     """Whether a connect still "in progress" has in fact completed: a
     loopback or same-host handshake is usually over by the time
-    C{connect} returns.  Only an established socket has a peer name."""
+    C{connect} returns.  Only an established socket has a peer name (and
+    asking does not consume a pending error, as reading C{SO_ERROR} would:
+    C{doConnect} still reads that one)."""
     try:
         skt.getpeername()
     except OSError:
         return False
-    return not skt.getsockopt(SOL_SOCKET, SO_ERROR)
+    return True
 
 
 class _EagerConnector(Connector):
