@@ -248,6 +248,9 @@ class FakeApiServer:
         self.open_watches = 0
         #: (method, path?query) of every API request, for assertions.
         self.requests: list[tuple[str, str]] = []
+        #: resourceVersion -> time.monotonic() when a watch first wrote its
+        #: event (the newest 1,000): when a client could have heard of it
+        self.sent: dict[int, float] = {}
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -624,6 +627,7 @@ class FakeApiServer:
                     out = _translate(ev, match)
                     if out is not None:
                         h.write_chunk(_dumps({"type": out, "object": ev.obj}))
+                        self._mark_sent(ev.rv)
                 now = time.monotonic()
                 if bookmarks and now >= next_bookmark:
                     h.write_chunk(_dumps({"type": "BOOKMARK", "object": {
@@ -636,10 +640,17 @@ class FakeApiServer:
             with self._cond:
                 self.open_watches -= 1
 
+    def _mark_sent(self, rv: int) -> None:
+        with self._cond:
+            if rv not in self.sent:
+                if len(self.sent) >= 1000:
+                    del self.sent[next(iter(self.sent))]
+                self.sent[rv] = time.monotonic()
+
     # -- control API for a server in another process -------------------------
 
     def _control(self, h: _Handler, method: str, parts: list[str]) -> None:
-        """``POST /fake/{objects,drop,compact,latency,fail,heal}``."""
+        """``POST /fake/{objects,drop,compact,latency,fail,heal,sent}``."""
         if method != "POST" or len(parts) != 1:
             return h.send_json(404, status(404, "NotFound", "unknown control"))
         body = h.read_json() if int(h.headers.get("Content-Length") or 0) else {}
@@ -659,6 +670,10 @@ class FakeApiServer:
                       only=body.get("only", ""))
         elif op == "heal":
             self.heal()
+        elif op == "sent":
+            with self._cond:
+                at = self.sent.get(int(body.get("resourceVersion", 0)))
+            return h.send_json(200, {"sent": at})
         else:
             return h.send_json(404, status(404, "NotFound", f"unknown control {op}"))
         h.send_json(200, {"ok": True})

@@ -321,3 +321,18 @@ def test_a_change_wakes_the_watches_of_its_type_at_once():
         assert got == {"slices": ["ADDED", "DELETED"], "services": ["ADDED", "DELETED"]}
     finally:
         server.stop()
+
+
+def test_the_time_a_watch_first_wrote_an_event_is_kept(fake):
+    """The cold-start benchmark asks when the interceptor's watch got the
+    update (``POST /fake/sent``), to tell the harness's share of the time."""
+    before = time.monotonic()
+    rv = int(fake.create(service("a", "ns1"))["metadata"]["resourceVersion"])
+    assert request(fake, "POST", "/fake/sent", {"resourceVersion": rv}) == (200, {"sent": None})
+    events, _, _ = watch(fake, f"{SERVICES}?watch=true&resourceVersion={rv - 1}", count=1)
+    assert events[0]["type"] == "ADDED"
+    status_code, body = request(fake, "POST", "/fake/sent", {"resourceVersion": rv})
+    assert status_code == 200 and before <= body["sent"] <= time.monotonic()
+    first = body["sent"]
+    watch(fake, f"{SERVICES}?watch=true&resourceVersion={rv - 1}", count=1)
+    assert fake.sent[rv] == first  # the first write counts
