@@ -643,7 +643,7 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
                 on_done()
 
     out = {}
-    if args.warm_up:
+    if args.warm_up and sc.direct:  # (the Service address only opens after T0)
         # an interceptor that has served traffic before, as one in a cluster
         # usually has: its forwarding code has run (CPython specialises code
         # as it runs it), though not for this Service (its own pool key)
@@ -1160,7 +1160,8 @@ def parse_args(argv=None):
     ap.add_argument("--warm-up", type=int, default=0, metavar="N",
                     help="before each scenario, N requests to another Service that is "
                          "ready (the same pod): an interceptor whose forwarding code has run "
-                         "before, as in a cluster (0: a fresh process, the default)")
+                         "before, as in a cluster (0: a fresh process, the default); "
+                         "direct-pod scenarios only")
     ap.add_argument("--open-concurrency", type=int, default=200,
                     help="client connections being opened at once (200)")
     ap.add_argument("--grace", type=float, default=30.0,
