@@ -20,7 +20,7 @@ IPv4 literal; everything after it is Twisted's.  C{connect_at_once} goes
 one step further for callers that allow it (the pool's pod dials): a
 handshake that is already over when C{connect} returns, as it is to a pod
 on the same host, is finished in the same call, so the request goes out
-in the turn that released it and no poller registration waits for it.
+in the turn that released it.
 
 C{lean_dispatch(reactor)} switches an installed L{EPollReactor} (twistd's
 default on Linux) over in place; any other reactor is left as it is.
@@ -65,9 +65,6 @@ class _EagerClient(Client):
             # as doConnect leaves it: its next call, on any event, finishes
             self.doWrite = self.doConnect
             self.doRead = self.doConnect
-            if getattr(self.connector, "at_once", False) and _established(skt):
-                self.established = True  # connect_at_once finishes it
-                return
             self.startReading()
             self.startWriting()
         elif result in (0, EISCONN):
@@ -91,10 +88,6 @@ def _established(skt) -> bool:
 
 
 class _EagerConnector(Connector):
-    #: finish a connection that is established at once in the same call
-    #: (set by L{LeanEPollReactor.connect_at_once} only)
-    at_once = False
-
     def _makeTransport(self):
         return _EagerClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
@@ -136,10 +129,7 @@ class LeanEPollReactor(EPollReactor):
                 try:
                     selectable.protocol.dataReceived(data)
                 except BaseException:
-                    why = sys.exc_info()[1]
-                    _log.failure("Unhandled error in dataReceived of {selectable!r}",
-                                 selectable=selectable)
-                    self._disconnectSelectable(selectable, why, True)
+                    self._lose_on_error(selectable, "dataReceived", True)
                 continue
             try:
                 dispatch(selectable, fd, event)
@@ -160,27 +150,27 @@ class LeanEPollReactor(EPollReactor):
         """C{connectTCP}, for a caller that accepts its protocol being
         connected before this returns: an IPv4 dial whose handshake is
         already over when C{connect} returns (to the same host) is finished
-        here, as C{doConnect} would finish it on the next turn, with no
-        poller registration for the wait.  Anything else goes on as with
-        C{connectTCP}."""
-        connector = _EagerConnector(host, port, factory, timeout, None, self)
-        connector.at_once = True
-        connector.connect()
+        here by C{doConnect}, the step the reactor would run on the next
+        turn.  Anything else goes on as with C{connectTCP}."""
+        connector = self.connectTCP(host, port, factory, timeout)
         transport = connector.transport
-        if getattr(transport, "established", False):
-            del transport.established
-            # doConnect's own end, for a connected socket
-            del transport.doWrite
-            del transport.doRead
+        if type(transport) is _EagerClient and transport.doRead == transport.doConnect \
+                and _established(transport.socket):
             try:
-                transport._connectDone()
+                transport.doConnect()
             except BaseException:
-                # what the dispatch loop does with an error escaping doConnect:
-                # the caller's turn goes on, this connection is lost
-                why = sys.exc_info()[1]
-                _log.failure("Unhandled error connecting {selectable!r}", selectable=transport)
-                self._disconnectSelectable(transport, why, False)
+                # the caller's turn goes on; this connection is lost
+                self._lose_on_error(transport, "doConnect", False)
         return connector
+
+    def _lose_on_error(self, selectable, step: str, is_read: bool) -> None:
+        """What the stock dispatch does with an error escaping a
+        selectable's C{step} (call it from the C{except} block): log it and
+        lose that connection."""
+        why = sys.exc_info()[1]
+        _log.failure("Unhandled error in {step} of {selectable!r}", step=step,
+                     selectable=selectable)
+        self._disconnectSelectable(selectable, why, is_read)
 
 
 def lean_dispatch(reactor) -> bool:
