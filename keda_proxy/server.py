@@ -262,9 +262,6 @@ class StreamingRequest(server.Request):
     upstream_head = None
     #: HEAD, 204 or 304: the head goes out, any body is dropped
     _bodiless = False
-    #: an HTTP/1.0 request that asked for ``Connection: keep-alive``: kept
-    #: if its response has a known length (see L{ProxyChannel.checkPersistence})
-    keep_alive_10 = False
 
     def write(self, data):
         """http.Request's write, without server.Request's default
@@ -315,11 +312,13 @@ class StreamingRequest(server.Request):
         elif not length_known and version == b"HTTP/1.1":
             self.chunked = 1
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        if self.keep_alive_10:
+        channel = self.channel
+        if version == b"HTTP/1.0" and channel is not None and channel.persistent:
+            # the client asked for keep-alive (L{ProxyChannel.checkPersistence})
             if self._bodiless or length_known:
                 parts.append(b"Connection: keep-alive\r\n")
-            elif self.channel is not None:
-                self.channel.persistent = False  # the body ends with the connection
+            else:
+                channel.persistent = False  # the body ends with the connection
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -519,10 +518,7 @@ class ProxyChannel(http.HTTPChannel):
         close still closes (L{StreamingRequest._response_head} decides)."""
         tokens = connection_tokens(request.requestHeaders)
         if version != b"HTTP/1.1":
-            if version == b"HTTP/1.0" and b"keep-alive" in tokens and b"close" not in tokens:
-                request.keep_alive_10 = True
-                return True
-            return False
+            return version == b"HTTP/1.0" and b"keep-alive" in tokens and b"close" not in tokens
         if b"close" in tokens:
             request.responseHeaders._rawHeaders[b"Connection"] = [b"close"]
             return False
