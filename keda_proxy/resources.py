@@ -48,6 +48,7 @@ from keda_proxy.model import (
     Timeouts,
     object_key,
 )
+from keda_proxy.routing import host_to_ascii
 
 API_INTERCEPTOR_ROUTE = "http.keda.sh/v1beta1"
 API_HTTP_SCALED_OBJECT = "http.keda.sh/v1alpha1"
@@ -70,6 +71,9 @@ SUPPORTED_TYPES = frozenset({
 
 #: StaticResponse.body's MaxLength in the CRD.
 MAX_BODY_LENGTH = 32768
+#: The most a response-body ConfigMap's data may hold, keys and values in
+#: UTF-8 (1 MiB, the limit the API server puts on a whole ConfigMap).
+MAX_CONFIG_MAP_BYTES = 1024 * 1024
 #: Go's time.Duration tops out at 2**63 ns; longer strings overflow there.
 _MAX_DURATION = (2**63 - 1) / 1e9
 #: RFC 9110 token characters, for response header names.
@@ -224,13 +228,29 @@ def _routing_rule(value, path) -> RoutingRule:
     m = _mapping(value, path, required=True)
     hosts = _string_list(m.get("hosts"), f"{path}.hosts")
     _no_duplicates(hosts, f"{path}.hosts")
+    hosts = _ascii_hosts(hosts, f"{path}.hosts")
     paths = []
     for i, p in enumerate(_sequence(m.get("paths"), f"{path}.paths")):
         pm = _mapping(p, f"{path}.paths[{i}]", required=True)
         paths.append(_string(pm.get("value"), f"{path}.paths[{i}].value",
                              required=True, non_empty=True))
-    return RoutingRule(hosts=tuple(hosts), paths=tuple(paths),
+    return RoutingRule(hosts=hosts, paths=tuple(paths),
                        headers=_header_matches(m.get("headers"), f"{path}.headers"))
+
+
+def _ascii_hosts(hosts, path) -> tuple[str, ...]:
+    """Hosts with their Unicode labels in punycode form, the form clients
+    send; an ASCII host is kept as written.  A host that has no punycode
+    form (invalid IDNA) makes the whole object invalid."""
+    out = []
+    for i, host in enumerate(hosts):
+        try:
+            out.append(host_to_ascii(host))
+        except ValueError as e:
+            reason = " ".join(str(e).split())
+            raise _Bad(f"{path}[{i}]", f"invalid internationalized host name "
+                                       f"{_short(host)}: {reason}") from None
+    return tuple(out)
 
 
 def _header_matches(value, path) -> tuple[HeaderMatch, ...]:
@@ -359,7 +379,7 @@ def _http_scaled_object(obj, metadata, namespace, name) -> Parsed:
     spec = _mapping(obj.get("spec"), "spec")
     target = _service_ref(spec.get("scaleTargetRef"), "spec.scaleTargetRef", "service")
     rule = RoutingRule(
-        hosts=tuple(_string_list(spec.get("hosts"), "spec.hosts")),
+        hosts=_ascii_hosts(_string_list(spec.get("hosts"), "spec.hosts"), "spec.hosts"),
         paths=tuple(_string_list(spec.get("pathPrefixes"), "spec.pathPrefixes")),
         headers=_header_matches(spec.get("headers"), "spec.headers"),
     )
@@ -490,10 +510,14 @@ def _config_map(obj, metadata, namespace, name) -> Parsed | None:
     if label != "true":
         return None
     data = {}
+    size = 0
     for k, v in _mapping(obj.get("data"), "data").items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise _Bad(f"data[{_short(k)}]", "keys and values must be strings")
+        size += _utf8_length(k) + _utf8_length(v)
         data[k] = v
+    if size > MAX_CONFIG_MAP_BYTES:
+        raise _Bad("data", f"{size} bytes is over the {MAX_CONFIG_MAP_BYTES}-byte limit")
     cm = ConfigMap(namespace=namespace, name=name, data=data)
     return Parsed(KIND_CONFIG_MAP, cm.key, cm)
 
@@ -610,6 +634,10 @@ _TYPE_NAMES = (  # bool before int: a bool is an int to isinstance
     (bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
     (dict, "an object"), (list, "a list"),
 )
+
+
+def _utf8_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _type_name(value) -> str:

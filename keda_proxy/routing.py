@@ -21,11 +21,15 @@ The rules, which follow the Go interceptor (``pkg/routing``):
     one or more labels, never the bare suffix: ``*.example.com`` matches
     ``a.b.example.com`` but not ``example.com``); then the catch-all
     (``*``, ``""`` or no hosts).  Hosts compare case-insensitively and the
-    port of a configured host is ignored.
+    port of a configured host is ignored.  A configured host with Unicode
+    labels is compared in its punycode (A-label) form, which is what
+    clients send (L{host_to_ascii}); the request's host is not converted.
   - Paths are prefixes on segment boundaries, compared after trimming
     leading and trailing slashes and after percent-decoding the request
     path (Go matches the decoded ``URL.Path``): ``/api`` matches ``/api``,
     ``/api/`` and ``/api/x`` but not ``/apix``.  Longer prefixes first.
+    Dot segments are not removed (nor is Go's ``URL.Path`` cleaned):
+    ``/public/../admin`` is under ``/public``, not ``/admin``.
   - Within one (host, path) key the candidates are ordered: more headers
     first, then more headers with a value, then the older
     creationTimestamp, then namespace and then name in *descending* order
@@ -40,16 +44,23 @@ The rules, which follow the Go interceptor (``pkg/routing``):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import unquote
 
 from zope.interface import implementer
 
+try:
+    import idna as _idna
+except ImportError:  # pragma: no cover - idna comes with twisted[tls]
+    _idna = None
+
 from keda_proxy.interfaces import IRouter
 from keda_proxy.model import RequestFacts, Route, RoutingRule
 
-__all__ = ["RoutingTable", "normalize_host", "normalize_path", "rule_matches"]
+__all__ = ["RoutingTable", "host_to_ascii", "normalize_host", "normalize_path",
+           "rule_matches"]
 
 #: A compiled header condition: ``(lower-case name, value or None)``.
 _Header = tuple[str, str | None]
@@ -100,6 +111,55 @@ def normalize_host(raw: str) -> str:
     return host
 
 
+#: The label separators of IDNA 2003, for Python's own "idna" codec.
+_IDNA_DOTS = re.compile("[.\u3002\uff0e\uff61]")
+
+
+def host_to_ascii(raw: str) -> str:
+    """A configured host with its Unicode labels in punycode (A-label) form.
+
+    Clients put the A-label form of an internationalised name in ``Host``,
+    so that is the form a configured host must have to match.  An ASCII
+    host is returned unchanged.  Otherwise the host is mapped with UTS #46
+    (which lower-cases it and maps full-width dots and letters) and each
+    non-ASCII label becomes ``xn--...``; ASCII labels, a leading ``*.``
+    wildcard, a trailing dot and a ``:port`` are kept::
+
+        "bücher.example"     -> "xn--bcher-kva.example"
+        "*.Bücher.example"   -> "*.xn--bcher-kva.example"
+        "shop.example"       -> "shop.example"
+
+    Uses the C{idna} package (IDNA 2008 with UTS #46) when it is installed,
+    else Python's built-in IDNA 2003 codec.
+
+    @raise ValueError: a label is not a valid internationalised label
+        (the message says why), or the name is too long.
+    """
+    if raw.isascii():
+        return raw
+    host = raw.strip()
+    prefix = port = ""
+    if host.startswith("*."):
+        prefix, host = "*.", host[2:]
+    if host.count(":") == 1:
+        host, _, port = host.partition(":")
+        port = ":" + port
+    try:
+        if _idna is not None:
+            labels = _idna.uts46_remap(host, std3_rules=False, transitional=False).split(".")
+            out = [label if label.isascii() else _idna.alabel(label).decode("ascii")
+                   for label in labels]
+        else:
+            out = [label if label.isascii() else label.encode("idna").decode("ascii")
+                   for label in _IDNA_DOTS.split(host.lower())]
+    except UnicodeError as e:
+        raise ValueError(str(e) or type(e).__name__) from None
+    name = ".".join(out)
+    if len(name.removesuffix(".")) > 253:
+        raise ValueError("name longer than 253 characters")
+    return prefix + name + port
+
+
 def normalize_path(path: str) -> str:
     """A configured path prefix in key form: leading/trailing slashes trimmed.
 
@@ -131,7 +191,17 @@ def _request_path(raw: str) -> str:
 def _host_pattern(raw: str) -> tuple[int, str]:
     """Classify a configured host as exact, wildcard (with its ``.suffix``),
     catch-all, or nothing (a wildcard with an empty suffix, such as ``*.``,
-    which no normalised request host can match)."""
+    which no normalised request host can match).
+
+    A host with Unicode labels is classified by its punycode form; one that
+    has none (invalid IDNA) is nothing.  The resource parser rejects such
+    hosts with a message; this covers routes built some other way.
+    """
+    if not raw.isascii():
+        try:
+            raw = host_to_ascii(raw)
+        except ValueError:
+            return _NOTHING, ""
     host = _strip_port(raw.strip().lower())
     if host in ("", "*"):
         return _ANY, ""

@@ -27,6 +27,7 @@ from keda_proxy.model import (
     EndpointPort,
     EndpointSlice,
     HeaderMatch,
+    RequestFacts,
     Route,
     RoutingRule,
     ScalingMetric,
@@ -44,6 +45,7 @@ from keda_proxy.resources import (
     parse_many,
     parse_object,
 )
+from keda_proxy.routing import RoutingTable, normalize_host
 
 FULL_IR = """
 apiVersion: http.keda.sh/v1beta1
@@ -324,6 +326,49 @@ def test_static_route_validation(static_routes, expected):
 ])
 def test_rule_validation(rules, expected):
     assert expected in invalid(ir(rules=rules))
+
+
+# -- internationalised hosts -------------------------------------------------
+
+
+def test_unicode_hosts_are_kept_in_punycode_form_and_route():
+    route = parse_object(ir(
+        rules=[{"hosts": ["bücher.example", "*.Bücher.example", "shop.Example.com"]}],
+        staticRoutes=[{"rules": [{"hosts": ["bücher.example"]}], "response": {}}],
+    )).value
+    assert route.rules[0].hosts == (
+        "xn--bcher-kva.example", "*.xn--bcher-kva.example", "shop.Example.com")
+    assert route.static_routes[0].rules[0].hosts == ("xn--bcher-kva.example",)
+    table = RoutingTable.build([route])
+    for host in ("xn--bcher-kva.example", "www.xn--bcher-kva.example", "shop.example.com"):
+        assert table.route(RequestFacts.from_mapping(normalize_host(host), "/", {})) is route
+
+
+def test_http_scaled_object_unicode_hosts_are_converted():
+    route = parse_object(hso(hosts=["bücher.example"])).value
+    assert route.rules[0].hosts == ("xn--bcher-kva.example",)
+
+
+@pytest.mark.parametrize("obj, expected", [
+    (ir(rules=[{"hosts": ["ok.example", "ab--ü.example"]}]),
+     "InterceptorRoute default/web: spec.rules[0].hosts[1]: invalid internationalized "
+     "host name 'ab--ü.example': "),
+    (ir(staticRoutes=[{"rules": [{"hosts": ["ü" * 64 + ".example"]}], "response": {}}]),
+     "spec.staticRoutes[0].rules[0].hosts[0]: invalid internationalized host name"),
+    (hso(hosts=["a\u200db.ü.example"]),
+     "HTTPScaledObject apps/legacy: spec.hosts[0]: invalid internationalized host name"),
+])
+def test_invalid_unicode_host_makes_the_route_invalid(obj, expected):
+    assert expected in invalid(obj)
+
+
+def test_invalid_unicode_host_is_one_error_line_and_the_rest_parses():
+    parsed, errors = parse_many([ir(rules=[{"hosts": ["ab--ü.example"]}]),
+                                 hso(hosts=["bücher.example"])])
+    assert [p.key for p in parsed] == ["apps/legacy"]
+    assert len(errors) == 1
+    assert errors[0].startswith("InterceptorRoute default/web: spec.rules[0].hosts[0]: ")
+    assert "'ab--ü.example'" in errors[0] and "\n" not in errors[0]
 
 
 @pytest.mark.parametrize("timeouts, expected", [

@@ -11,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
+from keda_proxy import routing
 from keda_proxy.interfaces import IRouter
 from keda_proxy.model import HeaderMatch, RequestFacts, Route, RoutingRule, ServiceRef
 from keda_proxy.routing import (
     RoutingTable,
+    host_to_ascii,
     normalize_host,
     normalize_path,
     rule_matches,
@@ -178,6 +180,77 @@ def test_wildcard_with_empty_suffix_matches_nothing():
     assert routed(routes, host="x.com") is None
 
 
+# -- internationalised hosts ------------------------------------------------
+
+
+BUCHER = "xn--bcher-kva.example"
+
+
+def test_unicode_host_matches_its_punycode_form():
+    routes = [mk("idn", hosts=["bücher.example"]), mk("any", hosts=["*"])]
+    assert routed(routes, host=BUCHER) == "idn"
+    assert routed(routes, host="XN--BCHER-KVA.example:443") == "idn"
+    assert rule_matches(rule(hosts=["Bücher.Example"]), facts(BUCHER))
+
+
+def test_unicode_wildcard_converts_the_labels_after_the_star():
+    routes = [mk("idn", hosts=["*.bücher.example"]), mk("any", hosts=["*"])]
+    assert routed(routes, host=f"shop.{BUCHER}") == "idn"
+    assert routed(routes, host=BUCHER) == "any"
+    assert rule_matches(rule(hosts=["*.bücher.example"]), facts(f"a.b.{BUCHER}"))
+
+
+def test_raw_utf8_host_header_is_not_converted():
+    """A client that sends the Unicode name as raw bytes (decoded byte for
+    byte, as the proxy does) does not reach the internationalised route."""
+    routes = [mk("idn", hosts=["bücher.example"])]
+    assert routed(routes, host="bücher.example".encode().decode("latin-1")) is None
+    assert routed(routes, host="bücher.example") is None
+
+
+def test_invalid_unicode_host_matches_nothing():
+    routes = [mk("bad", hosts=["ab--ü.example", "ok.example"])]
+    assert routed(routes, host="ok.example") == "bad"
+    assert routed(routes, host="ab--ü.example") is None
+    assert not rule_matches(rule(hosts=["ab--ü.example"]), facts("ab--ü.example"))
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("bücher.example", BUCHER),
+    ("Bücher.EXAMPLE", BUCHER),
+    ("*.bücher.example", f"*.{BUCHER}"),
+    ("bücher.example.", f"{BUCHER}."),
+    ("bücher.example:8080", f"{BUCHER}:8080"),
+    ("ｂücher。example", BUCHER),  # UTS 46 maps full-width forms
+    ("_svc.bücher.example", f"_svc.{BUCHER}"),  # ASCII labels are kept
+    ("shop.Example.com", "shop.Example.com"),  # ASCII: unchanged
+    ("*", "*"),
+    ("", ""),
+])
+def test_host_to_ascii(raw, expected):
+    assert host_to_ascii(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [
+    "ab--ü.example",  # hyphens in the 3rd and 4th positions
+    "a\u200db.ü.example",  # a joiner out of context
+    "\u0301ü.example",  # a leading combining mark
+    "ü" * 64 + ".example",  # a label longer than 63
+    "bü cher.example",
+])
+def test_host_to_ascii_rejects_invalid_names(raw):
+    with pytest.raises(ValueError):
+        host_to_ascii(raw)
+
+
+def test_host_to_ascii_without_the_idna_package(monkeypatch):
+    monkeypatch.setattr(routing, "_idna", None)
+    assert host_to_ascii("*.Bücher.example") == f"*.{BUCHER}"
+    assert host_to_ascii("shop.example") == "shop.example"
+    with pytest.raises(ValueError):
+        host_to_ascii("ü" * 64 + ".example")
+
+
 # -- paths ----------------------------------------------------------------
 
 
@@ -224,6 +297,24 @@ def test_request_path_is_percent_decoded():
     # latin-1-decoded UTF-8, the path is the same.
     assert routed(routes, path="/café/x") == "cafe"
     assert routed(routes, path="/café/x".encode().decode("latin-1")) == "cafe"
+
+
+def test_request_path_is_not_dot_segment_cleaned():
+    """Paths are compared as sent (after percent-decoding): no dot-segment
+    removal, so a path rule is not an access-control list."""
+    routes = [
+        mk("admin", hosts=["example.com"], paths=["/admin"]),
+        mk("public", hosts=["example.com"], paths=["/public"]),
+    ]
+    assert both_orders(routes, path="/public/../admin") == "public"
+    assert both_orders(routes, path="/public/%2e%2e/admin") == "public"
+    assert both_orders(routes, path="/admin/../public") == "admin"
+    assert both_orders(routes, path="/./admin") is None
+    # percent-decoding and leading slashes do not hide a prefix
+    assert both_orders(routes, path="/%61dmin") == "admin"
+    assert both_orders(routes, path="//admin") == "admin"
+    assert not rule_matches(rule(paths=["/admin"]), facts(path="/public/../admin"))
+    assert rule_matches(rule(paths=["/public"]), facts(path="/public/../admin"))
 
 
 def test_longest_prefix_is_per_host():
