@@ -47,6 +47,17 @@ def connection_tokens(headers: Headers) -> FrozenSet[bytes]:
     return frozenset(tokens)
 
 
+def upgrade_requested(headers: Headers, tokens: FrozenSet[bytes] = None):
+    """The protocol a request asks to switch to (its ``Upgrade`` values,
+    when ``Connection`` lists ``upgrade``), or None."""
+    if tokens is None:
+        tokens = connection_tokens(headers)
+    if b"upgrade" not in tokens:
+        return None
+    values = headers.getRawHeaders(b"upgrade")
+    return b", ".join(values) if values else None
+
+
 def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str,
                  scheme: bytes, body_length) -> bytes:
     """The upstream request head, as bytes, in one pass over the headers.
@@ -59,7 +70,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     headers are ours, never the client's.
     """
     tokens = connection_tokens(incoming)
-    upgrade = b"upgrade" in tokens and incoming.hasHeader(b"upgrade")
+    upgrade = upgrade_requested(incoming, tokens)
     drop = (HOP_BY_HOP | tokens | _FRAMING) if tokens else _DROP
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     xff = xfh = xfp = None
@@ -89,9 +100,8 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
         parts += (b"X-Forwarded-Proto: ", scheme, b"\r\n")
     if te_trailers:
         parts.append(b"TE: trailers\r\n")
-    if upgrade:
-        parts += (b"Connection: Upgrade\r\nUpgrade: ",
-                  b", ".join(incoming.getRawHeaders(b"upgrade")), b"\r\n")
+    if upgrade is not None:
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     if body_length is None:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif body_length:

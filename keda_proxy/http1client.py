@@ -14,6 +14,7 @@ proxy's per-request exchange.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple, Optional
 
 from twisted.internet.error import ConnectionDone
@@ -29,6 +30,8 @@ from keda_proxy.memo import remember
 
 #: Largest response head accepted from an upstream (Go's default is 1 MiB).
 MAX_HEAD = 1 << 20
+#: Informational (1xx) responses accepted before the final one, as in Go.
+MAX_INFORMATIONAL = 5
 
 # Connection states.
 IDLE, SENT, HEAD, BODY, DONE, TUNNEL, CLOSED = range(7)
@@ -61,6 +64,10 @@ class IResponseSink(Interface):
         """The connection broke.  C{response_started} tells whether any of
         the response had arrived (if not, and nothing was sent by the
         client yet, the request may be retried)."""
+
+    def response_informational(head):
+        """A 1xx other than 100 and 101 (103 Early Hints) arrived ahead of
+        the final response."""
 
     def response_upgraded(connection, rest):
         """A 101: the connection is now a byte tunnel; C{rest} is what
@@ -134,8 +141,8 @@ def parse_head(head: bytes) -> ResponseHead:
     parts = []
     known = CANONICAL_NAMES
     cache = _LINES
-    length_value = named = None
-    chunked = close = has_date = conflict = False
+    length_value = named = codings = None
+    close = has_date = conflict = False
     del lines[0]
     for line in lines:
         hit = cache.get(line)
@@ -175,7 +182,7 @@ def parse_head(head: bytes) -> ResponseHead:
             has_date = True
             parts.append(b"Date: %s\r\n" % value)
         elif key == b"Transfer-Encoding":
-            chunked = value.lower().endswith(b"chunked")
+            codings = value if codings is None else codings + b"," + value
         elif key == b"Connection":
             value = value.lower()
             if value == b"keep-alive":
@@ -190,6 +197,9 @@ def parse_head(head: bytes) -> ResponseHead:
                 elif token and token != b"keep-alive":
                     named = named or set()
                     named.add(token)
+    chunked = False
+    if codings is not None and version != b"HTTP/1.0":  # HTTP/1.0 has none (Go ignores it)
+        chunked = _is_chunked(codings)
     if named:  # headers the Connection header made hop-by-hop
         parts = [p for p in parts if p[:p.index(b":")].lower() not in named]
         has_date = has_date and b"date" not in named
@@ -209,6 +219,41 @@ def parse_head(head: bytes) -> ResponseHead:
     if len(head) <= _HEAD_KEPT_MAX:
         remember(_HEADS, head, parsed, _HEADS_LIMIT)
     return parsed
+
+
+def _is_chunked(codings: bytes) -> bool:
+    """Whether a Transfer-Encoding list (every line, joined by commas) frames
+    the body as chunked.  As in Go, ``chunked`` alone is the only coding
+    taken: with another coding before it the body would reach the client
+    still encoded, and without it as the final one (``xchunked``,
+    ``chunked, gzip``) the length is unknowable, so both are refused."""
+    tokens = [t.strip().lower() for t in codings.split(b",")]
+    if tokens == [b"chunked"]:
+        return True
+    raise UpstreamProtocolError(f"unsupported Transfer-Encoding {codings[:80]!r}")
+
+
+#: the end of a response head, bare LFs allowed (as Go's reader allows them)
+_LENIENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _parse_lenient(head: bytes) -> ResponseHead:
+    """L{parse_head}, taking bare LFs as line ends as Go's reader does (a
+    bare CR, NUL and the rest are still refused)."""
+    try:
+        return parse_head(head)
+    except UpstreamProtocolError:
+        lenient = _crlf_lines(head)
+        if lenient == head:
+            raise
+        return parse_head(lenient)
+
+
+def _crlf_lines(head: bytes) -> bytes:
+    """A head whose lines end in bare LFs, with CRLF line ends (for
+    L{parse_head}, which still refuses any CR left inside a line)."""
+    return b"\r\n".join(line[:-1] if line[-1:] == b"\r" else line
+                        for line in head.split(b"\n"))
 
 
 _SPACE = (32, 9)  # space and tab, as ints (indexing bytes)
@@ -263,6 +308,11 @@ class UpstreamConnection(Protocol):
         self._keep_alive = True
         self._response_started = False
         self._chunked_body = False
+        self._upgrade_to: Optional[bytes] = None
+        self._informational = 0
+        #: whether any byte of the current response has arrived (a request
+        #: the upstream began to answer is never sent again)
+        self.answered = False
         self.tunnel = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -344,9 +394,12 @@ class UpstreamConnection(Protocol):
     # -- sending --------------------------------------------------------------
 
     def send(self, method: bytes, head: bytes, sink: IResponseSink,
-             chunked_body: bool = False, has_body: bool = False) -> None:
+             chunked_body: bool = False, has_body: bool = False,
+             upgrade: Optional[bytes] = None) -> None:
         """Write a request head; the body, if any, follows through
-        L{write_body} and L{end_body}."""
+        L{write_body} and L{end_body}.  C{upgrade} is the protocol the
+        request asks to switch to, if any: a 101 for anything else is
+        refused."""
         assert self.state == IDLE, self.state
         self.state = SENT
         self.sink = sink
@@ -354,6 +407,9 @@ class UpstreamConnection(Protocol):
         self._head_only = method == b"HEAD"
         self._keep_alive = True
         self._response_started = False
+        self._upgrade_to = upgrade
+        self._informational = 0
+        self.answered = False
         self._chunked_body = chunked_body
         self._request_complete = not has_body
         eager_write(self.transport, head)
@@ -409,16 +465,23 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()
             return
         self.state = HEAD
+        self.answered = True
         self._buffer += data
         while self.state == HEAD:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > MAX_HEAD:
-                    self._protocol_error(UpstreamProtocolError("response head too large"))
-                return
-            head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
+            buffer = self._buffer
+            end = buffer.find(b"\r\n\r\n")
+            if end >= 0 and buffer.find(b"\n\n", 0, end) < 0 \
+                    and buffer.find(b"\n\r\n", 0, end + 3) == end + 1:
+                head, self._buffer = buffer[:end], buffer[end + 4:]
+            else:  # no CRLF end, or a bare-LF one before it
+                match = _LENIENT_END.search(buffer)
+                if match is None:
+                    if len(buffer) > MAX_HEAD:
+                        self._protocol_error(UpstreamProtocolError("response head too large"))
+                    return
+                head, self._buffer = _crlf_lines(buffer[:match.start()]), buffer[match.end():]
             try:
-                parsed = parse_head(head)
+                parsed = _parse_lenient(head)
             except UpstreamProtocolError as e:
                 self._protocol_error(e)
                 return
@@ -426,8 +489,16 @@ class UpstreamConnection(Protocol):
             if code == 101:
                 self._upgrade(parsed)
                 return
-            if 100 <= code < 200:
-                continue  # 100 Continue, 103 Early Hints: wait for the real one
+            if 100 <= code < 200:  # 100 Continue, 103 Early Hints: the real one follows
+                self._informational += 1
+                if self._informational > MAX_INFORMATIONAL:
+                    self._protocol_error(UpstreamProtocolError("too many 1xx responses"))
+                    return
+                if code != 100:
+                    self.sink.response_informational(parsed)
+                    if self.sink is None:  # the sink gave up
+                        return
+                continue
             if parsed.length and len(self._buffer) == parsed.length \
                     and not self._bodiless(code):
                 self._whole(parsed)  # the usual response: all of it in this read
@@ -475,7 +546,10 @@ class UpstreamConnection(Protocol):
         if self.sink is None:  # the sink gave up during the head
             return
         if self._bodiless(code):
-            self._finish(reusable=self._keep_alive)
+            # A head that announces a body it must not have: a sloppy
+            # upstream may send that body anyway, later, where it would be
+            # read as the next request's response.
+            self._finish(reusable=self._keep_alive and not head.chunked and not head.length)
         elif head.chunked:
             self._decoder = _ChunkedTransferDecoder(self._deliver, self._chunked_done)
         elif length is not None:
@@ -526,6 +600,9 @@ class UpstreamConnection(Protocol):
         response is done: a pipelined request that the sink's completion
         lets through can then reuse the connection at once."""
         self.state = DONE
+        if self._buffer:  # bytes past the response: never the next one's
+            self._buffer = b""
+            reusable = False
         if reusable and self.transport is not None:
             self.state = IDLE
             self.idle_since = self.clock.seconds()
@@ -535,9 +612,32 @@ class UpstreamConnection(Protocol):
             self.transport.loseConnection()
 
     def _upgrade(self, head: ResponseHead) -> None:
+        offered = _upgrade_offered(head)
+        wanted = self._upgrade_to
+        if wanted is None or offered is None or offered.lower() != wanted.lower():
+            # a 101 nobody asked for would turn the client's connection
+            # into a raw pipe to the upstream
+            self._protocol_error(UpstreamProtocolError(
+                f"upstream switched protocols to {offered!r} when {wanted!r} was requested"))
+            return
         self._response_started = True
         self.state = TUNNEL
         sink, self.sink = self.sink, None
         rest, self._buffer = self._buffer, b""
         sink.response_head(head)
         sink.response_upgraded(self, rest)
+
+
+def _upgrade_offered(head: ResponseHead) -> Optional[bytes]:
+    """The protocol a 101 switches to: its ``Upgrade`` value when its
+    ``Connection`` lists ``upgrade``, else None (as Go reads it)."""
+    upgrade = None
+    tokens = set()
+    for line in head.lines:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        elif name == b"upgrade" and upgrade is None:
+            upgrade = value.strip()
+    return upgrade if b"upgrade" in tokens else None

@@ -28,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from keda_proxy.endpoints import join_host_port
-from keda_proxy.headers import COLD_START_KEY, request_head
+from keda_proxy.headers import COLD_START_KEY, request_head, upgrade_requested
 from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
 from keda_proxy.interfaces import IHeldRequest, IRouter
 from keda_proxy.model import MODE_ALWAYS, RequestFacts, Route, ServiceRef
@@ -205,6 +205,8 @@ class Exchange:
     _retried = False
     _head = None
     _request_head = None
+    #: the protocol the client asks to switch to (WebSockets), if any
+    _upgrade = None
 
     def __init__(self, p: Pipeline, request, route: Route, facts: RequestFacts,
                  started: float = 0.0):
@@ -433,7 +435,8 @@ class Exchange:
         length = 0 if body is None else body.length
         head = self._request_head or self._build_request_head()
         has_body = body is not None and not body.empty
-        conn.send(req.method, head, self, chunked_body=length is None, has_body=has_body)
+        conn.send(req.method, head, self, chunked_body=length is None, has_body=has_body,
+                  upgrade=self._upgrade)
         if has_body:
             self._body_writer = _BodyWriter(conn, body)
             body.attach(self._body_writer)
@@ -451,6 +454,8 @@ class Exchange:
         head = self._request_head = request_head(
             req.method, self._origin_target(), req.requestHeaders,
             *_client_facts(req.channel), 0 if body is None else body.length)
+        if b"Connection" in req.requestHeaders._rawHeaders:  # rare: skip the lookup
+            self._upgrade = upgrade_requested(req.requestHeaders)
         return head
 
     def _origin_target(self) -> bytes:
@@ -524,13 +529,25 @@ class Exchange:
             req.unregisterProducer()
             req.channel.transport.abortConnection()
             return
-        if not self._timed_out and conn is not None and conn.uses > 1 \
-                and not self._retried and self._replayable():
-            # a pooled connection the upstream had closed: once more, fresh
+        if not self._timed_out and conn is not None and conn.uses > 1 and not conn.answered \
+                and not self._retried and self._replayable() \
+                and reason.check(ConnectionDone, ConnectionLost):
+            # a pooled connection the upstream had closed before answering:
+            # once more, fresh
             self._retried = True
             self._send(self._target, fresh=True)
             return
         self._fail_upstream(reason, self._target)
+
+    def response_informational(self, head) -> None:
+        """Pass a 1xx (103 Early Hints) on ahead of the response, as Go's
+        ReverseProxy does; HTTP/1.0 clients get none (RFC 9110 §15.2)."""
+        req = self.request
+        if self._gone or req.finished:
+            self._abort_upstream()
+            return
+        if req.clientproto == b"HTTP/1.1" and not req.startedWriting:
+            req.channel.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.code, head.phrase, head.block))
 
     def response_upgraded(self, conn, rest: bytes) -> None:
         req = self.request
@@ -543,8 +560,16 @@ class Exchange:
     # -- endings --------------------------------------------------------------
 
     def _replayable(self) -> bool:
-        body = self.request.body
-        return self.request.method in _IDEMPOTENT and (body is None or body.empty)
+        """Whether the request may be sent again, as Go decides: no body,
+        and an idempotent method or an idempotency key."""
+        req = self.request
+        body = req.body
+        if body is not None and not body.empty:
+            return False
+        if req.method in _IDEMPOTENT:
+            return True
+        raw = req.requestHeaders._rawHeaders
+        return b"Idempotency-Key" in raw or b"X-Idempotency-Key" in raw
 
     def _fail_upstream(self, f, target: Target) -> None:
         if self._timed_out or f.check(_Timeout):
@@ -616,7 +641,7 @@ class Exchange:
             self._abort_upstream()
 
 
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE", b"PUT"})
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 class _Timeout(Exception):

@@ -46,8 +46,27 @@ def test_connection_can_name_date_but_not_the_framing():
 
 def test_chunked_wins_over_content_length_which_is_dropped():
     head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n"
-                      b"Transfer-Encoding: gzip, chunked")
+                      b"Transfer-Encoding:  Chunked ")
     assert head.chunked and head.length is None and head.block == b""
+
+
+@pytest.mark.parametrize("codings", [
+    [b"xchunked"],             # not chunked, whatever it ends with
+    [b"chunked, gzip"],        # chunked not last: no knowable end
+    [b"gzip, chunked"],        # the client would get gzip it was not told of (Go refuses)
+    [b"chunked", b"chunked"],  # twice, on separate lines
+    [b""],
+])
+def test_transfer_codings_other_than_chunked_alone_are_refused(codings):
+    lines = b"".join(b"\r\nTransfer-Encoding: " + c for c in codings)
+    with pytest.raises(UpstreamProtocolError):
+        parse_head(b"HTTP/1.1 200 OK" + lines)
+
+
+def test_http10_responses_have_no_transfer_coding():
+    """As Go reads them: the body runs to the close (or its length)."""
+    head = parse_head(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2")
+    assert not head.chunked and head.length == 2 and head.close
 
 
 def test_close_and_http10_mean_no_reuse():
@@ -257,9 +276,27 @@ def test_a_response_in_pieces_takes_the_streaming_calls():
      [("whole", 200, b"hi")]),
     # a request body still unsent would be read as the next request
     (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"POST", True, [("whole", 200, b"hi")]),
-    # no body for HEAD, whatever the length says
+    # no body for HEAD, whatever the length says; but a head that announces
+    # one is not trusted with the next request: a sloppy upstream may send it
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"HEAD", False,
+     [("head", 200), ("done",)]),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"HEAD", False,
      [("head", 200), ("pooled",), ("done",)]),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", b"GET", False,
+     [("head", 304), ("done",)]),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", b"GET", False,
+     [("head", 204), ("pooled",), ("done",)]),
+    # bytes past a bodiless response, in the same read: never the next
+    # request's response (they would reach another client)
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", b"GET",
+     False, [("head", 200), ("done",)]),
+    (b"HTTP/1.1 204 No Content\r\n\r\nsurprise", b"GET", False,
+     [("head", 204), ("done",)]),
+    (b"HTTP/1.1 200 OK\r\n\r\nbody for HEAD", b"HEAD", False,
+     [("head", 200), ("done",)]),
+    # a chunked body with bytes after its end
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nX",
+     b"GET", False, [("head", 200), ("data", b"hi"), ("done",)]),
     # more than announced: what was promised, and the connection is distrusted
     (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi!", b"GET", False,
      [("head", 200), ("data", b"hi"), ("done",)]),

@@ -337,6 +337,11 @@ def test_head_204_and_304_carry_no_body():
     up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
     assert response_headers(t)[b"content-length"] == [b"1000"]
     assert response_body(t) == b""
+    # a HEAD response that announces a body does not go back to the pool
+    assert h.pool.idle_count() == 0 and up.transport.disconnecting
+    _, t = h.send(b"HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    up = h.upstream()
+    up.respond(b"HTTP/1.1 200 OK\r\n\r\n")
     assert h.pool.idle_count() == 1
     for code, phrase in ((204, b"No Content"), (304, b"Not Modified")):
         _, t = h.get()  # reuses the pooled connection
