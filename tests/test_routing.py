@@ -310,11 +310,15 @@ def test_request_path_is_not_dot_segment_cleaned():
     assert both_orders(routes, path="/public/%2e%2e/admin") == "public"
     assert both_orders(routes, path="/admin/../public") == "admin"
     assert both_orders(routes, path="/./admin") is None
+    assert both_orders(routes, path="/public//admin") == "public"
     # percent-decoding and leading slashes do not hide a prefix
     assert both_orders(routes, path="/%61dmin") == "admin"
     assert both_orders(routes, path="//admin") == "admin"
     assert not rule_matches(rule(paths=["/admin"]), facts(path="/public/../admin"))
     assert rule_matches(rule(paths=["/public"]), facts(path="/public/../admin"))
+    # so a static route on /admin does not see these requests
+    assert rule_matches(rule(paths=["/admin"]), facts(path="/%61dmin/x"))
+    assert not rule_matches(rule(paths=["/admin"]), facts(path="/x/%2e%2e/admin"))
 
 
 def test_longest_prefix_is_per_host():
