@@ -14,9 +14,9 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.web import server
 
 from keda_proxy.admin import admin_root
+from keda_proxy.adminsite import AdminSite
 from keda_proxy.config import Config
 from keda_proxy.counting import QueueCounter
 from keda_proxy.metrics import MetricsResource, ProxyMetrics
@@ -131,11 +131,11 @@ class Interceptor:
         pipeline = attrs.evolve(self.pipeline, settings=settings)
         return ProxySite(ReverseProxy(pipeline), log_requests=self.config.log_requests)
 
-    def admin_site(self) -> server.Site:
-        return _QuietSite(admin_root(self.counter, self.is_ready))
+    def admin_site(self) -> AdminSite:
+        return AdminSite(admin_root(self.counter, self.is_ready), reactor=self.reactor)
 
-    def metrics_site(self) -> server.Site:
-        return _QuietSite(MetricsResource(self.metrics))
+    def metrics_site(self) -> AdminSite:
+        return AdminSite(MetricsResource(self.metrics), reactor=self.reactor)
 
 
 #: Young collections every 100,000 allocations instead of 700, and full
@@ -159,13 +159,6 @@ def _freeze_after_first_sync():
             gc.freeze()
 
     return listener
-
-
-class _QuietSite(server.Site):
-    noisy = False
-
-    def log(self, request):
-        pass
 
 
 @define(slots=False, eq=False)
