@@ -20,11 +20,11 @@ from typing import NamedTuple, Optional
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.http_headers import InvalidHeaderName
 from zope.interface import Attribute, Interface
 
 from keda_proxy.eagerwrite import eager_write
+from keda_proxy.framing import ChunkedDecoder, ChunkedError, content_length
 from keda_proxy.headers import _HOP_KEYS, CANONICAL_NAMES, canonical_name
 from keda_proxy.memo import remember
 
@@ -208,9 +208,9 @@ def parse_head(head: bytes) -> ResponseHead:
         if conflict:
             raise UpstreamProtocolError("conflicting Content-Length")
         value = length_value
-        if not value.isdigit():
+        length = content_length(value)
+        if length is None:
             raise UpstreamProtocolError("bad Content-Length")
-        length = int(value)
         parts.append(b"Content-Length: %s\r\n" % value)
     # tuple.__new__ directly: the named tuple's constructor is a Python frame
     parsed = _new_tuple(ResponseHead, (code, phrase, version, b"".join(parts),
@@ -452,7 +452,7 @@ class UpstreamConnection(Protocol):
             elif self._decoder is not None:
                 try:
                     self._decoder.dataReceived(data)
-                except _MalformedChunkedDataError as e:
+                except ChunkedError as e:
                     self._protocol_error(UpstreamProtocolError(f"bad chunked body: {e}"))
             else:
                 self._deliver(data)
@@ -551,7 +551,7 @@ class UpstreamConnection(Protocol):
             # read as the next request's response.
             self._finish(reusable=self._keep_alive and not head.chunked and not head.length)
         elif head.chunked:
-            self._decoder = _ChunkedTransferDecoder(self._deliver, self._chunked_done)
+            self._decoder = ChunkedDecoder(self._deliver, self._chunked_done)
         elif length is not None:
             if length == 0:
                 self._finish(reusable=self._keep_alive)

@@ -17,6 +17,7 @@ Transfer-Encoding, repeated Content-Lengths, and CR/LF/NUL in headers):
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Optional
 
@@ -27,6 +28,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from keda_proxy.eagerwrite import eager_write
+from keda_proxy.framing import ChunkedDecoder, ChunkedError, CountedDecoder, content_length
 from keda_proxy.headers import CANONICAL_NAMES, canonical_name, connection_tokens
 from keda_proxy.responses import status_text
 
@@ -136,6 +138,22 @@ def parse_request_line(line: bytes):
     if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         raise ValueError("Invalid version")
     return method, target, version
+
+
+#: what a header line may hold: anything but control characters (HTAB
+#: is allowed); CR and LF are checked where lines are split
+_FIELD_BYTES = bytes(c for c in range(256) if c >= 32 and c != 127 or c in (9, 10, 13))
+_ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]").match
+
+
+def _other_target_form(method: bytes, target: bytes) -> bool:
+    """Whether a target that is not origin-form is allowed: absolute form,
+    ``*`` for OPTIONS, or anything for CONNECT (answered 405)."""
+    if method == b"CONNECT":
+        return True
+    if target == b"*":
+        return method == b"OPTIONS"
+    return _ABSOLUTE_FORM(target) is not None
 
 
 #: looked up once: twisted.web.http is a deprecation proxy module, on which
@@ -434,8 +452,15 @@ class ProxyChannel(http.HTTPChannel):
         # no line over the limit, none folded (checked in C, not per line)
         if size > self.MAX_LENGTH and max(map(len, lines)) > self.MAX_LENGTH:
             return False
-        if head.find(b"\r\n ") >= 0 or head.find(b"\r\n\t") >= 0 or head[:1] in (b" ", b"\t"):
+        if head[:1] in (b" ", b"\t"):
             return False
+        breaks = len(lines) - 1
+        if head.translate(None, _FIELD_BYTES) or head.count(b"\r") != breaks \
+                or head.count(b"\n") != breaks or head.find(b"\r\n ") >= 0 \
+                or head.find(b"\r\n\t") >= 0:
+            # control characters, a bare CR or LF, a folded line (obs-fold)
+            self._refuse(400)
+            return True
         factory = self.requestFactory
         nonqueued = _NONQUEUED.get(factory)
         if nonqueued is None:  # asked once per factory, not per request
@@ -497,7 +522,13 @@ class ProxyChannel(http.HTTPChannel):
     def allHeadersReceived(self):
         """As HTTPChannel's, but any ``100 Continue`` goes out before the
         request is processed: a response the proxy gives at once (a 404) must
-        not be followed by a 100."""
+        not be followed by a 100.  A request-target must be in origin form,
+        absolute form, or ``*`` for OPTIONS (CONNECT's authority form is
+        refused later, with a 405)."""
+        path = self._path
+        if path[:1] != b"/" and not _other_target_form(self._command, path):
+            self._refuse(400)
+            return
         req = self.requests[-1]
         self.persistent = self.checkPersistence(req, self._version)
         expect = req.requestHeaders._rawHeaders.get(b"Expect")
@@ -528,13 +559,17 @@ class ProxyChannel(http.HTTPChannel):
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._refuse(414 if self._HTTPChannel__first_line else 431)
             return
+        if line[:1] in (b" ", b"\t") and not self._HTTPChannel__first_line:
+            self._refuse(400)  # obs-fold: Go refuses it, and so do we
+            return
         super().lineReceived(line)
 
     def headerReceived(self, line):
-        """HTTPChannel's header step with the same checks, storing the value
-        once (the base class encodes and sanitises every header twice)."""
+        """HTTPChannel's header step with Go's checks (no control character
+        but HTAB in a value), storing the value once (the base class encodes
+        and sanitises every header twice)."""
         name, sep, data = line.partition(b":")
-        if not sep:
+        if not sep or line.translate(None, _FIELD_BYTES) or 13 in line or 10 in line:
             self._respondToBadRequestAndDisconnect()
             return False
         try:
@@ -546,15 +581,9 @@ class ProxyChannel(http.HTTPChannel):
                                   data.strip(b" \t"))
 
     def _store_header(self, raw: dict, name: bytes, value: bytes) -> bool:
-        """Check one header (its canonical name, its trimmed value) and store
-        it; False once the request has been refused with a 400."""
-        # NUL, CR, LF, as int needles: in CPython 3.11 ``b"\r" in value``
-        # first tries the needle as an int and makes and clears a TypeError,
-        # ten times the cost
-        if 0 in value or 13 in value or 10 in value:
-            self._respondToBadRequestAndDisconnect()
-            return False
-        if name in _FRAMING_NAMES and not self._maybeChooseTransferDecoder(name, value):
+        """Store one checked header (its canonical name, its trimmed value);
+        False once the request has been refused with a 400."""
+        if name in _FRAMING_NAMES and not self._choose_framing(name, value):
             return False
         values = raw.get(name)
         if values is None:
@@ -566,6 +595,40 @@ class ProxyChannel(http.HTTPChannel):
             self._respondToBadRequestAndDisconnect()
             return False
         return True
+
+    def _choose_framing(self, name: bytes, value: bytes) -> bool:
+        """The body's framing, from its one Content-Length or its one
+        ``Transfer-Encoding: chunked`` (HTTP/1.1 only); anything else, or
+        both, is a 400 (see L{keda_proxy.framing})."""
+        if self._transferDecoder is not None:  # a second framing header
+            self._respondToBadRequestAndDisconnect()
+            return False
+        request = self.requests[-1]
+        if name == b"Content-Length":
+            length = content_length(value)
+            decoder = None if length is None else CountedDecoder(
+                length, request.handleContentChunk, self._finishRequestBody)
+        elif value.lower() == b"chunked" and self._version == b"HTTP/1.1":
+            length = None
+            decoder = ChunkedDecoder(request.handleContentChunk, self._finishRequestBody)
+        else:
+            decoder = None
+        if decoder is None:
+            self._respondToBadRequestAndDisconnect()
+            return False
+        self.length = length
+        self._transferDecoder = decoder
+        return True
+
+    def rawDataReceived(self, data):
+        try:
+            super().rawDataReceived(data)
+        except ChunkedError:
+            request = self.requests[-1] if self.requests else None
+            if request is not None and request.startedWriting:
+                self.transport.abortConnection()  # a 400 cannot follow a response
+            else:
+                self._refuse(400)
 
     def lineLengthExceeded(self, line):
         self._refuse(414 if self._HTTPChannel__first_line else 431)

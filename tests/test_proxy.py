@@ -124,17 +124,6 @@ def test_malformed_headers_are_refused_and_never_forwarded():
     assert h.dials == []
 
 
-def test_a_folded_header_in_a_whole_head_takes_the_line_parser():
-    """Folded (obs-fold) lines are left to twisted.web's line-by-line
-    parser, which joins them; the one-pass parser must not read the
-    continuation as a header of its own."""
-    h = Harness()
-    warm(h)
-    for fold in (b" ", b"\t"):
-        h.send(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-A: one\r\n" + fold + b"two\r\n\r\n")
-        assert h.upstream().request_headers()[b"x-a"] == [b"one two"]
-
-
 def test_oversized_request_line_is_414_and_headers_431():
     h = Harness()
     warm(h)
