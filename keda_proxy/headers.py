@@ -59,10 +59,14 @@ def upgrade_requested(headers: Headers, tokens: FrozenSet[bytes] = None):
 
 
 def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str,
-                 scheme: bytes, body_length) -> bytes:
+                 scheme: bytes, body_length, authority: bytes = None) -> bytes:
     """The upstream request head, as bytes, in one pass over the headers.
 
-    Host is kept as the client sent it.  ``X-Forwarded-For`` gets the client
+    Host is kept as the client sent it, or is C{authority}, that of an
+    absolute-form target, which replaces it (RFC 9112 §3.2.2).  Hop-by-hop
+    headers go, and so do those ``Connection`` names, except the ones a
+    proxy keeps whatever a client says (L{KEPT_END_TO_END}).
+    ``X-Forwarded-For`` gets the client
     address appended; ``X-Forwarded-Host`` and ``X-Forwarded-Proto`` are
     kept when the client (an outer proxy) set them, and set otherwise.
     ``TE: trailers`` survives, as in Go.  C{body_length} is the body's
@@ -71,8 +75,11 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     """
     tokens = connection_tokens(incoming)
     upgrade = upgrade_requested(incoming, tokens)
-    drop = (HOP_BY_HOP | tokens | _FRAMING) if tokens else _DROP
+    drop = (HOP_BY_HOP | (tokens - KEPT_END_TO_END) | _FRAMING) if tokens else _DROP
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    if authority is not None:
+        parts += (b"Host: ", authority, b"\r\n")
+        drop = drop | _HOST
     xff = xfh = xfp = None
     te_trailers = False
     for name, values in incoming._rawHeaders.items():  # not the generator
@@ -93,7 +100,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     ip = client_ip.encode("ascii")
     parts += (b"X-Forwarded-For: ", b", ".join(xff + [ip]) if xff else ip, b"\r\n")
     if xfh is None:
-        host = incoming._rawHeaders.get(b"Host")
+        host = [authority] if authority is not None else incoming._rawHeaders.get(b"Host")
         if host:
             parts += (b"X-Forwarded-Host: ", host[0], b"\r\n")
     if xfp is None:
@@ -130,6 +137,13 @@ def canonical_name(name: bytes) -> bytes:
 _HOP_KEYS = frozenset(_nameEncoder.encode(n) for n in HOP_BY_HOP)
 
 
+#: end-to-end headers that a ``Connection`` listing never removes: the
+#: upstream needs Host to pick a site, and a client must not erase the
+#: forwarding chain that the upstream may use to tell who is calling
+KEPT_END_TO_END: FrozenSet[bytes] = frozenset({
+    b"host", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded",
+})
+_HOST = frozenset({b"host"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _NONE: FrozenSet[bytes] = frozenset()
 _DROP = HOP_BY_HOP | _FRAMING

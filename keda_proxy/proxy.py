@@ -76,9 +76,9 @@ def request_facts(request) -> Optional[RequestFacts]:
     hosts = request.requestHeaders._rawHeaders.get(b"Host", ())
     if uri[:1] != b"/" and (uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://"):
         # absolute-form (RFC 9112 §3.2.2): its authority replaces Host
-        parsed = URI.fromBytes(uri)
-        hosts = [parsed.netloc]
-        path = parsed.path or b"/"
+        authority, target = absolute_form(uri)
+        hosts = [authority]
+        path = target.split(b"?", 1)[0]
     elif len(hosts) > 1 or (not hosts and request.clientproto == b"HTTP/1.1"):
         return None
     raw_host = hosts[0].decode("latin-1") if hosts else ""
@@ -92,6 +92,14 @@ def request_facts(request) -> Optional[RequestFacts]:
     # function, a frame per request (fields in RequestFacts' order)
     return _new_tuple(RequestFacts, (normalize_host(raw_host), path.decode("latin-1"),
                                      request.method.decode("latin-1"), header_values))
+
+
+def absolute_form(uri: bytes) -> Tuple[bytes, bytes]:
+    """An absolute-form target's authority (without any userinfo) and its
+    origin-form path and query."""
+    parsed = URI.fromBytes(uri)
+    target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+    return parsed.netloc.rpartition(b"@")[2], target
 
 
 def upstream_port_name(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> str:
@@ -451,16 +459,17 @@ class Exchange:
         target, so a held request builds it while it waits."""
         req = self.request
         body = req.body
+        uri = req.uri
+        if uri[:1] == b"/" or uri == b"*":
+            authority, target = None, uri
+        else:  # absolute form: its authority is the Host
+            authority, target = absolute_form(uri)
         head = self._request_head = request_head(
-            req.method, self._origin_target(), req.requestHeaders,
-            *_client_facts(req.channel), 0 if body is None else body.length)
+            req.method, target, req.requestHeaders, *_client_facts(req.channel),
+            0 if body is None else body.length, authority)
         if b"Connection" in req.requestHeaders._rawHeaders:  # rare: skip the lookup
             self._upgrade = upgrade_requested(req.requestHeaders)
         return head
-
-    def _origin_target(self) -> bytes:
-        uri = self.request.uri
-        return uri if uri.startswith(b"/") else _origin_form(uri)
 
     def _response_header_timeout(self) -> None:
         self._timed_out = True
@@ -685,12 +694,6 @@ def _client_facts(channel):
         scheme = b"https" if channel.isSecure() else b"http"
         facts = channel._keda_client = (getattr(addr, "host", None) or "unknown", scheme)
     return facts
-
-
-def _origin_form(uri: bytes) -> bytes:
-    parsed = URI.fromBytes(uri)
-    path = parsed.path or b"/"
-    return path + (b"?" + parsed.query if parsed.query else b"")
 
 
 class ReverseProxy(Resource):

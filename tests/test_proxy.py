@@ -96,6 +96,42 @@ def test_absolute_uri_routes_by_its_authority_and_never_reaches_other_hosts():
     assert up.request_line() == b"GET /a?b=1 HTTP/1.1"
 
 
+def test_an_absolute_form_authority_is_the_upstream_host_whatever_host_says():
+    h = Harness()
+    warm(h)
+    h.send(b"GET http://user@EXAMPLE.com:8080/a HTTP/1.1\r\nHost: other.example\r\n\r\n")
+    up = h.upstream()
+    fields = up.request_headers()
+    assert fields[b"host"] == [b"EXAMPLE.com:8080"]
+    assert fields[b"x-forwarded-host"] == [b"EXAMPLE.com:8080"]
+    assert b"other.example" not in up.sent()
+
+
+@pytest.mark.parametrize("listed", [b"Host", b"host, X-Forwarded-For", b"Forwarded",
+                                    b"X-Forwarded-Host, X-Forwarded-Proto"])
+def test_a_connection_listing_never_removes_host_or_the_forwarding_chain(listed):
+    h = Harness()
+    warm(h)
+    h.send(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: " + listed + b"\r\n"
+           b"X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Host: outer.example\r\n"
+           b"X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.9\r\nX-Other: gone\r\n"
+           b"\r\n")
+    fields = h.upstream().request_headers()
+    assert fields[b"host"] == [b"example.com"]
+    assert fields[b"x-forwarded-for"] == [b"203.0.113.9, 10.1.2.3"]
+    assert fields[b"x-forwarded-host"] == [b"outer.example"]
+    assert fields[b"x-forwarded-proto"] == [b"https"]
+    assert fields[b"forwarded"] == [b"for=203.0.113.9"]
+    assert b"connection" not in fields
+
+
+def test_headers_a_connection_listing_names_are_dropped():
+    h = Harness()
+    warm(h)
+    h.send(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: X-Other\r\nX-Other: x\r\n\r\n")
+    assert b"x-other" not in h.upstream().request_headers()
+
+
 def test_content_length_with_transfer_encoding_is_refused():
     h = Harness()
     warm(h)
