@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import types
 
 import pytest
+import yaml
 from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from keda_proxy import manifests as manifests_module
 from keda_proxy.interfaces import IStateSink, IStateSource
-from keda_proxy.manifests import ManifestError, ManifestSource
+from keda_proxy.manifests import MAX_FILE_BYTES, ManifestError, ManifestSource
 from keda_proxy.model import (
     ALL_KINDS,
     KIND_CONFIG_MAP,
@@ -67,14 +74,59 @@ class RecordingSink:
         raise AssertionError("the manifest source only replaces")
 
 
+@implementer(IReactorThreads, IReactorFromThreads)
+class FakeThreads:
+    """The reactor's thread pool and C{callFromThread}, run by hand.
+
+    Work handed to "the thread" waits in C{work} until L{run_threads};
+    results handed back to "the reactor" wait in C{delivered} until
+    L{run_reactor}.  C{synchronous} runs both at once, so a reload
+    completes within the tick that started it.
+    """
+
+    def __init__(self, synchronous=True):
+        self.synchronous = synchronous
+        self.work = []
+        self.delivered = []
+
+    def getThreadPool(self):
+        return self
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.work.append((on_result, f, args, kwargs))
+        if self.synchronous:
+            self.run_threads()
+            self.run_reactor()
+
+    def callFromThread(self, f, *args, **kwargs):
+        self.delivered.append((f, args, kwargs))
+
+    def run_threads(self):
+        while self.work:
+            on_result, f, args, kwargs = self.work.pop(0)
+            try:
+                result = f(*args, **kwargs)
+            except BaseException:
+                on_result(False, Failure())
+            else:
+                on_result(True, result)
+
+    def run_reactor(self):
+        while self.delivered:
+            f, args, kwargs = self.delivered.pop(0)
+            f(*args, **kwargs)
+
+
 class Harness:
-    def __init__(self, path, interval=1.0):
+    def __init__(self, path, interval=1.0, synchronous=True, **kwargs):
         self.clock = Clock()
+        self.threads = FakeThreads(synchronous)
         self.sink = RecordingSink()
         self.events = []
         self.source = ManifestSource(
             path=path, sink=self.sink, clock=self.clock, interval=interval,
-            log=Logger(namespace="test", observer=self.events.append))
+            reactor=self.threads,
+            log=Logger(namespace="test", observer=self.events.append), **kwargs)
         self._mtime = 1_000_000_000
 
     def keys(self, kind=KIND_INTERCEPTOR_ROUTE):
@@ -191,8 +243,10 @@ def test_syntax_error_line_and_column(manifests):
     h.write(manifests / "bad.yaml", "kind: Service\nmetadata:\n  name: a: b\n")
     h.source.startService()
     [error] = h.lines(LogLevel.error)
-    assert error == (f"{manifests / 'bad.yaml'}:3:10: YAML syntax error: mapping values "
-                     "are not allowed here; nothing applied, keeping the last good state")
+    # libyaml says "in this context", PyYAML's own parser "here"
+    assert error.startswith(f"{manifests / 'bad.yaml'}:3:10: YAML syntax error: "
+                            "mapping values are not allowed ")
+    assert error.endswith("; nothing applied, keeping the last good state")
     assert h.sink.calls == []  # nothing ever applied: the store stays unsynced
     h.source.stopService()
 
@@ -408,3 +462,281 @@ def test_feeds_the_real_state_store(manifests):
     assert snapshot.synced
     assert list(snapshot.routes) == ["default/web"]
     source.stopService()
+
+
+# -- reloading off the reactor thread ----------------------------------------
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """The thread ident of every YAML parse, through the module's loader."""
+    idents = []
+
+    class CountingLoader(manifests_module.LOADER):
+        def __init__(self, stream):
+            idents.append(threading.get_ident())
+            super().__init__(stream)
+
+    monkeypatch.setattr(manifests_module, "LOADER", CountingLoader)
+    return idents
+
+
+def test_reload_parses_in_the_thread_pool_and_applies_on_the_reactor(manifests, loads):
+    h = Harness(manifests, synchronous=False)
+    f = manifests / "a.yaml"
+    h.write(f, ROUTE.format(name="web", service="s"))
+    h.source.startService()
+    # the first read runs at once, on the calling thread
+    assert h.keys() == ["default/web"] and len(loads) == 1
+    assert h.threads.work == []
+    calls = len(h.sink.calls)
+
+    h.write(f, ROUTE.format(name="new", service="s"))
+    h.tick()
+    assert len(h.threads.work) == 1
+    assert len(loads) == 1  # not parsed on the reactor thread
+    h.threads.run_threads()
+    assert len(loads) == 2
+    # parsed, but not applied until the reactor thread runs the result
+    assert len(h.sink.calls) == calls and h.keys() == ["default/web"]
+    h.threads.run_reactor()
+    assert h.keys() == ["default/new"]
+    h.source.stopService()
+
+
+def test_reload_uses_a_real_thread_and_the_sink_only_sees_the_reactor_thread(manifests, loads):
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="test-manifests")
+
+    @implementer(IReactorThreads, IReactorFromThreads)
+    class Reactor:
+        def __init__(self):
+            self.delivered = []
+
+        def getThreadPool(self):
+            return pool
+
+        def callFromThread(self, f, *args, **kwargs):
+            self.delivered.append((f, args, kwargs))  # list.append is atomic
+
+    class ThreadRecordingSink(RecordingSink):
+        threads = set()
+
+        def replace(self, kind, objects):
+            self.threads.add(threading.get_ident())
+            super().replace(kind, objects)
+
+    reactor = Reactor()
+    clock = Clock()
+    sink = ThreadRecordingSink()
+    f = manifests / "a.yaml"
+    f.write_text(ROUTE.format(name="web", service="s"))
+    source = ManifestSource(path=manifests, sink=sink, clock=clock, reactor=reactor,
+                            log=Logger(observer=lambda e: None))
+    source.startService()
+    f.write_text(ROUTE.format(name="new", service="s"))
+    os.utime(f, ns=(2 * 10**18, 2 * 10**18))
+    pool.start()
+    try:
+        clock.advance(source.interval)
+    finally:
+        pool.stop()  # joins the worker: the parse is over
+    main = threading.get_ident()
+    assert len(loads) == 2 and loads[0] == main and loads[1] != main
+    assert sorted(sink.state[KIND_INTERCEPTOR_ROUTE]) == ["default/web"]
+    [(deliver, args, kwargs)] = reactor.delivered
+    deliver(*args, **kwargs)
+    assert sorted(sink.state[KIND_INTERCEPTOR_ROUTE]) == ["default/new"]
+    assert ThreadRecordingSink.threads == {main}
+    source.stopService()
+
+
+def test_one_reload_at_a_time_and_a_change_during_it_reloads_after(manifests):
+    h = Harness(manifests, synchronous=False)
+    f = manifests / "a.yaml"
+    h.write(f, ROUTE.format(name="one", service="s"))
+    h.source.startService()
+    h.write(f, ROUTE.format(name="two", service="s"))
+    h.tick()
+    assert len(h.threads.work) == 1
+    h.threads.run_threads()  # read "two"; not yet back on the reactor
+    h.write(f, ROUTE.format(name="three", service="s"))
+    h.tick()
+    h.tick()
+    assert h.threads.work == []  # no second reload while one is in flight
+    h.threads.run_reactor()
+    # "two" applied, and the change seen meanwhile started the next reload
+    # at once, without waiting for a tick
+    assert h.keys() == ["default/two"]
+    assert len(h.threads.work) == 1
+    h.threads.run_threads()
+    h.threads.run_reactor()
+    assert h.keys() == ["default/three"]
+    h.tick()
+    assert h.threads.work == []
+    h.source.stopService()
+
+
+def test_a_reload_that_ends_after_stop_is_dropped(manifests):
+    h = Harness(manifests, synchronous=False)
+    f = manifests / "a.yaml"
+    h.write(f, ROUTE.format(name="one", service="s"))
+    h.source.startService()
+    h.write(f, ROUTE.format(name="two", service="s"))
+    h.tick()
+    h.source.stopService()
+    h.threads.run_threads()
+    h.threads.run_reactor()
+    assert h.keys() == ["default/one"]
+    h.source.startService()  # a restart reads the files again
+    assert h.keys() == ["default/two"]
+    h.source.stopService()
+
+
+def test_only_changed_files_are_parsed_again(manifests, loads):
+    h = Harness(manifests)
+    for name in ("a", "b", "c"):
+        h.write(manifests / f"{name}.yaml", ROUTE.format(name=name, service="s"))
+    h.source.startService()
+    assert len(loads) == 3
+    h.write(manifests / "b.yaml", ROUTE.format(name="b2", service="s"))
+    h.tick()
+    assert len(loads) == 4
+    assert h.keys() == ["default/a", "default/b2", "default/c"]
+    assert "loaded 3 file(s) (1 re-read)" in h.lines(LogLevel.info)[-1]
+    # a new file is parsed; a deleted one is forgotten
+    h.write(manifests / "d.yaml", ROUTE.format(name="d", service="s"))
+    (manifests / "a.yaml").unlink()
+    h.tick()
+    assert len(loads) == 5
+    assert h.keys() == ["default/b2", "default/c", "default/d"]
+    h.source.stopService()
+
+
+def test_an_invalid_object_in_an_unchanged_file_is_not_reported_again(manifests):
+    h = Harness(manifests)
+    bad = ROUTE.format(name="bad", service="b").replace("    port: 8080\n", "")
+    h.write(manifests / "a.yaml", bad)
+    h.write(manifests / "b.yaml", ROUTE.format(name="web", service="s"))
+    h.source.startService()
+    assert len(h.lines(LogLevel.warn)) == 1
+    h.write(manifests / "b.yaml", ROUTE.format(name="web2", service="s"))
+    h.tick()
+    assert h.keys() == ["default/web2"]
+    assert len(h.lines(LogLevel.warn)) == 1
+    assert "1 invalid skipped" in h.lines(LogLevel.info)[-1]
+    h.source.stopService()
+
+
+def test_only_kinds_that_changed_are_replaced(manifests):
+    h = Harness(manifests)
+    f = manifests / "a.yaml"
+    text = ROUTE.format(name="web", service="s") + "---\n" + SERVICE.format(name="s")
+    h.write(f, text)
+    h.source.startService()
+    assert sorted(h.sink.calls) == sorted(ALL_KINDS)
+    # a comment: same objects, the sink is left alone
+    h.write(f, text + "# edited\n")
+    h.tick()
+    assert len(h.sink.calls) == len(ALL_KINDS)
+    assert "loaded 1 file(s) (1 re-read)" in h.lines(LogLevel.info)[-1]
+    # a route edit replaces the routes only
+    h.write(f, text.replace("service: s", "service: t"))
+    h.tick()
+    assert h.sink.calls[len(ALL_KINDS):] == [KIND_INTERCEPTOR_ROUTE]
+    assert h.sink.state[KIND_INTERCEPTOR_ROUTE]["default/web"].target.name == "t"
+    h.source.stopService()
+
+
+def test_yaml_is_parsed_with_libyaml_when_pyyaml_has_it():
+    if yaml.__with_libyaml__:
+        assert manifests_module.LOADER is yaml.CSafeLoader
+    else:
+        assert manifests_module.LOADER is yaml.SafeLoader
+    without = types.SimpleNamespace(SafeLoader=yaml.SafeLoader)
+    assert manifests_module.safe_loader(without) is yaml.SafeLoader
+    with_c = types.SimpleNamespace(SafeLoader=yaml.SafeLoader, CSafeLoader=object)
+    assert manifests_module.safe_loader(with_c) is object
+
+
+# -- size limits ----------------------------------------------------------------
+
+
+def test_default_file_size_limit():
+    assert MAX_FILE_BYTES == 8 * 1024 * 1024
+    assert ManifestSource.__attrs_attrs__.max_file_bytes.default == MAX_FILE_BYTES
+
+
+def test_oversize_file_is_skipped_with_one_line_and_the_rest_applies(manifests, loads):
+    h = Harness(manifests, max_file_bytes=4096)
+    big = manifests / "big.yaml"
+    h.write(big, "\n---\n".join(ROUTE.format(name=f"r{i}", service="s") for i in range(40)))
+    size = big.stat().st_size
+    assert size > 4096
+    h.write(manifests / "small.yaml", ROUTE.format(name="web", service="s"))
+    h.source.startService()
+    assert h.keys() == ["default/web"]
+    assert len(loads) == 1  # the big file was not parsed
+    [error] = h.lines(LogLevel.error)
+    assert error == (f"skipping {big}: {size} bytes is over the 4096-byte limit "
+                     "for a manifest file")
+    assert "loaded 1 file(s)" in h.lines(LogLevel.info)[0]
+    assert "1 too large skipped" in h.lines(LogLevel.info)[0]
+    assert h.source.last_error is None
+
+    # another file changes: the big one is not reported again
+    h.write(manifests / "small.yaml", ROUTE.format(name="web2", service="s"))
+    h.tick()
+    assert h.keys() == ["default/web2"]
+    assert len(h.lines(LogLevel.error)) == 1
+
+    # cut down to size, it applies
+    h.write(big, ROUTE.format(name="was-big", service="s"))
+    h.tick()
+    assert h.keys() == ["default/was-big", "default/web2"]
+    assert "too large" not in h.lines(LogLevel.info)[-1]
+    h.source.stopService()
+
+
+def test_file_that_grows_while_it_is_read_is_cut_off_at_the_limit(manifests, monkeypatch):
+    f = manifests / "a.yaml"
+    f.write_text("# " + "x" * 5000 + "\n")
+    # the size seen when the file was opened, before it grew
+    monkeypatch.setattr(manifests_module.os, "fstat",
+                        lambda fd: types.SimpleNamespace(st_size=10))
+    events = []
+    read = manifests_module._read_file((str(f), 0, 0, 10), 4096, events)
+    assert read.too_large and read.objects == ()
+    [(level, fmt, fields)] = events
+    assert level == "error" and fields["size"] == 4097  # read no further
+
+
+def test_oversize_config_map_is_skipped_with_one_warning(manifests):
+    from keda_proxy.resources import MAX_CONFIG_MAP_BYTES
+
+    h = Harness(manifests)
+    page = "x" * (MAX_CONFIG_MAP_BYTES // 2)
+    h.write(manifests / "a.yaml", f"""\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: huge
+  labels: {{http.keda.sh/response-body: "true"}}
+data: {{a.html: {page}, b.html: {page}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: pages
+  labels: {{http.keda.sh/response-body: "true"}}
+data: {{index.html: {page}}}
+---
+{ROUTE.format(name="web", service="s")}""")
+    h.source.startService()
+    assert h.keys(KIND_CONFIG_MAP) == ["default/pages"]
+    assert h.keys() == ["default/web"]
+    [warning] = h.lines(LogLevel.warn)
+    assert warning == (
+        f"{manifests / 'a.yaml'} document 1: skipping invalid ConfigMap default/huge: "
+        f"data: {MAX_CONFIG_MAP_BYTES + 12} bytes is over the "
+        f"{MAX_CONFIG_MAP_BYTES}-byte limit")
+    h.source.stopService()
