@@ -485,6 +485,30 @@ async def test_invalid_object_is_logged_once_and_skipped(h, fake, warnings):
 
 
 @pytest_twisted.ensureDeferred
+async def test_oversize_config_map_is_skipped_with_one_warning(h, fake, warnings):
+    from keda_proxy.resources import MAX_CONFIG_MAP_BYTES
+
+    seed(fake)
+    page = "x" * (MAX_CONFIG_MAP_BYTES // 2)
+    fake.create(config_map("huge", "ns", data={"a.html": page, "b.html": page}))
+    h.start()
+    await h.until_synced()
+    await h.until_watching()
+    assert set(h.snap.configmaps) == {"ns/bodies"}
+    [warning] = warnings
+    assert "ConfigMap ns/huge: data: " in warning and "-byte limit" in warning
+
+    # A ConfigMap that grows past the limit goes away, with one line.
+    fake.update(config_map("bodies", "ns", data={"a.html": page, "b.html": page}))
+    await h.until(lambda: "ns/bodies" not in h.snap.configmaps, "oversize edit removes it")
+    assert len([w for w in warnings if "ns/bodies" in w]) == 1
+    fake.update(config_map("bodies", "ns", data={"a.html": page}))
+    await h.until(lambda: "ns/bodies" in h.snap.configmaps, "back under the limit")
+    await h.until_converged()
+    assert len(warnings) == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_bookmarks_keep_an_idle_kind_resumable(h, fake):
     seed(fake)
     h.start()
