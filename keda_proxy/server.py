@@ -40,6 +40,13 @@ MAX_HEAD_SIZE = 64 * 1024
 HEAD_TIMEOUT = 30.0
 #: Request-body bytes buffered before the client is paused.
 BODY_HIGH_WATER = 256 * 1024
+#: A request body must keep coming: it has this long to start, and every
+#: byte received buys 1/BODY_MIN_RATE s more (Apache's mod_reqtimeout
+#: rule).  A body trickled in to hold a request open, and with it the
+#: route's Concurrency and KEDA's scaling, is cut.  Time the proxy itself
+#: holds the client back (a slow upstream) does not count.
+BODY_GRACE = 30.0
+BODY_MIN_RATE = 500.0
 
 
 class BodyStream:
@@ -60,12 +67,19 @@ class BodyStream:
         self._pause = pause
         self._resume = resume
         self._paused = False
+        #: body bytes received so far
+        self.received = 0
 
     @property
     def empty(self) -> bool:
         return self.length == 0
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def write(self, data: bytes) -> None:
+        self.received += len(data)
         if self._consumer is not None:
             self._consumer.write_body(data)
             return
@@ -211,10 +225,13 @@ class StreamingRequest(server.Request):
         self.args = {}
         transport = ch.transport
         self.body = _NO_BODY if length == 0 else BodyStream(
-            length, transport.pauseProducing, transport.resumeProducing)
+            length, transport.pauseProducing,
+            getattr(ch, "resume_body", transport.resumeProducing))
         self.content = None
         if hasattr(ch, "head_complete"):
             ch.head_complete()
+        if length != 0 and hasattr(ch, "watch_body"):
+            ch.watch_body(self.body)
         if length != 0:
             # A body follows: start now, so that it can stream upstream.
             self.process()
@@ -389,6 +406,59 @@ class ProxyChannel(http.HTTPChannel):
 
     def head_complete(self):
         self._head_started = None
+
+    # -- slow request bodies (see BODY_GRACE) -------------------------------
+
+    body_grace = BODY_GRACE
+    body_min_rate = BODY_MIN_RATE
+    _body_timer = None
+    _body_base = 0.0
+
+    def watch_body(self, body: BodyStream) -> None:
+        """Cut C{body}'s connection if the body stops coming at the
+        minimum rate; one timer per request with a body."""
+        self._body_base = self._now() + self.body_grace
+        self._body_timer = self.site.reactor.callLater(self.body_grace, self._check_body, body)
+
+    def resume_body(self) -> None:
+        """The proxy lets a body it held back flow again: the client's
+        idle time and its body grace start from now."""
+        now = self._active_at = self._now()
+        body = self.requests[-1].body if self.requests else None
+        if body is not None:
+            self._fresh_body_grace(body, now)
+        self.transport.resumeProducing()
+
+    def _fresh_body_grace(self, body: BodyStream, now: float) -> None:
+        self._body_base = max(self._body_base,
+                              now + self.body_grace - body.received / self.body_min_rate)
+
+    def _check_body(self, body: BodyStream) -> None:
+        self._body_timer = None
+        if body.done or self.transport is None:
+            return
+        now = self._now()
+        if body.paused:  # the proxy holds it back: its time does not count
+            self._fresh_body_grace(body, now)
+        due = self._body_base + body.received / self.body_min_rate
+        if due > now:
+            self._body_timer = self.site.reactor.callLater(due - now, self._check_body, body)
+            return
+        request = self.requests[0] if self.requests else None
+        if request is not None and request.startedWriting:
+            self.transport.abortConnection()  # a response is under way: only a cut is left
+        else:
+            self._refuse(408)
+
+    def _body_held_back(self) -> bool:
+        body = getattr(self.requests[-1], "body", None) if self.requests else None
+        return body is not None and body.paused
+
+    def connectionLost(self, reason):
+        timer, self._body_timer = self._body_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        super().connectionLost(reason)
 
     _host = None
     _peer = None
@@ -660,8 +730,10 @@ class ProxyChannel(http.HTTPChannel):
     _active_at = 0.0
 
     def timeoutConnection(self):
-        if self._handlingRequest:  # a whole request is in and being answered
-            self.setTimeout(self.timeOut)  # look again one period later
+        if self._handlingRequest or self._body_held_back():
+            # a whole request is in and being answered, or the proxy itself
+            # holds the body back (a slow upstream): look again later
+            self.setTimeout(self.timeOut)
             return
         period = self.timeOut
         idle = self._now() - self._active_at
@@ -676,6 +748,7 @@ class ProxyChannel(http.HTTPChannel):
         self.head_complete()
         if self.transport is None or getattr(self.transport, "disconnecting", False):
             return
+        self.setTimeout(None)  # the close is under way: no idle close after it
         phrase = status_text(code)
         body = phrase + b"\n"
         self.transport.write(
