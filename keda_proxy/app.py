@@ -236,7 +236,7 @@ def _wait_idle(clock, counter: QueueCounter, timeout: float, step: float = 0.05)
     start = clock.seconds()
 
     def check():
-        busy = sum(c["Concurrency"] for c in counter.as_json_dict().values())
+        busy = counter.in_flight()
         if busy <= 0 or (timeout > 0 and clock.seconds() - start >= timeout):
             if busy > 0:
                 log.warn("drain timeout: {n} requests still in flight", n=busy)

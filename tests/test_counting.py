@@ -116,3 +116,20 @@ def test_request_count_is_monotonic():
         c.enter("ns/a").release()
         seen.append(c.get("ns/a").request_count)
     assert seen == [1, 2, 3, 4, 5]
+
+
+def test_draining_waits_for_requests_of_a_removed_route():
+    from twisted.internet.task import Clock
+
+    from keda_proxy.app import _wait_idle
+
+    clock, c = Clock(), QueueCounter()
+    c.sync_keys(["ns/a"])
+    ticket = c.enter("ns/a")
+    c.sync_keys([])  # the route is deleted while its request is held
+    d = _wait_idle(clock, c, timeout=0)
+    clock.advance(1)
+    assert not d.called
+    ticket.release()
+    clock.advance(1)
+    assert d.called
