@@ -471,7 +471,7 @@ class UpstreamConnection(Protocol):
             buffer = self._buffer
             end = buffer.find(b"\r\n\r\n")
             if end >= 0 and buffer.find(b"\n\n", 0, end) < 0 \
-                    and buffer.find(b"\n\r\n", 0, end + 3) == end + 1:
+                    and buffer.find(b"\n\r\n", 0, end + 4) == end + 1:
                 head, self._buffer = buffer[:end], buffer[end + 4:]
             else:  # no CRLF end, or a bare-LF one before it
                 match = _LENIENT_END.search(buffer)

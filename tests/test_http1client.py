@@ -305,3 +305,17 @@ def test_whole_responses_are_pooled_only_when_safe(raw, method, has_body, expect
     log, conn = _exchange([raw], method=method, has_body=has_body)
     assert log == expected
     assert conn.transport.disconnecting == (("pooled",) not in expected)
+
+
+def test_a_crlf_head_never_takes_the_lenient_bare_lf_pass(monkeypatch):
+    """The lenient pass (bare LF line ends) is for broken upstreams only: a
+    well-formed head, whatever its body holds, is split by the fast path."""
+    import keda_proxy.http1client as client
+
+    def refuse(head):
+        raise AssertionError("lenient pass taken")
+
+    monkeypatch.setattr(client, "_crlf_lines", refuse)
+    monkeypatch.setattr(client, "_LENIENT_END", None)
+    log, _ = _exchange([b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 4\r\n\r\n\n\nx\n"])
+    assert log[-1] == ("whole", 200, b"\n\nx\n")
