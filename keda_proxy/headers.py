@@ -74,7 +74,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     headers are ours, never the client's.
     """
     tokens = connection_tokens(incoming)
-    upgrade = upgrade_requested(incoming, tokens)
+    upgrade = upgrade_requested(incoming, tokens) if tokens else None
     drop = (HOP_BY_HOP | (tokens - KEPT_END_TO_END) | _FRAMING) if tokens else _DROP
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     if authority is not None:

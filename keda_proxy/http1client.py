@@ -233,20 +233,9 @@ def _is_chunked(codings: bytes) -> bool:
     raise UpstreamProtocolError(f"unsupported Transfer-Encoding {codings[:80]!r}")
 
 
-#: the end of a response head, bare LFs allowed (as Go's reader allows them)
+#: the end of a response head, bare LFs allowed (as Go's reader allows
+#: them; a bare CR, NUL and the rest are still refused by parse_head)
 _LENIENT_END = re.compile(rb"\r?\n\r?\n")
-
-
-def _parse_lenient(head: bytes) -> ResponseHead:
-    """L{parse_head}, taking bare LFs as line ends as Go's reader does (a
-    bare CR, NUL and the rest are still refused)."""
-    try:
-        return parse_head(head)
-    except UpstreamProtocolError:
-        lenient = _crlf_lines(head)
-        if lenient == head:
-            raise
-        return parse_head(lenient)
 
 
 def _crlf_lines(head: bytes) -> bytes:
@@ -470,21 +459,25 @@ class UpstreamConnection(Protocol):
         while self.state == HEAD:
             buffer = self._buffer
             end = buffer.find(b"\r\n\r\n")
-            if end >= 0 and buffer.find(b"\n\n", 0, end) < 0 \
-                    and buffer.find(b"\n\r\n", 0, end + 4) == end + 1:
-                head, self._buffer = buffer[:end], buffer[end + 4:]
-            else:  # no CRLF end, or a bare-LF one before it
+            try:
+                # parse_head refuses any bare LF, so a head it takes has no
+                # bare-LF end inside it that should have ended it sooner
+                parsed = parse_head(buffer[:end]) if end >= 0 else None
+                self._buffer = buffer[end + 4:]
+            except UpstreamProtocolError:
+                parsed = None
+            if parsed is None:  # no CRLF end, or lines that end in bare LFs
                 match = _LENIENT_END.search(buffer)
                 if match is None:
                     if len(buffer) > MAX_HEAD:
                         self._protocol_error(UpstreamProtocolError("response head too large"))
                     return
-                head, self._buffer = _crlf_lines(buffer[:match.start()]), buffer[match.end():]
-            try:
-                parsed = _parse_lenient(head)
-            except UpstreamProtocolError as e:
-                self._protocol_error(e)
-                return
+                self._buffer = buffer[match.end():]
+                try:
+                    parsed = parse_head(_crlf_lines(buffer[:match.start()]))
+                except UpstreamProtocolError as e:
+                    self._protocol_error(e)
+                    return
             code = parsed.code
             if code == 101:
                 self._upgrade(parsed)
