@@ -253,9 +253,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "Add the `X-KEDA-HTTP-Cold-Start` header to proxied responses."),
     EnvVar("KEDA_HTTP_LOG_REQUESTS", "log_requests", "false", _bool,
            "Log every proxied request."),
-    EnvVar("KEDA_HTTP_DIRECT_POD_ROUTING", "direct_pod_routing", "false", _bool,
+    EnvVar("KEDA_HTTP_DIRECT_POD_ROUTING", "direct_pod_routing", "true", _bool,
            "Send requests to a ready pod's ip:port instead of the Service's "
-           "ClusterIP, bypassing kube-proxy."),
+           "ClusterIP, bypassing kube-proxy and what the Service layer adds "
+           "(NetworkPolicy on the ClusterIP, session affinity, topology-aware "
+           "routing); false forwards through the Service."),
     EnvVar("KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS", "direct_pod_warm_connections", "0",
            _count,
            "With direct-pod routing, how many connections to open to each starting "

@@ -55,7 +55,7 @@ class ProxySettings:
     response_header_timeout: float = 300.0
     readiness_timeout: float = 0.0
     enable_cold_start_header: bool = True
-    direct_pod_routing: bool = False
+    direct_pod_routing: bool = True
     upstream_tls: bool = False
     #: how long to keep re-dialling a Service address with no request deadline
     dial_budget: float = MAX_RETRY_DURATION

@@ -74,7 +74,7 @@ def test_defaults_match_the_go_interceptor():
         "tls_curve_preferences": (),
         "enable_cold_start_header": True,
         "log_requests": False,
-        "direct_pod_routing": False,
+        "direct_pod_routing": True,  # v0.16's default
         "direct_pod_warm_connections": 0,  # an extension
         "drain_timeout": 30.0,
         "shutdown_delay": 5.0,
@@ -480,7 +480,7 @@ SAMPLES = {
     "KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES": ("X25519", ("X25519",)),
     "KEDA_HTTP_ENABLE_COLD_START_HEADER": ("false", False),
     "KEDA_HTTP_LOG_REQUESTS": ("true", True),
-    "KEDA_HTTP_DIRECT_POD_ROUTING": ("true", True),
+    "KEDA_HTTP_DIRECT_POD_ROUTING": ("false", False),
     "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": ("64", 64),  # an extension
     "KEDA_HTTP_DRAIN_TIMEOUT": ("7s", 7.0),
     "KEDA_HTTP_SHUTDOWN_DELAY": ("8s", 8.0),

@@ -176,7 +176,8 @@ def test_off_by_default_and_on_with_the_variable():
     build = lambda env: Interceptor.build(  # noqa: E731
         MemoryReactorClock(), load_config({**ports, **env}), ALL_KINDS, plugins=())
     assert build({"KEDA_HTTP_DIRECT_POD_ROUTING": "true"}).warmer is None
-    assert build({"KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": "8"}).warmer is None  # no direct
+    assert build({"KEDA_HTTP_DIRECT_POD_ROUTING": "false",
+                  "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": "8"}).warmer is None  # no direct
     ic = build({"KEDA_HTTP_DIRECT_POD_ROUTING": "true",
                 "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": "8"})
     assert ic.warmer.per_pod == 8 and ic.warmer.pool is ic.pool

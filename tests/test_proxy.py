@@ -32,6 +32,11 @@ from tests.proxyfakes import (
 )
 
 
+#: Forwarding through the Service address (direct-pod routing is on by
+#: default), for tests about the Service target itself
+SERVICE_ROUTING = ProxySettings(direct_pod_routing=False)
+
+
 def warm(h, *routes, slices=None, **kw):
     load(h.store, routes=routes or [route()], services=[service()],
          slices=[endpoint_slice()] if slices is None else slices, **kw)
@@ -85,7 +90,7 @@ def test_connect_is_refused_and_never_dialled():
 
 
 def test_absolute_uri_routes_by_its_authority_and_never_reaches_other_hosts():
-    h = Harness()
+    h = Harness(settings=SERVICE_ROUTING)
     warm(h)
     _, t = h.send(b"GET http://evil.example/steal HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert status_line(t) == b"HTTP/1.1 404 Not Found"
@@ -466,7 +471,7 @@ def test_upstream_breaking_mid_body_cuts_the_client():
 
 
 def test_refused_upstream_is_502_and_released():
-    h = Harness()
+    h = Harness(settings=SERVICE_ROUTING)
     warm(h)
     _, t = h.get()
     h.dials[0].fail(ConnectionRefusedError())
@@ -500,7 +505,7 @@ def test_response_header_timeout_is_504_global_and_per_route():
 
 
 def test_request_timeout_is_504_while_dialling():
-    h = Harness(settings=ProxySettings(request_timeout=3))
+    h = Harness(settings=ProxySettings(request_timeout=3, direct_pod_routing=False))
     warm(h)
     _, t = h.get()
     assert h.dials[0].budget == 3
