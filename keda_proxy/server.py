@@ -349,12 +349,16 @@ class StreamingRequest(server.Request):
             self.chunked = 1
             parts.append(b"Transfer-Encoding: chunked\r\n")
         channel = self.channel
-        if version == b"HTTP/1.0" and channel is not None and channel.persistent:
-            # the client asked for keep-alive (L{ProxyChannel.checkPersistence})
-            if self._bodiless or length_known:
-                parts.append(b"Connection: keep-alive\r\n")
-            else:
-                channel.persistent = False  # the body ends with the connection
+        if channel is not None and channel.persistent:
+            if channel.site.draining:  # as Go's server while it shuts down
+                channel.persistent = False
+                parts.append(b"Connection: close\r\n")
+            elif version == b"HTTP/1.0":
+                # the client asked for keep-alive (L{ProxyChannel.checkPersistence})
+                if self._bodiless or length_known:
+                    parts.append(b"Connection: keep-alive\r\n")
+                else:
+                    channel.persistent = False  # the body ends with the connection
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -770,6 +774,9 @@ class StreamingSite(server.Site):
     #: call per read
     protocol = ProxyChannel
     noisy = False
+    #: set when the interceptor drains: each response then closes its
+    #: connection (``Connection: close``), so clients move elsewhere
+    draining = False
 
     def __init__(self, resource, **kw):
         kw.setdefault("requestFactory", StreamingRequest)
