@@ -15,13 +15,14 @@ from twisted.python import usage
 
 from keda_proxy.descriptors import prepare_descriptors
 from keda_proxy.epolldispatch import lean_dispatch
+from keda_proxy.zaplog import ZapFlagError, ZapFlagOptions, with_zap_logging
 
 
 def _port(text):
     return None if text is None else int(text)
 
 
-class Options(usage.Options):
+class Options(ZapFlagOptions, usage.Options):
     synopsis = "[options]"
     longdesc = ("The KEDA HTTP add-on interceptor. Settings come from KEDA_HTTP_* "
                 "environment variables (see docs/configuration.md); these options "
@@ -37,6 +38,13 @@ class Options(usage.Options):
         ["kubeconfig", None, None, "A kubeconfig file (overrides KUBECONFIG)."],
         ["interface", None, "", "Address to listen on (default: all IPv4 addresses)."],
     ]
+
+    def parseOptions(self, options=None):
+        # the --zap-* flags (ZapFlagOptions) as the Go interceptor's chart passes them
+        try:
+            super().parseOptions(options)
+        except ZapFlagError as e:
+            fail(str(e))
 
 
 def fail(message: str) -> None:
@@ -74,9 +82,11 @@ def makeService(options):
             fail(str(e))
     prepare_descriptors()  # before any thread starts
     lean_dispatch(reactor)
-    return build_service(reactor, config, _source_factory(reactor, config),
-                         interface=options["interface"], server_tls=server_tls,
-                         upstream_tls=upstream_tls)
+    service = build_service(reactor, config, _source_factory(reactor, config),
+                            interface=options["interface"], server_tls=server_tls,
+                            upstream_tls=upstream_tls)
+    # with a --zap-* flag, twistd logs zap lines to stdout (keda_proxy.zaplog)
+    return with_zap_logging(service, options)
 
 
 def _source_factory(reactor, config):
