@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-stock test-epoll lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml requirements-pins.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ install: $(STAMP)
 run: install
 	@examples/run.sh
 
-test: install
+# The suite, once on each reactor the interceptor runs on: twistd's default
+# (epoll), then the opt-in `twistd -r keda-epoll` (see tests/conftest.py).
+test: test-stock test-epoll
+
+test-stock: install
 	$(BIN)/python -m pytest -q
+
+test-epoll: install
+	KEDA_TEST_REACTOR=keda-epoll $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check keda_proxy tests twisted benchmarks examples

@@ -90,6 +90,10 @@ def parse_args(argv=None):
                          "checkout as it is), a git ref of this checkout (exported with "
                          "git archive, e.g. HEAD), or a directory holding keda_proxy/. "
                          "Repeat to compare engines side by side, one row each")
+    ap.add_argument("--reactor", action="append", metavar="NAME",
+                    help="run keda-interceptor with twistd -r NAME, e.g. epoll (the one twistd "
+                         "picks on Linux without -r, the default here) or keda-epoll. Repeat "
+                         "to compare reactors side by side: one row per source and reactor")
     ap.add_argument("--routes", type=int, default=200, help="InterceptorRoutes loaded (200)")
     ap.add_argument("--server-cpu", type=int, default=0,
                     help="core of the server under test (0)")
@@ -120,6 +124,7 @@ def parse_args(argv=None):
     if bad:
         ap.error(f"unknown target(s): {', '.join(sorted(bad))}")
     args.interceptor = args.interceptor or ["worktree"]
+    args.reactor = args.reactor or [None]  # no -r: twistd's choice
     if args.backend_cpu is None:
         args.backend_cpu = args.load_cpu
     ncpu = os.cpu_count() or 1
@@ -205,18 +210,24 @@ class Bench:
                 bl.wait_listening(port, p, td.dir / f"{t}.log")
         self.keda = {}
         self.sources = {}
+        self.reactor_opts = {}
         if "keda" in a.targets:
-            for i, spec in enumerate(a.interceptor):
+            srcs = {spec: bl.interceptor_source(spec, td.dir) for spec in a.interceptor}
+            rows = [(spec, r) for spec in a.interceptor for r in a.reactor]
+            for i, (spec, reactor) in enumerate(rows):
                 key = "keda" if i == 0 else f"keda{i}"
-                LABELS[key] = ("keda-interceptor" if len(a.interceptor) == 1
-                               else f"keda-interceptor [{spec}]")
-                src = self.src[key] = bl.interceptor_source(spec, td.dir)
-                self.sources[key] = bl.describe_source(src, spec)
+                opts = self.reactor_opts[key] = ["-r", reactor] if reactor else []
+                tags = ([spec] if len(a.interceptor) > 1 else []) + (
+                    [" ".join(opts) or "no -r"] if len(a.reactor) > 1 or reactor else [])
+                LABELS[key] = "keda-interceptor" + (f" [{', '.join(tags)}]" if tags else "")
+                src = self.src[key] = srcs[spec]
+                self.sources[key] = bl.describe_source(src, spec) + (
+                    f", twistd -r {reactor}" if opts else ", twistd's default reactor")
                 bl.log(f"starting {LABELS[key]} with {a.routes} routes "
                        f"from {self.sources[key]}")
                 k = self.keda[key] = bl.start_interceptor(
                     td.procs, td.dir, be_port, a.server_cpu, routes=a.routes, src=src,
-                    name=LABELS[key])
+                    name=LABELS[key], twistd_opts=opts)
                 self.urls[key] = f"http://127.0.0.1:{k['proxy_port']}/"
                 self.server_pids[key] = [k["pid"]]
         for url in self.urls.values():
@@ -375,7 +386,8 @@ def cprofile(bench, out_path: Path, conns, duration, top=25):
     bl.log(f"starting a cProfile'd keda-interceptor (stats to {out_path})")
     k = bl.start_interceptor(bench.td.procs, bench.td.dir, bench.backend_port, a.server_cpu,
                              routes=a.routes, src=src, name="keda-interceptor-cprofile",
-                             twistd_opts=["--profiler=cprofile", "--savestats",
+                             twistd_opts=[*bench.reactor_opts.get("keda", []),
+                                          "--profiler=cprofile", "--savestats",
                                           f"--profile={out_path}"])
     bench.placement("keda")
     url = f"http://127.0.0.1:{k['proxy_port']}/"

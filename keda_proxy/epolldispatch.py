@@ -22,8 +22,10 @@ handshake that is already over when C{connect} returns, as it is to a pod
 on the same host, is finished in the same call, so the request goes out
 in the turn that released it.
 
-C{lean_dispatch(reactor)} switches an installed L{EPollReactor} (twistd's
-default on Linux) over in place; any other reactor is left as it is.
+It is opt-in, a Twisted reactor plugin: C{twistd -r keda-epoll
+keda-interceptor} (see C{twisted/plugins/keda_reactors.py}) calls
+L{install}.  Nothing here changes a reactor that is already running; on
+any other reactor the proxy works the same, through C{connectTCP}.
 """
 
 from __future__ import annotations
@@ -173,13 +175,15 @@ class LeanEPollReactor(EPollReactor):
         self._disconnectSelectable(selectable, why, is_read)
 
 
-def lean_dispatch(reactor) -> bool:
-    """Switch a plain L{EPollReactor} to L{LeanEPollReactor}; True if it did.
+def install() -> LeanEPollReactor:
+    """Install a L{LeanEPollReactor} as the global reactor (what
+    C{twistd -r keda-epoll} calls, before anything imports
+    C{twisted.internet.reactor})."""
+    from twisted.internet.main import installReactor
 
-    Swapping the class keeps every registered reader, writer, timer and
-    trigger: the subclass adds no state, only the loop above.
-    """
-    if type(reactor) is not EPollReactor:
-        return False
-    reactor.__class__ = LeanEPollReactor
-    return True
+    reactor = LeanEPollReactor()
+    installReactor(reactor)
+    return reactor
+
+
+__all__ = ["LeanEPollReactor", "install"]

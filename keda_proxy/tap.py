@@ -14,7 +14,6 @@ import sys
 from twisted.python import usage
 
 from keda_proxy.descriptors import prepare_descriptors
-from keda_proxy.epolldispatch import lean_dispatch
 from keda_proxy.zaplog import ZapFlagError, ZapFlagOptions, with_zap_logging
 
 
@@ -81,7 +80,6 @@ def makeService(options):
         except TLSConfigError as e:
             fail(str(e))
     prepare_descriptors()  # before any thread starts
-    lean_dispatch(reactor)
     service = build_service(reactor, config, _source_factory(reactor, config),
                             interface=options["interface"], server_tls=server_tls,
                             upstream_tls=upstream_tls)

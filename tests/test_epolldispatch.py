@@ -1,4 +1,6 @@
-"""Tests for keda_proxy.epolldispatch: the reactor's direct dispatch loop."""
+"""Tests for keda_proxy.epolldispatch: the opt-in reactor (``twistd -r
+keda-epoll``), its direct dispatch loop and eager dials, each on a private
+reactor; and the proxy's pod dials on the stock epoll reactor."""
 
 import os
 import socket
@@ -7,22 +9,34 @@ import sys
 import pytest
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python import log
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll")
 
 
-@pytest.fixture
-def reactor():
-    from twisted.internet.epollreactor import EPollReactor
-
-    r = EPollReactor()
+def _private(reactor_type):
+    r = reactor_type()
     yield r
     r._poller.close()
     os.close(r.waker.i)
     os.close(r.waker.o)
+
+
+@pytest.fixture
+def reactor():
+    """A private L{LeanEPollReactor}, never run: tests turn it by hand."""
+    from keda_proxy.epolldispatch import LeanEPollReactor
+
+    yield from _private(LeanEPollReactor)
+
+
+@pytest.fixture
+def stock_reactor():
+    """A private stock L{EPollReactor}."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    yield from _private(EPollReactor)
 
 
 @pytest.fixture
@@ -38,7 +52,6 @@ def listener():
 
 class Reader:
     """A minimal IReadDescriptor over one end of a socket pair."""
-
     def __init__(self, sock, why=None):
         self.sock, self.why, self.got, self.lost = sock, why, [], []
 
@@ -57,21 +70,16 @@ class Reader:
         raise RuntimeError("a buggy connectionLost")
 
 
-def test_switches_only_a_plain_epoll_reactor(reactor):
-    from keda_proxy.epolldispatch import LeanEPollReactor, lean_dispatch
+def test_the_reactor_is_the_stock_epoll_one_with_its_own_loop(reactor):
+    from twisted.internet.epollreactor import EPollReactor
 
-    assert lean_dispatch(reactor) is True
-    assert type(reactor) is LeanEPollReactor
+    from keda_proxy.epolldispatch import LeanEPollReactor
+
+    assert isinstance(reactor, EPollReactor)
     assert reactor.doIteration.__func__ is LeanEPollReactor.doPoll
-    assert lean_dispatch(reactor) is False  # already switched
-    memory = MemoryReactorClock()
-    assert lean_dispatch(memory) is False and type(memory) is MemoryReactorClock
 
 
 def test_a_ready_socket_is_read_without_the_log_context(reactor, monkeypatch):
-    from keda_proxy.epolldispatch import lean_dispatch
-
-    lean_dispatch(reactor)
     monkeypatch.setattr(log, "callWithLogger", None)  # would fail if called
     a, b = socket.socketpair()
     with a, b:
@@ -86,9 +94,6 @@ def test_a_ready_socket_is_read_without_the_log_context(reactor, monkeypatch):
 
 
 def test_an_error_escaping_dispatch_is_logged_and_the_loop_goes_on(reactor):
-    from keda_proxy.epolldispatch import lean_dispatch
-
-    lean_dispatch(reactor)
     events = []
     globalLogPublisher.addObserver(events.append)
     a, b, c, d = *socket.socketpair(), *socket.socketpair()
@@ -125,9 +130,6 @@ def test_tcp_reads_take_the_inlined_path_with_the_same_outcomes(reactor, monkeyp
     from twisted.internet.error import ConnectionDone
     from twisted.internet.protocol import Factory, Protocol
 
-    from keda_proxy.epolldispatch import lean_dispatch
-
-    lean_dispatch(reactor)
     dispatched = []
     stock = reactor._doReadOrWrite
     monkeypatch.setattr(reactor, "_doReadOrWrite",
@@ -194,9 +196,6 @@ class DialFactory(ClientFactory):
 
 
 def test_an_ipv4_dial_is_under_way_when_connectTCP_returns(reactor, listener):
-    from keda_proxy.epolldispatch import lean_dispatch
-
-    lean_dispatch(reactor)
     factory = DialFactory()
     reactor.connectTCP("127.0.0.1", listener.getsockname()[1], factory, timeout=5)
     assert factory.log == []  # nothing reported from inside connectTCP
@@ -218,9 +217,6 @@ def test_an_ipv4_dial_is_under_way_when_connectTCP_returns(reactor, listener):
 def test_a_refused_dial_is_reported_a_turn_later_as_refused(reactor, dial):
     from twisted.internet.error import ConnectionRefusedError
 
-    from keda_proxy.epolldispatch import lean_dispatch
-
-    lean_dispatch(reactor)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -233,9 +229,6 @@ def test_a_refused_dial_is_reported_a_turn_later_as_refused(reactor, dial):
 
 
 def test_an_ipv6_literal_is_dialled_the_stock_way(reactor):
-    from keda_proxy.epolldispatch import lean_dispatch
-
-    lean_dispatch(reactor)
     try:
         listener = socket.socket(socket.AF_INET6)
         listener.bind(("::1", 0))
@@ -255,9 +248,7 @@ def test_connect_at_once_connects_a_loopback_dial_before_it_returns(reactor, lis
     """The handshake to a listener on this host is over when C{connect}
     returns: the protocol is connected in the same call, registered for
     reading only, with no connect timeout left behind."""
-    from keda_proxy.epolldispatch import lean_dispatch
 
-    lean_dispatch(reactor)
     factory = DialFactory()
     connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory,
                                         timeout=5)
@@ -294,7 +285,6 @@ def test_connect_at_once_leaves_a_handshake_under_way_to_the_reactor(
     by the reactor, a turn later, as C{connectTCP} finishes it."""
     from keda_proxy import epolldispatch
 
-    epolldispatch.lean_dispatch(reactor)
     monkeypatch.setattr(epolldispatch, "_established", lambda skt: False)
     factory = DialFactory()
     connector = reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory,
@@ -311,7 +301,6 @@ def test_connect_at_once_leaves_a_handshake_under_way_to_the_reactor(
 def test_connect_at_once_contains_an_error_from_connectionMade(reactor, listener):
     """A protocol that fails as it connects loses its connection, logged,
     as the reactor handles it on a later turn; the caller's call returns."""
-    from keda_proxy.epolldispatch import lean_dispatch
 
     class Failing(Dialled):
         def connectionMade(self):
@@ -320,7 +309,6 @@ def test_connect_at_once_contains_an_error_from_connectionMade(reactor, listener
         def connectionLost(self, reason):
             self.log.append(("lost", reason))
 
-    lean_dispatch(reactor)
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -341,10 +329,8 @@ def test_connect_at_once_contains_an_error_from_connectionMade(reactor, listener
 def test_a_direct_endpoint_fires_at_once_on_this_reactor(reactor, listener):
     """The pool's pod dials take the at-once path: the connection is
     there when C{connect} returns."""
-    from keda_proxy.epolldispatch import lean_dispatch
     from keda_proxy.upstream import DirectEndpoint
 
-    lean_dispatch(reactor)
     factory = DialFactory()
     d = DirectEndpoint(reactor, "127.0.0.1", listener.getsockname()[1], 5).connect(factory)
     got = []
@@ -354,11 +340,61 @@ def test_a_direct_endpoint_fires_at_once_on_this_reactor(reactor, listener):
     spin(reactor, lambda: got[0].transport.disconnected)
 
 
-def test_the_suite_runs_on_the_production_reactor(production_reactor):
-    """The integration tests exercise the reactor twistd runs the proxy on."""
+def test_a_direct_endpoint_on_the_stock_reactor_dials_with_connectTCP(
+        stock_reactor, listener):
+    """Without C{connect_at_once} (any reactor but keda-epoll) a pod dial
+    is Twisted's C{connectTCP}: connected a turn or two later, the same
+    connection otherwise."""
+    from keda_proxy.upstream import DirectEndpoint
+
+    assert not hasattr(stock_reactor, "connect_at_once")
+    factory = DialFactory()
+    d = DirectEndpoint(stock_reactor, "127.0.0.1", listener.getsockname()[1], 5) \
+        .connect(factory)
+    got = []
+    d.addCallback(got.append)
+    assert got == []  # not inside the call
+    spin(stock_reactor, lambda: got)
+    assert got[0].transport.connected
+    got[0].transport.loseConnection()
+    spin(stock_reactor, lambda: got[0].transport.disconnected)
+
+
+def test_install_makes_it_the_global_reactor():
+    """C{twistd -r keda-epoll} calls C{install()}: in a fresh process, it
+    installs a L{LeanEPollReactor} (a subclass of the stock epoll one) as
+    C{twisted.internet.reactor}, and importing the module installs nothing."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from keda_proxy import epolldispatch\n"
+        "assert 'twisted.internet.reactor' not in sys.modules\n"
+        "r = epolldispatch.install()\n"
+        "from twisted.internet import reactor\n"
+        "assert reactor is r and type(r) is epolldispatch.LeanEPollReactor, type(r)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
+
+
+def test_the_reactor_plugin_names_this_module():
+    from twisted.application.reactors import getReactorTypes
+
+    [plugin] = [r for r in getReactorTypes() if r.shortName == "keda-epoll"]
+    assert plugin.moduleName == "keda_proxy.epolldispatch"
+
+
+def test_the_suite_runs_on_the_reactor_asked_for(test_reactor):
+    """KEDA_TEST_REACTOR picks the reactor the whole suite runs on: the
+    stock epoll one by default (``twistd keda-interceptor``), or keda-epoll."""
     from twisted.internet import reactor
+    from twisted.internet.epollreactor import EPollReactor
 
     from keda_proxy.epolldispatch import LeanEPollReactor
 
-    assert production_reactor is LeanEPollReactor
-    assert type(reactor) is LeanEPollReactor
+    name, installed = test_reactor
+    assert type(reactor) is installed
+    assert installed is {"default": EPollReactor, "keda-epoll": LeanEPollReactor}[name]

@@ -20,7 +20,22 @@ import pytest
 from tests.netsupport import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-TWISTD = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "keda-interceptor"]
+BIN = Path(sys.executable).parent
+
+
+def twistd(reactor=None):
+    """The command line up to the plugin's options; C{reactor} is a
+    C{twistd -r} name, or None for twistd's default (epoll on Linux)."""
+    return [str(BIN / "twistd"), "-n", "--pidfile=",
+            *(["-r", reactor] if reactor else []), "keda-interceptor"]
+
+
+#: what the black-box tests start: KEDA_TEST_REACTOR=keda-epoll (see
+#: conftest.py) runs them on that reactor too
+SUITE_REACTOR = os.environ.get("KEDA_TEST_REACTOR", "").strip() or None
+if SUITE_REACTOR == "default":
+    SUITE_REACTOR = None
+TWISTD = twistd(SUITE_REACTOR)
 
 
 def http(url, host=None, timeout=5.0):
@@ -91,14 +106,14 @@ def backend():
 
 
 class Interceptor:
-    def __init__(self, tmp_path, manifests_path, extra_env=None):
+    def __init__(self, tmp_path, manifests_path, extra_env=None, argv=TWISTD):
         self.proxy, self.admin = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KEDA_", "KUBE"))}
         env.update(KEDA_HTTP_PROXY_PORT=str(self.proxy), KEDA_HTTP_ADMIN_PORT=str(self.admin),
                    OTEL_PROM_EXPORTER_ENABLED="false", KEDA_HTTP_SHUTDOWN_DELAY="0s")
         env.update(extra_env or {})
         self.log = open(tmp_path / "interceptor.log", "w+")
-        self.proc = subprocess.Popen(TWISTD + ["--manifests", str(manifests_path)],
+        self.proc = subprocess.Popen(argv + ["--manifests", str(manifests_path)],
                                      env=env, cwd=tmp_path, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
@@ -130,8 +145,8 @@ class Interceptor:
 def run(tmp_path):
     started = []
 
-    def start(manifests_path, **env):
-        ic = Interceptor(tmp_path, manifests_path, env)
+    def start(manifests_path, argv=TWISTD, **env):
+        ic = Interceptor(tmp_path, manifests_path, env, argv)
         started.append(ic)
         return ic
 
@@ -282,3 +297,38 @@ def test_shutdown_delay_turns_readyz_503_while_still_serving(tmp_path, backend, 
                what="/readyz 503 while draining")
     assert http(ic.url(), host="demo.test")[0] == 200  # traffic still served
     assert ic.proc.wait(timeout=15) in (0, -signal.SIGTERM)
+
+
+# The reactor: twistd's own unless asked for (``-r keda-epoll``)
+
+def reactor_class(ic):
+    found = re.search(r"reactor class: ([\w.]+)\.", ic.output())
+    assert found, ic.output()
+    return found.group(1)
+
+
+def test_the_default_start_runs_on_twistds_reactor_unchanged(tmp_path, backend, run):
+    """Nothing swaps the reactor at run time: twistd logs the class it
+    runs after the service is made, and it is still the stock epoll one."""
+    (tmp_path / "m.yaml").write_text(manifest(backend))
+    ic = run(tmp_path / "m.yaml", argv=twistd()).ready()
+    assert http(ic.url(), host="demo.test")[0] == 200
+    assert reactor_class(ic) == "twisted.internet.epollreactor.EPollReactor"
+
+
+def test_the_keda_epoll_reactor_is_a_twistd_reactor_plugin(tmp_path, backend, run):
+    (tmp_path / "m.yaml").write_text(manifest(backend))
+    ic = run(tmp_path / "m.yaml", argv=twistd("keda-epoll")).ready()
+    assert http(ic.url(), host="demo.test")[0] == 200
+    assert reactor_class(ic) == "keda_proxy.epolldispatch.LeanEPollReactor"
+
+
+def test_the_reactor_plugin_is_listed_and_takes_the_plugin_options():
+    listed = subprocess.run([str(BIN / "twistd"), "--help-reactors"], capture_output=True,
+                            text=True, timeout=60)
+    assert re.search(r"^\s+keda-epoll\s", listed.stdout, re.M), listed.stdout
+    helped = subprocess.run(twistd("keda-epoll") + ["--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    assert "--manifests=" in helped.stdout
+
