@@ -5,15 +5,19 @@ L{InterceptorService} runs its listeners and sources under twistd.
 
 from __future__ import annotations
 
+import errno
 import gc
+import socket
 from typing import Optional
 
 import attrs
 from attrs import define
 from twisted.application.service import MultiService, Service
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from keda_proxy.admin import admin_root
 from keda_proxy.adminsite import AdminSite
@@ -161,26 +165,125 @@ def _freeze_after_first_sync():
     return listener
 
 
+#: what binding a dual-stack socket fails with on a machine without IPv6
+#: (no such family, or IPv6 switched off): the listener then takes IPv4 only
+_NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL})
+
+
+class ListenFailed(SystemExit, Exception):
+    """A listener cannot listen: start-up stops with exit status 1.
+
+    A C{SystemExit}, so that Python exits with status 1 and no traceback
+    (the reason is logged, on one line; with C{echo}, for when logging has
+    not begun, Python also prints it on stderr); an C{Exception} too, so
+    that twistd's start-up handler still removes its PID file and tells a
+    daemonizing parent why start-up failed."""
+
+    def __init__(self, message: str, echo: bool = False) -> None:
+        super().__init__(f"keda-interceptor: {message}" if echo else 1)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _server(skt, protocol, client, port, sessionno, reactor):
+    """The transport of an accepted connection.  An IPv4 client of a
+    dual-stack socket is named by its IPv4 address, as Go names it, not as
+    C{::ffff:a.b.c.d}: X-Forwarded-For and the access log read the same as
+    on an IPv4 socket.  (The peer stays an C{IPv6Address}, as the socket's
+    own address is; and the transport a plain L{tcp.Server}, the type the
+    lean reactor reads inline.)"""
+    host = client[0]
+    if host.startswith("::ffff:") and "." in host:
+        client = (host[7:], *client[1:])
+    return tcp.Server(skt, protocol, client, port, sessionno, reactor)
+
+
+class _Port(tcp.Port):
+    """A listening TCP port whose IPv6 socket takes IPv4 clients too
+    (IPV6_V6ONLY off, as Go sets it, whatever C{net.ipv6.bindv6only} says)."""
+
+    transport = staticmethod(_server)
+
+    def createInternetSocket(self):
+        skt = super().createInternetSocket()
+        if self.addressFamily == socket.AF_INET6:
+            try:
+                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                skt.close()
+                raise
+        return skt
+
+
 @define(slots=False, eq=False)
 class Listener(Service):
-    """Listens on an endpoint while running; remembers the port so tests
-    and logs can learn an ephemeral port number."""
+    """Listens on TCP port C{number} while running: on every IPv4 and IPv6
+    address (one dual-stack socket on C{::}, as Go makes of the Go
+    interceptor's C{0.0.0.0:port}), on IPv4 only where the machine has no
+    IPv6, or on C{interface} alone (C{::} means every address, as the
+    default does).
 
-    endpoint: object
+    The port is bound in C{privilegedStartService}, before any service
+    starts (or in C{startService} when nothing called that): if it cannot
+    be, one line names the listener, the address and the reason, and
+    L{ListenFailed} ends the process with status 1.  Remembers the port so
+    tests and logs can learn an ephemeral port number.
+
+    @ivar tls: an C{IOpenSSLServerConnectionCreator}: serve TLS.
+    """
+
+    reactor: object
+    number: int
     factory: object
     name_: str
+    interface: str = ""
+    tls: Optional[object] = None
     port: Optional[object] = None
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        self._bind(echo=False)
 
     def startService(self):
         Service.startService(self)
-        d = self.endpoint.listen(self.factory)
+        if self.port is None:
+            # not under twistd: C{twist} starts services before it starts
+            # logging, so a failure is told on stderr as well
+            self._bind(echo=True)
 
-        def listening(port):
-            self.port = port
-            log.info("{name} listening on {addr}", name=self.name_, addr=port.getHost())
-            return port
+    def _bind(self, echo: bool):
+        factory = self.factory
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
+        try:
+            if self.interface in ("", "::"):
+                try:
+                    port = self._listen(factory, "::")
+                except CannotListenError as e:
+                    if getattr(e.socketError, "errno", None) not in _NO_IPV6:
+                        raise
+                    port = self._listen(factory, "")
+            else:
+                port = self._listen(factory, self.interface)
+        except CannotListenError as e:
+            why = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            message = f"{self.name_} listener: cannot listen on {self._where()}: {why}"
+            log.error("{message}", message=message)
+            raise ListenFailed(message, echo) from None
+        self.port = port
+        log.info("{name} listening on {addr}", name=self.name_, addr=port.getHost())
 
-        return d.addCallback(listening)
+    def _listen(self, factory, interface: str):
+        port = _Port(self.number, factory, interface=interface, reactor=self.reactor)
+        port.startListening()
+        return port
+
+    def _where(self) -> str:
+        if self.interface in ("", "::"):
+            return f"port {self.number} (all addresses)"
+        return f"{self.interface} port {self.number}"
 
     def stopService(self):
         Service.stopService(self)
@@ -254,6 +357,8 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
 
     @param source_factory: called with the store, returns the source
         Service (manifest files or the Kubernetes API).
+    @param interface: the one address every listener takes; empty (or
+        C{::}) for all IPv4 and IPv6 addresses (see L{Listener}).
     @param server_tls: a L{keda_proxy.tls.ServerTLS}; with it, a second
         proxy listener serves TLS on C{proxy_tls_port}.
     """
@@ -265,20 +370,17 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
     svc = InterceptorService(ic)
     source_factory(ic.store).setServiceParent(svc)
 
-    def tcp(port):
-        iface = f":interface={interface}" if interface else ""
-        return serverFromString(reactor, f"tcp:{port}{iface}")
+    def listener(number, site, name, tls=None):
+        return Listener(reactor, number, site, name, interface=interface, tls=tls)
 
-    proxy = Listener(tcp(config.proxy_port), ic.proxy_site(), "proxy")
+    proxy = listener(config.proxy_port, ic.proxy_site(), "proxy")
     svc.proxies.append(proxy)
     proxy.setServiceParent(svc)
     if server_tls is not None:
-        tls = Listener(server_tls.endpoint(reactor, config.proxy_tls_port, interface),
-                       ic.tls_proxy_site(), "TLS proxy")
+        tls = listener(config.proxy_tls_port, ic.tls_proxy_site(), "TLS proxy", server_tls)
         svc.proxies.append(tls)
         tls.setServiceParent(svc)
-    Listener(tcp(config.admin_port), ic.admin_site(), "admin").setServiceParent(svc)
+    listener(config.admin_port, ic.admin_site(), "admin").setServiceParent(svc)
     if config.prom_exporter_enabled:
-        Listener(tcp(config.prom_exporter_port), ic.metrics_site(),
-                 "metrics").setServiceParent(svc)
+        listener(config.prom_exporter_port, ic.metrics_site(), "metrics").setServiceParent(svc)
     return svc
