@@ -332,3 +332,37 @@ def test_the_reactor_plugin_is_listed_and_takes_the_plugin_options():
     assert helped.returncode == 0, helped.stderr
     assert "--manifests=" in helped.stdout
 
+
+# The runner: pytest, not trial
+
+#: what ``trial tests`` says, and fails with
+NOT_TRIAL = ("this suite is written for pytest (plain functions and fixtures), which trial "
+             "does not collect: run `make test` (both reactors) or `.venv/bin/python -m "
+             "pytest`, see README.md")
+
+
+def testSuite():
+    """Trial's hook for a module's tests (L{twisted.trial.runner.TestLoader.loadModule}):
+    trial loads every ``test_*`` module of ``tests`` and, finding no
+    C{TestCase}, would report PASSED having run nothing.  From this module
+    it loads one test that fails with L{NOT_TRIAL} instead.  pytest never
+    calls it (C{__test__ = False}); the test below checks that trial does."""
+    from twisted.trial.unittest import SynchronousTestCase
+
+    class UsePytest(SynchronousTestCase):
+        def test_use_pytest(self):
+            self.fail(NOT_TRIAL)
+
+    return UsePytest("test_use_pytest")
+
+
+testSuite.__test__ = False
+
+
+def test_trial_fails_loudly_instead_of_passing_with_no_tests(tmp_path):
+    ran = subprocess.run([str(BIN / "trial"), "--temp-directory", str(tmp_path / "trial"),
+                          "tests"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = ran.stdout + ran.stderr
+    assert ran.returncode != 0, out
+    assert "FAILED" in out and "make test" in out, out
+    assert "Ran 1 tests" in out, out  # this module's, and nothing else passed unnoticed
