@@ -18,12 +18,14 @@ L{ServerTLS} is the TLS proxy listener's side:
    HTTP/1.1 client, and the Go interceptor's h2 listener is not offered.
 
 L{UpstreamTLS} is the forwarding side, used when the request arrived on the
-TLS listener.  It hands out one cached L{IOpenSSLClientConnectionCreator}
-per server name: the creator sends that name as SNI and verifies the peer
-certificate against it (service_identity), whatever address the TCP
-connection went to, so a pod reached by IP is still checked against
-``svc.ns``.  Trust is the system CAs plus every configured certificate (as
-Go adds them to C{RootCAs}).  A dial without a server name is refused.
+TLS listener.  It is an L{IPolicyForHTTPS}: C{creatorForNetloc(name, port)}
+hands out one creator per server name, from a bounded LRU cache, all on one
+client context that Twisted's L{CertificateOptions} builds.  The creator
+sends that name as SNI and verifies the peer certificate against it
+(service_identity), whatever address the TCP connection went to, so a pod
+reached by IP is still checked against ``svc.ns``.  Trust is the system
+CAs plus every configured certificate (as Go adds them to C{RootCAs}).  A
+dial without a server name is refused.
 
 Both sides share one L{TLSPolicy}: minimum and maximum TLS version, TLS 1.2
 cipher suites and key-exchange groups, as Go shares one C{tls.Config}.
@@ -37,14 +39,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Optional
 
 from attrs import frozen
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
-from OpenSSL.crypto import X509StoreFlags
+from OpenSSL.crypto import X509, X509StoreFlags
 from service_identity import VerificationError
 from service_identity.cryptography import (
     verify_certificate_hostname,
@@ -55,8 +59,10 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from keda_proxy.config import GO_CIPHER_SUITES, GO_CURVES
@@ -73,6 +79,10 @@ CURVES_VAR = "KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES"
 ALPN = b"http/1.1"
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+_TWISTED_VERSIONS = {
+    SSL.TLS1_2_VERSION: TLSVersion.TLSv1_2,
+    SSL.TLS1_3_VERSION: TLSVersion.TLSv1_3,
+}
 
 #: TLS 1.3 suites: Go accepts their names but, like OpenSSL's cipher list,
 #: never restricts TLS 1.3 with them; all three stay enabled.
@@ -187,6 +197,25 @@ class TLSPolicy:
             ordered = dict.fromkeys(GO_CURVES[n] for n in config.tls_curve_preferences)
             groups = ":".join(ordered).encode("ascii")
         return cls(low, high, cipher_list, groups)
+
+    def certificate_options(self) -> dict:
+        """The versions and TLS 1.2 suites as L{CertificateOptions}
+        arguments (the upstream side); L{finish_context} does the rest."""
+        high = self.max_version
+        return {
+            "raiseMinimumTo": _TWISTED_VERSIONS[self.min_version],
+            "lowerMaximumSecurityTo": None if high is None else _TWISTED_VERSIONS[high],
+            "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(
+                self.cipher_list.decode("ascii")
+            ),
+        }
+
+    def finish_context(self, ctx: SSL.Context) -> None:
+        """What L{CertificateOptions} has no argument for: renegotiation
+        off and the key-exchange groups (compression is already off)."""
+        ctx.set_options(SSL.OP_NO_RENEGOTIATION)
+        if self.groups is not None:
+            self._apply_groups(ctx)
 
     def apply(self, ctx: SSL.Context) -> None:
         """Configure a fresh context (before any connection uses it)."""
@@ -478,16 +507,47 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+def _verifier(tlsProtocol, name: str, is_ip: bool):
+    """The verify callback for one connection: OpenSSL's chain verdict,
+    then, at the leaf, C{name} against the certificate's SANs.  Any failure
+    of the name check fails the handshake, a certificate with no SAN or a
+    malformed one included."""
+
+    def verify(conn, cert, errno, depth, ok) -> bool:
+        if depth != 0 or not ok:
+            return bool(ok)  # chain errors: OpenSSL fails the handshake
+        # Never let an exception escape into OpenSSL: fail closed.
+        try:
+            leaf = cert.to_cryptography()
+            if is_ip:
+                verify_certificate_ip_address(leaf, name)
+            else:
+                verify_certificate_hostname(leaf, name)
+            return True
+        except Exception as e:
+            if not isinstance(e, VerificationError):
+                e = VerificationError(f"cannot verify {name!r}: {e}")
+            # Report the name mismatch, not just "handshake failed".
+            tlsProtocol.failVerification(Failure(e))
+            return False
+
+    return verify
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class UpstreamCreator:
     """Client connections for one server name: SNI is that name (not sent
     for an IP literal), and unless C{verify} is false the peer certificate
-    must chain to the trust store and match the name."""
+    must chain to the trust store and match the name.
 
-    def __init__(self, context: SSL.Context, server_name: str, verify: bool) -> None:
+    The connections come from C{options}, the L{CertificateOptions} that
+    L{UpstreamTLS} shares between all names.
+    """
+
+    def __init__(self, options: CertificateOptions, server_name: str, verify: bool) -> None:
+        self.options = options
         self.server_name = server_name
         self.verify = verify
-        self._context = context
         self._is_ip = _is_ip(server_name)
         self._sni = None if self._is_ip else server_name.encode("idna")
 
@@ -495,98 +555,154 @@ class UpstreamCreator:
         return f"<UpstreamCreator {self.server_name!r} verify={self.verify}>"
 
     def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
-        conn = SSL.Connection(self._context, None)
+        conn = self.options.clientConnectionForTLS(tlsProtocol)
         if self._sni is not None:
             conn.set_tlsext_host_name(self._sni)
         if self.verify:
             conn.set_verify(
                 SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-                self._verifier(tlsProtocol),
+                _verifier(tlsProtocol, self.server_name, self._is_ip),
             )
         return conn
 
-    def _verifier(self, tlsProtocol):
-        name, is_ip = self.server_name, self._is_ip
 
-        def verify(conn, cert, errno, depth, ok) -> bool:
-            if depth != 0 or not ok:
-                return bool(ok)  # chain errors: OpenSSL fails the handshake
-            # Never let an exception escape into OpenSSL: fail closed.
-            try:
-                leaf = cert.to_cryptography()
-                if is_ip:
-                    verify_certificate_ip_address(leaf, name)
-                else:
-                    verify_certificate_hostname(leaf, name)
-                return True
-            except Exception as e:
-                if not isinstance(e, VerificationError):
-                    e = VerificationError(f"cannot verify {name!r}: {e}")
-                # Report the name mismatch, not just "handshake failed".
-                tlsProtocol.failVerification(Failure(e))
-                return False
-
-        return verify
+#: Server names L{UpstreamTLS} keeps a creator for.
+CREATOR_CACHE_SIZE = 1024
 
 
+def _client_certificate(pair: CertificatePair) -> dict:
+    """L{CertificateOptions} arguments presenting C{pair} to an upstream
+    that asks for a client certificate: the leaf, its key, the chain.
+
+    They are cryptography objects: L{CertificateOptions} hands them to
+    pyOpenSSL as they are, and pyOpenSSL deprecates its own X509 and PKey
+    there."""
+    key = _read(pair.key_path, KEY_PATH_VAR, "key")
+    try:
+        private_key = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as e:  # the pair was checked when loaded
+        raise TLSConfigError(
+            f"{KEY_PATH_VAR}: cannot use key {pair.key_path} with {pair.cert_path}: {e}"
+        ) from None
+    return {
+        "privateKey": private_key,
+        "certificate": pair.leaf,
+        "extraCertChain": list(pair.chain[1:]),
+    }
+
+
+@implementer(IPolicyForHTTPS)
 class UpstreamTLS:
-    """TLS towards upstreams: one cached creator per server name, all on a
-    single client context (the trust store is loaded once).
+    """TLS towards upstreams: C{creatorForNetloc(server_name, port)} gives
+    the L{UpstreamCreator} for that name.
 
-    The cache is a plain dict: one small object per distinct Service host
-    name ever dialled (routes' targets and fallbacks), so it stays as small
-    as the routing table.
+    Every name shares one L{CertificateOptions}, hence one client context,
+    built at startup: the policy's versions and TLS 1.2 suites, ALPN
+    ``http/1.1``, the main certificate as client certificate; then
+    L{TLSPolicy.finish_context} and the trust store are added to its
+    context before any connection uses it.  Trust is OpenSSL's default
+    verify paths (the system CAs, as Twisted's C{platformTrust()} loads
+    them) plus every certificate of the main and store files, each an
+    anchor by itself as in Go's C{RootCAs}, even a leaf or an intermediate
+    (C{PARTIAL_CHAIN}).  Verification is left to each connection (see
+    L{UpstreamCreator}).
+
+    The creators are not Twisted's C{optionsForClientTLS}: that builds a
+    context, with its own copy of the system CAs, per name; trusting the
+    system CAs and further certificates together would take implementing
+    Twisted's private C{IOpenSSLTrustRoot}; and its verify callback lets a
+    certificate through when service_identity raises anything other than
+    L{VerificationError} (no SAN, a malformed SAN), where ours fails.
+
+    A creator is built the first time its name is asked for and then
+    taken from a cache, so a dial costs a dict lookup.  The cache is an
+    LRU of C{cache_size} names (1,024 by default): names come and go with
+    the routes (Services created, renamed, deleted), and the cache must
+    not keep every name the process ever dialled.  The bound is far above
+    the number of Services a routing table holds, so a name in use is
+    never rebuilt; the least recently used name is dropped first, and
+    rebuilding one costs a small object.
+
+    The port is not part of the identity: one creator serves a name on any
+    port.
     """
 
-    def __init__(self, context: SSL.Context, verify: bool = True) -> None:
-        self.context = context
+    def __init__(
+        self,
+        policy: TLSPolicy,
+        material: TLSMaterial,
+        verify: bool = True,
+        cache_size: int = CREATOR_CACHE_SIZE,
+    ) -> None:
+        self.policy = policy
         self.verify = verify
-        self._creators: dict = {}
+        self.cache_size = cache_size
+        kw = policy.certificate_options()
+        if material.main is not None:
+            kw.update(_client_certificate(material.main))
+        try:
+            # verifyDepth=None: OpenSSL's default chain depth, not Twisted's 9
+            self.options = CertificateOptions(
+                acceptableProtocols=[ALPN], verifyDepth=None, **kw
+            )
+        except ValueError as e:  # no usable cipher suite
+            raise TLSConfigError(f"{CIPHERS_VAR}: {e}") from None
+        try:
+            ctx = self.options.getContext()
+        except SSL.Error as e:
+            raise TLSConfigError(f"upstream TLS: {_ssl_reason(e)}") from None
+        policy.finish_context(ctx)
+        ctx.set_default_verify_paths()  # what platformTrust() does
+        store = ctx.get_cert_store()
+        for cert in dict.fromkeys(c for pair in material.pairs for c in pair.chain):
+            store.add_cert(X509.from_cryptography(cert))
+        store.set_flags(X509StoreFlags.PARTIAL_CHAIN)
+        self._creators: OrderedDict = OrderedDict()
 
     @classmethod
-    def from_config(cls, config, log: Optional[Logger] = None) -> "UpstreamTLS":
+    def from_config(
+        cls, config, log: Optional[Logger] = None, cache_size: int = CREATOR_CACHE_SIZE
+    ) -> "UpstreamTLS":
         """Trust the system CAs plus the main and store certificates; present
         the main certificate if an upstream asks for a client certificate.
 
         @raise TLSConfigError: a file or setting cannot be used.
         """
         log = _log if log is None else log
-        material = TLSMaterial.from_config(config)
-        ctx = _base_context(SSL.TLS_CLIENT_METHOD, TLSPolicy.from_config(config))
-        ctx.set_alpn_protos([ALPN])
-        ctx.set_default_verify_paths()  # what twisted's platformTrust() does
-        for pair in material.pairs:
-            try:
-                ctx.load_verify_locations(pair.cert_path)
-            except SSL.Error as e:
-                raise TLSConfigError(
-                    f"cannot trust {pair.cert_path}: {_ssl_reason(e)}"
-                ) from None
-        # Like Go's RootCAs: any configured certificate is an anchor, even a
-        # leaf or an intermediate.
-        ctx.get_cert_store().set_flags(X509StoreFlags.PARTIAL_CHAIN)
-        if material.main is not None:
-            _use_pair(ctx, material.main, CERT_PATH_VAR, KEY_PATH_VAR)
+        upstream = cls(
+            TLSPolicy.from_config(config),
+            TLSMaterial.from_config(config),
+            verify=not config.tls_skip_verify,
+            cache_size=cache_size,
+        )
         if config.tls_skip_verify:
             log.warn(
                 "KEDA_HTTP_PROXY_TLS_SKIP_VERIFY is true: upstream TLS "
                 "certificates are NOT verified"
             )
-        return cls(ctx, verify=not config.tls_skip_verify)
+        return upstream
 
-    def creator_for(self, server_name: Optional[str]) -> UpstreamCreator:
-        """The creator for C{server_name} (``svc.ns``), built once.
+    def creatorForNetloc(self, hostname, port: int) -> UpstreamCreator:
+        """The creator for C{hostname} (``svc.ns``, as L{bytes} or, as the
+        routes hold it, L{str}), whatever the port.
 
-        @raise MissingServerName: C{server_name} is empty; a TLS dial
+        @raise MissingServerName: C{hostname} is empty or None; a TLS dial
             without an explicit upstream identity is refused.
         """
-        creator = self._creators.get(server_name)
+        creators = self._creators
+        creator = creators.get(hostname)
         if creator is None:
-            if not server_name:
-                raise MissingServerName(
-                    "refusing a TLS dial without a server name (SNI)"
-                )
-            creator = self._creators[server_name] = UpstreamCreator(
-                self.context, server_name, self.verify
-            )
+            return self._build(hostname)
+        creators.move_to_end(hostname)
+        return creator
+
+    def _build(self, hostname) -> UpstreamCreator:
+        if isinstance(hostname, bytes):  # the cache is keyed on text
+            return self.creatorForNetloc(hostname.decode("ascii"), 0)
+        if not hostname:
+            raise MissingServerName("refusing a TLS dial without a server name (SNI)")
+        creators = self._creators
+        creator = creators[hostname] = UpstreamCreator(self.options, hostname, self.verify)
+        if len(creators) > self.cache_size:
+            creators.popitem(last=False)
         return creator

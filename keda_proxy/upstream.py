@@ -253,7 +253,9 @@ class UpstreamEndpoints:
     reactor: object
     resolver: IServiceResolver
     connect_timeout: float = 0.5
-    tls: object = None  # an L{keda_proxy.tls.UpstreamTLS} when upstreams are https
+    #: an L{IPolicyForHTTPS} (L{keda_proxy.tls.UpstreamTLS}) when upstreams
+    #: are https; its creator for the key's server name wraps the dial
+    tls: object = None
     gate: DialGate = None
 
     def __attrs_post_init__(self):
@@ -266,8 +268,8 @@ class UpstreamEndpoints:
         tls = self.tls if scheme == b"https" else None
         if tls is not None:
             try:
-                creator = tls.creator_for(server_name)
-            except ValueError as e:  # no server name: fail closed, as a 502
+                creator = tls.creatorForNetloc(server_name, port)
+            except ValueError as e:  # no or no valid server name: fail closed, a 502
                 return _Refused(e)
 
         if target is None:

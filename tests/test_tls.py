@@ -9,11 +9,16 @@ SNI from the main certificate and the certificate store.
 
 from __future__ import annotations
 
+import datetime
+
 import attrs
 import pytest
 import pytest_twisted
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import reactor
@@ -30,7 +35,9 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from keda_proxy import tls
 from keda_proxy.config import Config
@@ -150,6 +157,37 @@ def write_pair(folder, stem, cert, style="crt", with_ca=None):
     return str(folder / cert_name), str(folder / key_name)
 
 
+@attrs.frozen
+class SanlessLeaf:
+    """A leaf issued by C{ca} whose only name is its Common Name (no
+    subjectAltName): configure_cert() as trustme's certificates have."""
+
+    cert: x509.Certificate
+    key: object
+
+    @classmethod
+    def issue(cls, ca, common_name):
+        key = ec.generate_private_key(ec.SECP256R1())
+        issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(issuer.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(serialization.load_pem_private_key(ca.private_key_pem.bytes(), None),
+                  hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    def configure_cert(self, ctx):
+        ctx.use_certificate(self.cert)
+        ctx.use_privatekey(self.key)
+
+
 def capture():
     events = []
     return Logger(observer=events.append), events
@@ -174,9 +212,11 @@ class PodTLS:
     """A fake pod's TLS: presents C{cert}, speaks http/1.1, and requires a
     client certificate issued by C{client_ca_file} when given."""
 
-    def __init__(self, cert, client_ca_file=None):
+    def __init__(self, cert, client_ca_file=None, max_version=None):
         self.ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         cert.configure_cert(self.ctx)
+        if max_version is not None:
+            self.ctx.set_max_proto_version(max_version)
         self.ctx.set_alpn_select_callback(lambda conn, offered: b"http/1.1")
         if client_ca_file is not None:
             self.ctx.load_verify_locations(client_ca_file)
@@ -193,14 +233,15 @@ def pod(ports, tmp_path):
     """Start a fake TLS pod on 127.0.0.1 presenting C{cert}; its factory
     queues (SNI, client certificate) per completed server handshake."""
 
-    def start(cert, client_ca=None):
+    def start(cert, client_ca=None, max_version=None):
         ca_file = None
         if client_ca is not None:
             ca_file = str(tmp_path / "client-ca.pem")
             client_ca.cert_pem.write_to_path(ca_file)
         factory = Factory.forProtocol(Recorder)
         factory.seen = DeferredQueue()
-        port = reactor.listenSSL(0, factory, PodTLS(cert, ca_file), interface="127.0.0.1")
+        port = reactor.listenSSL(0, factory, PodTLS(cert, ca_file, max_version),
+                                 interface="127.0.0.1")
         ports.append(port)
         return port.getHost().port, factory
 
@@ -225,7 +266,7 @@ def trusting(tmp_path, ca):
 def test_pod_reached_by_ip_is_verified_against_the_service_name(ca, pod, trusting):
     port, factory = pod(ca.issue_cert("web.default"))
     upstream = UpstreamTLS.from_config(trusting())
-    result = yield handshake(upstream.creator_for("web.default"), port)
+    result = yield handshake(upstream.creatorForNetloc(b"web.default", port), port)
     assert result.names == ("web.default",)
     assert result.alpn == b"http/1.1"
     sni, _ = yield factory.seen.get()
@@ -236,7 +277,21 @@ def test_pod_reached_by_ip_is_verified_against_the_service_name(ca, pod, trustin
 def test_certificate_for_another_name_fails_verification(ca, pod, trusting):
     port, _ = pod(ca.issue_cert("other.default"))
     upstream = UpstreamTLS.from_config(trusting())
-    error = yield handshake_error(upstream.creator_for("web.default"), port)
+    error = yield handshake_error(upstream.creatorForNetloc(b"web.default", port), port)
+    assert isinstance(error, VerificationError)
+
+
+@pytest_twisted.inlineCallbacks
+def test_certificate_without_subject_alt_name_fails_verification(ca, pod, trusting):
+    """The Common Name is not a name: a trusted leaf with no SAN is refused
+    (and so is a malformed SAN), it does not slip through as an error the
+    name check could not classify."""
+    port, _ = pod(SanlessLeaf.issue(ca, "web.default"))
+    upstream = UpstreamTLS.from_config(trusting())
+    error = yield handshake_error(upstream.creatorForNetloc(b"web.default", port), port)
+    assert isinstance(error, VerificationError)
+    port, _ = pod(ca.issue_cert("10.0.0.1"))  # IP SAN: no DNS pattern to match
+    error = yield handshake_error(upstream.creatorForNetloc(b"web.default", port), port)
     assert isinstance(error, VerificationError)
 
 
@@ -245,13 +300,13 @@ def test_skip_verify_accepts_the_wrong_name_but_still_sends_sni(ca, pod, trustin
     port, factory = pod(ca.issue_cert("other.default"))
     log, events = capture()
     upstream = UpstreamTLS.from_config(trusting(tls_skip_verify=True), log)
-    result = yield handshake(upstream.creator_for("web.default"), port)
+    result = yield handshake(upstream.creatorForNetloc(b"web.default", port), port)
     assert result.names == ("other.default",)
     assert (yield factory.seen.get())[0] == b"web.default"
     warnings = [e for e in events if e["log_level"] is LogLevel.warn]
     assert len(warnings) == 1
     assert "KEDA_HTTP_PROXY_TLS_SKIP_VERIFY" in warnings[0]["log_format"]
-    upstream.creator_for("other.default")
+    upstream.creatorForNetloc(b"other.default", 443)
     assert len([e for e in events if e["log_level"] is LogLevel.warn]) == 1
 
 
@@ -259,20 +314,54 @@ def test_skip_verify_accepts_the_wrong_name_but_still_sends_sni(ca, pod, trustin
 def test_dial_without_server_name_is_refused(trusting, name):
     upstream = UpstreamTLS.from_config(trusting())
     with pytest.raises(MissingServerName):
-        upstream.creator_for(name)
+        upstream.creatorForNetloc(name, 443)
     skipping = UpstreamTLS.from_config(trusting(tls_skip_verify=True))
     with pytest.raises(MissingServerName):
-        skipping.creator_for(name)
+        skipping.creatorForNetloc(name, 443)
 
 
 def test_one_creator_per_server_name_sharing_one_context(trusting):
     upstream = UpstreamTLS.from_config(trusting())
-    web = upstream.creator_for("web.default")
-    assert upstream.creator_for("web.default") is web
-    fallback = upstream.creator_for("fallback.default")
+    web = upstream.creatorForNetloc(b"web.default", 443)
+    assert upstream.creatorForNetloc(b"web.default", 443) is web
+    assert upstream.creatorForNetloc("web.default", 8443) is web  # any port, text too
+    fallback = upstream.creatorForNetloc(b"fallback.default", 443)
     assert fallback is not web
     assert fallback.server_name == "fallback.default"
-    assert web._context is fallback._context is upstream.context
+    assert web.options is fallback.options is upstream.options
+
+
+def test_upstream_tls_is_a_policy_for_https(trusting):
+    assert verifyObject(IPolicyForHTTPS, UpstreamTLS.from_config(trusting()))
+    assert verifyObject(IPolicyForHTTPS,
+                        UpstreamTLS.from_config(trusting(tls_skip_verify=True)))
+
+
+def test_creator_cache_keeps_the_most_recently_used_names(trusting):
+    """Bounded at CREATOR_CACHE_SIZE names: the N+1th evicts the oldest."""
+    upstream = UpstreamTLS.from_config(trusting())
+    size = tls.CREATOR_CACHE_SIZE
+    assert upstream.cache_size == size == 1024
+    names = [f"svc{i}.default".encode() for i in range(size + 1)]
+    first = [upstream.creatorForNetloc(name, 443) for name in names]
+    for name, creator in zip(names[1:], first[1:]):  # hits: nothing evicted
+        assert upstream.creatorForNetloc(name, 443) is creator
+    rebuilt = upstream.creatorForNetloc(names[0], 443)
+    assert rebuilt is not first[0]
+    assert rebuilt.server_name == "svc0.default"
+    # ... which in turn evicted names[1], now the least recently used
+    assert upstream.creatorForNetloc(names[2], 443) is first[2]
+    assert upstream.creatorForNetloc(names[1], 443) is not first[1]
+
+
+def test_creator_cache_is_least_recently_used(trusting):
+    upstream = UpstreamTLS.from_config(trusting(tls_skip_verify=True), cache_size=2)
+    a = upstream.creatorForNetloc(b"a.default", 443)
+    b = upstream.creatorForNetloc(b"b.default", 443)
+    assert upstream.creatorForNetloc(b"a.default", 443) is a  # a is now the newest
+    upstream.creatorForNetloc(b"c.default", 443)  # evicts b
+    assert upstream.creatorForNetloc(b"a.default", 443) is a
+    assert upstream.creatorForNetloc(b"b.default", 443) is not b
 
 
 @pytest_twisted.inlineCallbacks
@@ -280,7 +369,7 @@ def test_unknown_private_ca_is_not_trusted(pod, trusting):
     other_ca = trustme.CA()
     port, _ = pod(other_ca.issue_cert("web.default"))
     upstream = UpstreamTLS.from_config(trusting())
-    error = yield handshake_error(upstream.creator_for("web.default"), port)
+    error = yield handshake_error(upstream.creatorForNetloc(b"web.default", port), port)
     assert isinstance(error, SSL.Error)
 
 
@@ -293,12 +382,12 @@ def test_store_certificates_are_trusted_even_as_leaves(tmp_path, pod, trusting):
     write_pair(tmp_path / "store", "web", leaf)
     port, _ = pod(leaf)
     without = UpstreamTLS.from_config(trusting())
-    assert isinstance((yield handshake_error(without.creator_for("web.default"), port)),
+    assert isinstance((yield handshake_error(without.creatorForNetloc(b"web.default", port), port)),
                       SSL.Error)
     upstream = UpstreamTLS.from_config(
         trusting(tls_cert_store_paths=(str(tmp_path / "store"),))
     )
-    result = yield handshake(upstream.creator_for("web.default"), port)
+    result = yield handshake(upstream.creatorForNetloc(b"web.default", port), port)
     assert result.names == ("web.default",)
 
 
@@ -314,12 +403,12 @@ def test_system_trust_is_kept(tmp_path, monkeypatch, pod):
 
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "system.pem"))
     upstream = UpstreamTLS.from_config(config())
-    result = yield handshake(upstream.creator_for("web.default"), port)
+    result = yield handshake(upstream.creatorForNetloc(b"web.default", port), port)
     assert result.names == ("web.default",)
 
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "elsewhere.pem"))
     upstream = UpstreamTLS.from_config(config())
-    assert isinstance((yield handshake_error(upstream.creator_for("web.default"), port)),
+    assert isinstance((yield handshake_error(upstream.creatorForNetloc(b"web.default", port), port)),
                       SSL.Error)
 
 
@@ -327,7 +416,7 @@ def test_system_trust_is_kept(tmp_path, monkeypatch, pod):
 def test_ip_server_name_is_verified_without_sni(ca, pod, trusting):
     port, factory = pod(ca.issue_cert("127.0.0.1"))
     upstream = UpstreamTLS.from_config(trusting())
-    result = yield handshake(upstream.creator_for("127.0.0.1"), port)
+    result = yield handshake(upstream.creatorForNetloc(b"127.0.0.1", port), port)
     assert result.names == ("127.0.0.1",)
     assert (yield factory.seen.get())[0] is None
 
@@ -338,10 +427,34 @@ def test_client_side_shares_the_policy_and_presents_the_main_certificate(
 ):
     port, factory = pod(ca.issue_cert("web.default"), client_ca=ca)
     upstream = UpstreamTLS.from_config(trusting(tls_max_version="1.2"))
-    result = yield handshake(upstream.creator_for("web.default"), port)
+    result = yield handshake(upstream.creatorForNetloc(b"web.default", port), port)
     assert result.version == "TLSv1.2"
     _, client_cert = yield factory.seen.get()
     assert tls._san_names(client_cert) == ("interceptor.keda",)
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_side_applies_versions_cipher_suites_and_curves(ca, pod, trusting):
+    port, _ = pod(ca.issue_cert("web.default"))
+    upstream = UpstreamTLS.from_config(
+        trusting(
+            tls_max_version="1.2",
+            tls_cipher_suites=("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",),
+            # P-256 too, for the pod's certificate: in TLS 1.2 the client's
+            # groups also bound the curve of an ECDSA certificate
+            tls_curve_preferences=("CurveP384", "CurveP256"),
+        )
+    )
+    result = yield handshake(upstream.creatorForNetloc(b"web.default", port), port)
+    assert (result.version, result.cipher, result.group) == (
+        "TLSv1.2",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "secp384r1",
+    )
+    port, _ = pod(ca.issue_cert("web.default"), max_version=SSL.TLS1_2_VERSION)
+    upstream = UpstreamTLS.from_config(trusting(tls_min_version="1.3"))
+    error = yield handshake_error(upstream.creatorForNetloc(b"web.default", port), port)
+    assert isinstance(error, SSL.Error)
 
 
 @pytest_twisted.inlineCallbacks
