@@ -251,6 +251,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("KEDA_HTTP_ENABLE_COLD_START_HEADER", "enable_cold_start_header", "true",
            _bool,
            "Add the `X-KEDA-HTTP-Cold-Start` header to proxied responses."),
+    EnvVar("KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS", "cold_start_max_pending_requests",
+           "0", _count,
+           "How many requests this interceptor holds per route while the route's "
+           "target has no ready endpoint; more get 503 (or the placeholder, with "
+           "`overflow: Placeholder`). A route's `coldStart.maxPendingRequests` wins; "
+           "0 means no limit."),
     EnvVar("KEDA_HTTP_LOG_REQUESTS", "log_requests", "false", _bool,
            "Log every proxied request."),
     EnvVar("KEDA_HTTP_DIRECT_POD_ROUTING", "direct_pod_routing", "true", _bool,
@@ -341,6 +347,7 @@ class Config:
     tls_cipher_suites: tuple[str, ...] = _default("tls_cipher_suites")
     tls_curve_preferences: tuple[str, ...] = _default("tls_curve_preferences")
     enable_cold_start_header: bool = _default("enable_cold_start_header")
+    cold_start_max_pending_requests: int = _default("cold_start_max_pending_requests")
     log_requests: bool = _default("log_requests")
     direct_pod_routing: bool = _default("direct_pod_routing")
     direct_pod_warm_connections: int = _default("direct_pod_warm_connections")

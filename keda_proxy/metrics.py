@@ -5,6 +5,8 @@ exporter produces, served on ``OTEL_PROM_EXPORTER_PORT``.
  - ``interceptor_request_count_total{code,method,route_name,route_namespace}``
  - ``interceptor_request_duration_seconds`` (histogram, same labels)
  - ``interceptor_request_concurrency{route_name,route_namespace}``
+ - ``interceptor_cold_start_rejections_total{route_name,route_namespace}``:
+   requests refused (503, or the placeholder) past the cold-start pending limit
 
 Concurrency is read from the queue counter at scrape time rather than
 kept twice on the request path.
@@ -50,6 +52,29 @@ class _ConcurrencyCollector:
         yield family
 
 
+class _RouteCounter:
+    """A counter per route, for events off the request path's common case:
+    a plain dict of numbers, turned into a family when scraped.  A route's
+    series appears with its first event, as with Go's OTel counters."""
+
+    def __init__(self, name: str, documentation: str):
+        self.name = name
+        self.documentation = documentation
+        #: (route name, route namespace) -> count
+        self.counts = {}
+
+    def inc(self, route) -> None:
+        key = (route.name, route.namespace)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.documentation,
+                                     labels=["route_name", "route_namespace"])
+        for labels, n in self.counts.items():
+            family.add_metric(list(labels), n)
+        yield family
+
+
 class _Cell:
     """One label set's counters: plain numbers, updated on the reactor
     thread; read at scrape time (also on the reactor thread)."""
@@ -76,6 +101,14 @@ class ProxyMetrics:
         self._by_key = {}
         self.registry.register(_RequestCollector(self))
         self.registry.register(_ConcurrencyCollector(counter))
+        self._rejections = _RouteCounter(
+            "interceptor_cold_start_rejections",
+            "Requests rejected because the cold-start pending request limit was reached")
+        self.registry.register(self._rejections)
+
+    def cold_start_rejected(self, route) -> None:
+        """A request of C{route} was refused past its pending limit."""
+        self._rejections.inc(route)
 
     def record(self, request, started: float, route) -> None:
         """Count one finished (or abandoned) request."""

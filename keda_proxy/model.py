@@ -17,6 +17,11 @@ from attrs import field, frozen
 MODE_ALWAYS = "Always"
 MODE_WHEN_UNAVAILABLE = "WhenUnavailable"
 
+#: What a route does with a request past its cold-start pending limit
+#: (``spec.coldStart.overflow``): answer 503, or serve the placeholder.
+OVERFLOW_REJECT = "Reject"
+OVERFLOW_PLACEHOLDER = "Placeholder"
+
 KIND_INTERCEPTOR_ROUTE = "InterceptorRoute"
 KIND_HTTP_SCALED_OBJECT = "HTTPScaledObject"
 KIND_SERVICE = "Service"
@@ -128,6 +133,12 @@ class Route:
     creation_timestamp: str = ""
     fallback: Optional[ServiceRef] = None
     placeholder: Optional[StaticResponse] = None
+    #: ``spec.coldStart.maxPendingRequests``: how many requests this
+    #: interceptor holds for the route while its target has no ready
+    #: endpoint; None means ``KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS``
+    max_pending_requests: Optional[int] = None
+    #: ``spec.coldStart.overflow``: L{OVERFLOW_REJECT} or L{OVERFLOW_PLACEHOLDER}
+    overflow: str = OVERFLOW_REJECT
     timeouts: Timeouts = Timeouts()
     static_routes: Tuple[StaticRoute, ...] = ()
     scaling_metric: ScalingMetric = ScalingMetric()

@@ -2,8 +2,9 @@
 The ReverseProxy resource and the steps every request goes through.
 
 1. route (plugins, then the routing table)            -> 404
-2. static route or placeholder                       -> served here
-3. count (``/queue``)
+2. static route                                      -> served here
+3. count (``/queue``), then, with no ready endpoint, the placeholder or
+   the cold-start pending limit                      -> served here / 503
 4. wait for a ready endpoint, with fallback          -> 504
 5. select an endpoint (a pod, or the Service)
 6. forward over the pooled client, streaming back    -> 502 / 504
@@ -31,9 +32,15 @@ from keda_proxy.endpoints import join_host_port
 from keda_proxy.headers import COLD_START_KEY, request_head, upgrade_requested
 from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
 from keda_proxy.interfaces import IHeldRequest, IRouter
-from keda_proxy.model import MODE_ALWAYS, RequestFacts, Route, ServiceRef
+from keda_proxy.model import (
+    MODE_ALWAYS,
+    OVERFLOW_PLACEHOLDER,
+    RequestFacts,
+    Route,
+    ServiceRef,
+)
 from keda_proxy.readiness import ReadinessGate
-from keda_proxy.responses import write_error, write_static
+from keda_proxy.responses import TOO_MANY_PENDING, write_error, write_static
 from keda_proxy.routing import normalize_host, rule_matches
 from keda_proxy.store import Snapshot, StateStore
 from keda_proxy.tunnel import Tunnel
@@ -56,6 +63,9 @@ class ProxySettings:
     readiness_timeout: float = 0.0
     enable_cold_start_header: bool = True
     direct_pod_routing: bool = True
+    #: ``KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS``: requests held per route
+    #: (in this interceptor) while its target has no ready endpoint; 0: no limit
+    cold_start_max_pending_requests: int = 0
     upstream_tls: bool = False
     #: how long to keep re-dialling a Service address with no request deadline
     dial_budget: float = MAX_RETRY_DURATION
@@ -242,10 +252,7 @@ class Exchange:
             self._forward_primary(cold_start=None)
             return
         self._ticket = p.counter.enter(self.route.key)
-        placeholder = self.route.placeholder
-        if placeholder is not None and not ready:
-            write_static(self.request, self.route, placeholder, self.snapshot,
-                         self.facts.path, http.SERVICE_UNAVAILABLE)
+        if not ready and self._answered_cold():
             return
         deadline = self.route.timeouts.request
         if deadline is None:
@@ -254,6 +261,41 @@ class Exchange:
             self._deadline_at = p.clock.seconds() + deadline
             self._later(deadline, self._request_deadline)
         self._await_ready(ready)
+
+    def _answered_cold(self) -> bool:
+        """For a counted request whose target has no ready endpoint: serve
+        the placeholder, or refuse the request past the route's pending
+        limit, as Go's cold-start step does.  True when it was answered.
+
+        A placeholder route answers every such request with the
+        placeholder, unless it has an explicit ``maxPendingRequests`` and
+        ``overflow: Placeholder``: then it holds requests up to the limit
+        and only the overflow gets the placeholder.  Other routes hold up
+        to their limit (``KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS`` when
+        unset; 0 is no limit) and answer the overflow 503.  The rejected
+        request was counted in ``/queue`` all the same, as in Go.
+        """
+        route = self.route
+        placeholder = route.placeholder
+        limit = route.max_pending_requests
+        if placeholder is not None and (limit is None
+                                        or route.overflow != OVERFLOW_PLACEHOLDER):
+            write_static(self.request, route, placeholder, self.snapshot,
+                         self.facts.path, http.SERVICE_UNAVAILABLE)
+            return True
+        p = self.p
+        if limit is None:
+            limit = p.settings.cold_start_max_pending_requests
+        if limit <= 0 or p.gate.held_for_route(route.service_key, route.key) < limit:
+            return False
+        if p.metrics is not None:
+            p.metrics.cold_start_rejected(route)
+        if placeholder is not None:
+            write_static(self.request, route, placeholder, self.snapshot,
+                         self.facts.path, http.SERVICE_UNAVAILABLE)
+        else:
+            write_error(self.request, http.SERVICE_UNAVAILABLE, TOO_MANY_PENDING)
+        return True
 
     def _matching_static_route(self):
         for static in self.route.static_routes:
@@ -278,7 +320,8 @@ class Exchange:
         # Everything that does not depend on the pod is done now, so that
         # the release after a scale-from-zero has as little left to do.
         self._build_request_head()
-        self._hold = self.p.gate.hold(self.route.service_key, port_name, self.facts, self)
+        self._hold = self.p.gate.hold(self.route.service_key, port_name, self.facts, self,
+                                      self.route.key)
         if timeout > 0:
             self._readiness_timer = self._later(timeout, self._not_ready)
 

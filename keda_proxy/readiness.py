@@ -20,7 +20,9 @@ requests: it calls C{waiter.ready(pod)} with the chosen C{(ip, port)} (or
 None), and C{unhold} withdraws it.  A release after a scale-from-zero wakes
 thousands of requests in a burst, and there a Deferred's callback chain
 and the address's round trip through a string are a good part of the work
-per request.
+per request.  Given a route key, C{hold} also counts the request under its
+route until it is woken or withdrawn (C{held_for_route}): the cold-start
+pending limit is per route.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class ReadinessGate:
     selector: IEndpointSelector = field(factory=RandomSelector)
     #: service key -> the L{Hold}s waiting on it, oldest first
     _waiters: Dict[str, Dict["Hold", None]] = field(factory=dict)
+    #: service key -> route key -> how many of those holds are the route's
+    _route_counts: Dict[str, Dict[str, int]] = field(factory=dict)
     _releasing: deque = field(factory=deque)
     _release_call: object = None
     #: called with a Service key and how many requests are held for it,
@@ -94,17 +98,26 @@ class ReadinessGate:
         hold = self.hold(service_key, port_name, facts, _DeferredWaiter(d))
         return d
 
-    def hold(self, service_key: str, port_name: str, facts, waiter) -> "Hold":
+    def hold(self, service_key: str, port_name: str, facts, waiter,
+             route_key: Optional[str] = None) -> "Hold":
         """Hold C{waiter} (an L{IHeldRequest}) until the Service is ready,
         then call C{waiter.ready(pod)} once, with a pod C{(ip, port)} picked
         then, or None when C{port_name} has no ready pod.  The caller checks
         readiness first: this always waits for the next ready snapshot.
+
+        @param route_key: the route the request came by, to be counted in
+            L{held_for_route} while it waits.
         """
-        hold = Hold(waiter, service_key, port_name, facts)
+        hold = Hold(waiter, service_key, port_name, facts, route_key)
         group = self._waiters.get(service_key)
         if group is None:
             group = self._waiters[service_key] = {}
         group[hold] = None
+        if route_key is not None:
+            counts = self._route_counts.get(service_key)
+            if counts is None:
+                counts = self._route_counts[service_key] = {}
+            counts[route_key] = counts.get(route_key, 0) + 1
         for listener in self.hold_listeners:
             listener(service_key, len(group))
         return hold
@@ -117,15 +130,32 @@ class ReadinessGate:
         """The Services that requests are held for."""
         return list(self._waiters)
 
+    def held_for_route(self, service_key: str, route_key: str) -> int:
+        """How many requests that came by route C{route_key} are held for
+        its target Service C{service_key} (woken ones no longer count)."""
+        counts = self._route_counts.get(service_key)
+        return 0 if counts is None else counts.get(route_key, 0)
+
     def unhold(self, hold: "Hold") -> None:
         """Withdraw C{hold}: its waiter is not called (it may have been
         woken and wait for its turn to be released)."""
         hold.waiter = None
-        group = self._waiters.get(hold.service_key)
-        if group is not None:
-            group.pop(hold, None)
+        key = hold.service_key
+        group = self._waiters.get(key)
+        if group is not None and hold in group:
+            del group[hold]
             if not group:
-                del self._waiters[hold.service_key]
+                del self._waiters[key]
+            route_key = hold.route_key
+            if route_key is not None:
+                counts = self._route_counts[key]
+                left = counts[route_key] - 1
+                if left:
+                    counts[route_key] = left
+                elif len(counts) == 1:
+                    del self._route_counts[key]
+                else:
+                    del counts[route_key]
 
     def waiting(self, service_key: str = None) -> int:
         """How many requests are held (for one Service, or in all), not
@@ -140,6 +170,7 @@ class ReadinessGate:
         woken = [key for key in self._waiters if new.endpoints_for(key).ready]
         for key in woken:
             self._releasing.extend(self._waiters.pop(key))
+            self._route_counts.pop(key, None)
         self._release()
 
     def _release(self) -> None:
@@ -161,13 +192,15 @@ class ReadinessGate:
 class Hold:
     """One held request (see L{ReadinessGate.hold})."""
 
-    __slots__ = ("waiter", "service_key", "port_name", "facts")
+    __slots__ = ("waiter", "service_key", "port_name", "facts", "route_key")
 
-    def __init__(self, waiter, service_key: str, port_name: str, facts):
+    def __init__(self, waiter, service_key: str, port_name: str, facts,
+                 route_key: Optional[str] = None):
         self.waiter = waiter
         self.service_key = service_key
         self.port_name = port_name
         self.facts = facts
+        self.route_key = route_key
 
 
 @implementer(IHeldRequest)

@@ -31,6 +31,8 @@ from keda_proxy.model import (
     KIND_SERVICE,
     MODE_ALWAYS,
     MODE_WHEN_UNAVAILABLE,
+    OVERFLOW_PLACEHOLDER,
+    OVERFLOW_REJECT,
     ConfigMap,
     ConfigMapKeyRef,
     Endpoint,
@@ -189,7 +191,8 @@ def parse_many(objs: Iterable[Any]) -> tuple[list[Parsed], list[str]]:
 def _interceptor_route(obj, metadata, namespace, name) -> Parsed:
     spec = _mapping(obj.get("spec"), "spec")
     target = _service_ref(spec.get("target"), "spec.target", "service")
-    fallback, placeholder = _cold_start(spec.get("coldStart"), "spec.coldStart")
+    fallback, placeholder, max_pending, overflow = _cold_start(spec.get("coldStart"),
+                                                               "spec.coldStart")
     route = Route(
         namespace=namespace,
         name=name,
@@ -202,6 +205,8 @@ def _interceptor_route(obj, metadata, namespace, name) -> Parsed:
                                       "metadata.creationTimestamp"),
         fallback=fallback,
         placeholder=placeholder,
+        max_pending_requests=max_pending,
+        overflow=overflow,
         timeouts=_timeouts(spec.get("timeouts"), "spec.timeouts"),
         static_routes=tuple(
             _static_route(s, f"spec.staticRoutes[{i}]")
@@ -264,8 +269,12 @@ def _header_matches(value, path) -> tuple[HeaderMatch, ...]:
 
 
 def _cold_start(value, path):
+    """C{(fallback, placeholder, maxPendingRequests, overflow)}, with v0.16's
+    rules: a limit of at least 1 (an int32), C{overflow} one of the two
+    modes (default C{Reject}), C{Placeholder} only with a placeholder, and
+    at least one of fallback, placeholder or limit set."""
     if value is None:
-        return None, None
+        return None, None, None, OVERFLOW_REJECT
     m = _mapping(value, path)
     fallback = placeholder = None
     if m.get("fallback") is not None:
@@ -274,9 +283,20 @@ def _cold_start(value, path):
     if m.get("placeholder") is not None:
         ph = _mapping(m["placeholder"], f"{path}.placeholder")
         placeholder = _static_response(ph.get("response"), f"{path}.placeholder.response")
-    if fallback is None and placeholder is None:
-        raise _Bad(path, "at least one of 'fallback' or 'placeholder' must be set")
-    return fallback, placeholder
+    max_pending = _integer(m.get("maxPendingRequests"), f"{path}.maxPendingRequests",
+                           1, 2**31 - 1)
+    overflow = _string(m.get("overflow"), f"{path}.overflow")
+    if overflow is None:
+        overflow = OVERFLOW_REJECT
+    elif overflow not in (OVERFLOW_REJECT, OVERFLOW_PLACEHOLDER):
+        raise _Bad(f"{path}.overflow", f"must be {OVERFLOW_REJECT!r} or "
+                                       f"{OVERFLOW_PLACEHOLDER!r}, not {_short(overflow)}")
+    if fallback is None and placeholder is None and max_pending is None:
+        raise _Bad(path, "at least one of 'fallback', 'placeholder' or "
+                         "'maxPendingRequests' must be set")
+    if overflow == OVERFLOW_PLACEHOLDER and placeholder is None:
+        raise _Bad(f"{path}.overflow", f"{OVERFLOW_PLACEHOLDER!r} needs 'placeholder' to be set")
+    return fallback, placeholder, max_pending, overflow
 
 
 def _timeouts(value, path) -> Timeouts:

@@ -21,9 +21,14 @@ log = Logger()
 DEFAULT_CONFIGMAP_KEY = "index.html"
 
 
-def write_error(request, code: int) -> None:
-    """A plain-text error exactly like Go's ``http.Error``: the status text
-    and a newline, ``nosniff``."""
+#: The body Go's interceptor answers a request past the cold-start pending
+#: limit with (with 503, as ``http.Error`` writes it).
+TOO_MANY_PENDING = b"too many pending requests"
+
+
+def write_error(request, code: int, message: bytes = None) -> None:
+    """A plain-text error exactly like Go's ``http.Error``: C{message} (by
+    default the status text) and a newline, ``nosniff``."""
     if request.finished or request._disconnected:
         return
     phrase = status_text(code)
@@ -33,7 +38,7 @@ def write_error(request, code: int) -> None:
         headers.removeHeader(name)
     headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
     headers.setRawHeaders(b"x-content-type-options", [b"nosniff"])
-    body = phrase + b"\n"
+    body = (phrase if message is None else message) + b"\n"
     headers.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
     request.write(body)
     request.finish()

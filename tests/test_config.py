@@ -73,6 +73,7 @@ def test_defaults_match_the_go_interceptor():
         "tls_cipher_suites": (),
         "tls_curve_preferences": (),
         "enable_cold_start_header": True,
+        "cold_start_max_pending_requests": 0,  # no limit
         "log_requests": False,
         "direct_pod_routing": True,  # v0.16's default
         "direct_pod_warm_connections": 0,  # an extension
@@ -181,6 +182,21 @@ def test_count_invalid(text):
     assert (
         error_for({"KEDA_HTTP_MAX_IDLE_CONNS": text}).name == "KEDA_HTTP_MAX_IDLE_CONNS"
     )
+
+
+@pytest.mark.parametrize(("text", "limit"), [("0", 0), ("1", 1), ("100000", 100000),
+                                             ("+7", 7)])
+def test_cold_start_max_pending_requests_valid(text, limit):
+    config = load(KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS=text)
+    assert config.cold_start_max_pending_requests == limit
+
+
+@pytest.mark.parametrize("text", ["-1", "ten", "1.5", "1e3", "0x10", " 5"])
+def test_cold_start_max_pending_requests_invalid_stops_startup(text):
+    error = error_for({"KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS": text})
+    assert str(error) == (
+        f'invalid value for KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS: "{text}" '
+        "(expected a non-negative whole number)")
 
 
 @pytest.mark.parametrize(
@@ -479,6 +495,7 @@ SAMPLES = {
     ),
     "KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES": ("X25519", ("X25519",)),
     "KEDA_HTTP_ENABLE_COLD_START_HEADER": ("false", False),
+    "KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS": ("500", 500),
     "KEDA_HTTP_LOG_REQUESTS": ("true", True),
     "KEDA_HTTP_DIRECT_POD_ROUTING": ("false", False),
     "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": ("64", 64),  # an extension

@@ -31,7 +31,6 @@ from tests.proxyfakes import (
     status_line,
 )
 
-
 #: Forwarding through the Service address (direct-pod routing is on by
 #: default), for tests about the Service target itself
 SERVICE_ROUTING = ProxySettings(direct_pod_routing=False)

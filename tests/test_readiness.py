@@ -214,3 +214,32 @@ def test_the_proxys_exchange_and_the_deferred_waiter_are_held_requests():
 
     assert verifyClass(IHeldRequest, Exchange)
     assert verifyClass(IHeldRequest, _DeferredWaiter)
+
+
+def test_holds_are_counted_per_route_until_woken_or_withdrawn():
+    clock, store, gate = make()
+    a = [gate.hold("default/web", "http", None, Waiter(), "default/a") for _ in range(3)]
+    gate.hold("default/web", "http", None, Waiter(), "default/b")
+    gate.hold("default/web", "http", None, Waiter())  # no route: not counted
+    assert gate.held_for_route("default/web", "default/a") == 3
+    assert gate.held_for_route("default/web", "default/b") == 1
+    assert gate.held_for_route("default/other", "default/a") == 0
+    gate.unhold(a[0])
+    gate.unhold(a[0])  # twice: counted out once
+    assert gate.held_for_route("default/web", "default/a") == 2
+    store.put(KIND_ENDPOINT_SLICE, "default/web-abc", endpoint_slice())
+    store.flush()
+    assert gate.held_for_route("default/web", "default/a") == 0
+    assert gate.held_for_route("default/web", "default/b") == 0
+    gate.unhold(a[1])  # woken already: nothing left to count out
+    assert gate._route_counts == {}
+
+
+def test_route_counts_are_forgotten_when_their_last_hold_goes():
+    clock, store, gate = make()
+    holds = [gate.hold("default/web", "http", None, Waiter(), key)
+             for key in ("default/a", "default/b")]
+    gate.unhold(holds[0])
+    assert gate._route_counts == {"default/web": {"default/b": 1}}
+    gate.unhold(holds[1])
+    assert gate._route_counts == {} and gate._waiters == {}

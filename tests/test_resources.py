@@ -21,6 +21,8 @@ from keda_proxy.model import (
     KIND_SERVICE,
     MODE_ALWAYS,
     MODE_WHEN_UNAVAILABLE,
+    OVERFLOW_PLACEHOLDER,
+    OVERFLOW_REJECT,
     ConfigMap,
     ConfigMapKeyRef,
     Endpoint,
@@ -73,6 +75,8 @@ spec:
       service:
         name: fallback-svc
         port: 8080
+    maxPendingRequests: 500
+    overflow: Placeholder
     placeholder:
       response:
         statusCode: 202
@@ -164,6 +168,8 @@ def test_full_interceptor_route_every_field():
             body="warming up",
             headers=(("Retry-After", "5"), ("Content-Type", "text/plain")),
         ),
+        max_pending_requests=500,
+        overflow=OVERFLOW_PLACEHOLDER,
         timeouts=Timeouts(readiness=45.0, request=90.0, response_header=0.5),
         static_routes=(
             StaticRoute(
@@ -195,6 +201,8 @@ def test_minimal_interceptor_route_defaults():
     assert route.target == ServiceRef(name="svc", port=80)
     assert route.rules == ()
     assert route.fallback is None and route.placeholder is None
+    assert route.max_pending_requests is None  # KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS
+    assert route.overflow == OVERFLOW_REJECT
     assert route.timeouts == Timeouts()
     assert route.static_routes == ()
     assert route.scaling_metric == ScalingMetric()
@@ -251,7 +259,28 @@ def test_target_validation(spec, expected):
 
 
 @pytest.mark.parametrize("cold_start, expected", [
-    ({}, "spec.coldStart: at least one of 'fallback' or 'placeholder' must be set"),
+    ({}, ("spec.coldStart: at least one of 'fallback', 'placeholder' or "
+          "'maxPendingRequests' must be set")),
+    ({"overflow": "Reject"}, "spec.coldStart: at least one of 'fallback', 'placeholder'"),
+    ({"maxPendingRequests": 0},
+     "spec.coldStart.maxPendingRequests: must be between 1 and 2147483647, not 0"),
+    ({"maxPendingRequests": -5}, "spec.coldStart.maxPendingRequests: must be between 1"),
+    ({"maxPendingRequests": 2**31}, "spec.coldStart.maxPendingRequests: must be between 1"),
+    ({"maxPendingRequests": "10"},
+     "spec.coldStart.maxPendingRequests: must be an integer, not a string"),
+    ({"maxPendingRequests": 1.5}, "spec.coldStart.maxPendingRequests: must be an integer"),
+    ({"maxPendingRequests": True}, "spec.coldStart.maxPendingRequests: must be an integer"),
+    ({"maxPendingRequests": 5, "overflow": "Queue"},
+     "spec.coldStart.overflow: must be 'Reject' or 'Placeholder', not 'Queue'"),
+    ({"maxPendingRequests": 5, "overflow": "reject"},
+     "spec.coldStart.overflow: must be 'Reject' or 'Placeholder', not 'reject'"),
+    ({"maxPendingRequests": 5, "overflow": ""}, "spec.coldStart.overflow: must be 'Reject'"),
+    ({"maxPendingRequests": 5, "overflow": 1},
+     "spec.coldStart.overflow: must be a string, not an integer"),
+    ({"maxPendingRequests": 5, "overflow": "Placeholder"},
+     "spec.coldStart.overflow: 'Placeholder' needs 'placeholder' to be set"),
+    ({"fallback": {"service": {"name": "f", "port": 1}}, "overflow": "Placeholder"},
+     "spec.coldStart.overflow: 'Placeholder' needs 'placeholder' to be set"),
     ({"fallback": {}}, "spec.coldStart.fallback.service: required"),
     ({"fallback": {"service": {"name": "f"}}},
      "spec.coldStart.fallback.service: exactly one of 'port' or 'portName' must be set"),
@@ -278,6 +307,34 @@ def test_target_validation(spec, expected):
 ])
 def test_cold_start_validation(cold_start, expected):
     assert expected in invalid(ir(coldStart=cold_start))
+
+
+@pytest.mark.parametrize("cold_start, limit, overflow", [
+    ({"maxPendingRequests": 1}, 1, OVERFLOW_REJECT),
+    ({"maxPendingRequests": 2**31 - 1, "overflow": "Reject"}, 2**31 - 1, OVERFLOW_REJECT),
+    ({"maxPendingRequests": 3, "overflow": "Placeholder", "placeholder": {"response": {}}},
+     3, OVERFLOW_PLACEHOLDER),
+    # a placeholder route may say Placeholder without a limit: it then serves
+    # the placeholder at once, as without one
+    ({"overflow": "Placeholder", "placeholder": {"response": {}}}, None, OVERFLOW_PLACEHOLDER),
+    ({"fallback": {"service": {"name": "f", "port": 1}}, "maxPendingRequests": None},
+     None, OVERFLOW_REJECT),
+])
+def test_pending_limit_and_overflow_are_parsed(cold_start, limit, overflow):
+    route = parse_object(ir(coldStart=cold_start)).value
+    assert (route.max_pending_requests, route.overflow) == (limit, overflow)
+
+
+def test_a_route_with_an_invalid_pending_limit_is_skipped_with_one_line_the_others_kept():
+    good = ir(coldStart={"maxPendingRequests": 10})
+    bad = copy.deepcopy(good)
+    bad["metadata"]["name"] = "bad"
+    bad["spec"]["coldStart"] = {"maxPendingRequests": 10, "overflow": "Placeholder"}
+    parsed, errors = parse_many([good, bad])
+    assert [p.key for p in parsed] == ["default/web"]
+    assert parsed[0].value.max_pending_requests == 10
+    assert errors == ["InterceptorRoute default/bad: spec.coldStart.overflow: 'Placeholder' "
+                      "needs 'placeholder' to be set"]
 
 
 def test_placeholder_alone_and_fallback_by_port_name_are_valid():
