@@ -8,6 +8,15 @@ exporter produces, served on ``OTEL_PROM_EXPORTER_PORT``.
  - ``interceptor_cold_start_rejections_total{route_name,route_namespace}``:
    requests refused (503, or the placeholder) past the cold-start pending limit
 
+and, where Go has no metric, under names of the same family and labels:
+
+ - ``interceptor_cold_starts_total{route_name,route_namespace}``: times a
+   route began holding requests for a ready endpoint, none being held
+ - ``interceptor_cold_start_wait_seconds{route_name,route_namespace}``
+   (histogram): how long each held request was held
+ - ``interceptor_cold_start_fallbacks_total{route_name,route_namespace}``:
+   held requests sent to the fallback Service after the readiness timeout
+
 Concurrency is read from the queue counter at scrape time rather than
 kept twice on the request path.
 """
@@ -35,6 +44,9 @@ disable_created_metrics()
 
 #: The OTel HTTP semantic-convention buckets Go uses.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+#: Buckets for the time a request is held: a scale-from-zero takes seconds
+#: to minutes, well past BUCKETS' 10 s.
+WAIT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300)
 
 
 class _ConcurrencyCollector:
@@ -75,6 +87,39 @@ class _RouteCounter:
         yield family
 
 
+class _RouteHistogram:
+    """A histogram per route, for the cold path: per route a count, a sum
+    and one number per bucket, made cumulative when scraped."""
+
+    def __init__(self, name: str, documentation: str, buckets):
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(buckets)
+        #: (route name, route namespace) -> [count, sum, per-bucket counts]
+        self.cells = {}
+
+    def observe(self, route, value: float) -> None:
+        key = (route.name, route.namespace)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = [0, 0.0, [0] * (len(self.bounds) + 1)]
+        value = max(0.0, value)
+        cell[0] += 1
+        cell[1] += value
+        cell[2][bisect_left(self.bounds, value)] += 1
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation,
+                                       labels=["route_name", "route_namespace"], unit="")
+        for labels, (_, total, counts) in self.cells.items():
+            cumulative, buckets = 0, []
+            for bound, n in zip(self.bounds + (float("inf"),), counts, strict=True):
+                cumulative += n
+                buckets.append((_bound(bound), cumulative))
+            family.add_metric(list(labels), buckets, total)
+        yield family
+
+
 class _Cell:
     """One label set's counters: plain numbers, updated on the reactor
     thread; read at scrape time (also on the reactor thread)."""
@@ -105,10 +150,36 @@ class ProxyMetrics:
             "interceptor_cold_start_rejections",
             "Requests rejected because the cold-start pending request limit was reached")
         self.registry.register(self._rejections)
+        self._cold_starts = _RouteCounter(
+            "interceptor_cold_starts",
+            "Cold starts: times a route began holding requests for a ready endpoint "
+            "of its target, none of its requests being held")
+        self.registry.register(self._cold_starts)
+        self._waits = _RouteHistogram(
+            "interceptor_cold_start_wait_seconds",
+            "Time a request was held waiting for a ready endpoint, until released, "
+            "timed out or abandoned", WAIT_BUCKETS)
+        self.registry.register(self._waits)
+        self._fallbacks = _RouteCounter(
+            "interceptor_cold_start_fallbacks",
+            "Held requests sent to the fallback Service after the readiness timeout")
+        self.registry.register(self._fallbacks)
 
     def cold_start_rejected(self, route) -> None:
         """A request of C{route} was refused past its pending limit."""
         self._rejections.inc(route)
+
+    def cold_start_began(self, route) -> None:
+        """C{route} holds a request, and held none before it."""
+        self._cold_starts.inc(route)
+
+    def cold_start_waited(self, route, seconds: float) -> None:
+        """A request of C{route} stopped being held after C{seconds}."""
+        self._waits.observe(route, seconds)
+
+    def cold_start_fell_back(self, route) -> None:
+        """A held request of C{route} went to its fallback Service."""
+        self._fallbacks.inc(route)
 
     def record(self, request, started: float, route) -> None:
         """Count one finished (or abandoned) request."""

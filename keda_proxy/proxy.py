@@ -210,6 +210,8 @@ class Exchange:
     snapshot: Snapshot = None
     _gone = False
     _hold = None
+    #: when the request began to be held (only kept with metrics on)
+    _held_at: Optional[float] = None
     _readiness_timer = None
     _timers = ()
     _timed_out = False
@@ -320,8 +322,12 @@ class Exchange:
         # Everything that does not depend on the pod is done now, so that
         # the release after a scale-from-zero has as little left to do.
         self._build_request_head()
-        self._hold = self.p.gate.hold(self.route.service_key, port_name, self.facts, self,
-                                      self.route.key)
+        route, gate, metrics = self.route, self.p.gate, self.p.metrics
+        if metrics is not None:
+            if not gate.held_for_route(route.service_key, route.key):
+                metrics.cold_start_began(route)
+            self._held_at = self.p.clock.seconds()
+        self._hold = gate.hold(route.service_key, port_name, self.facts, self, route.key)
         if timeout > 0:
             self._readiness_timer = self._later(timeout, self._not_ready)
 
@@ -329,6 +335,8 @@ class Exchange:
         """The gate's call: the Service is ready, and C{pod} was picked
         (None: the Service address)."""
         self._hold = None
+        if self._held_at is not None:
+            self._held_for()
         timer = self._readiness_timer
         if timer is not None and timer.active():
             timer.cancel()
@@ -353,7 +361,14 @@ class Exchange:
         if hold is None:
             return False
         self.p.gate.unhold(hold)
+        if self._held_at is not None:
+            self._held_for()
         return True
+
+    def _held_for(self) -> None:
+        """The hold is over, released (L{ready}) or withdrawn (L{_unhold}:
+        timed out or abandoned), which happens once: observe it."""
+        self.p.metrics.cold_start_waited(self.route, self.p.clock.seconds() - self._held_at)
 
     def _not_ready(self) -> None:
         """The readiness timeout or the request deadline, while held."""
@@ -368,6 +383,8 @@ class Exchange:
         except RouteError as e:
             self._route_error(e)
             return
+        if self.p.metrics is not None:
+            self.p.metrics.cold_start_fell_back(self.route)
         self._send(target)
 
     # -- step 5: endpoint selection ----------------------------------------
