@@ -57,6 +57,7 @@ def settings_from_config(config: Config, dial_budget: float = MAX_RETRY_DURATION
         readiness_timeout=config.readiness_timeout,
         enable_cold_start_header=config.enable_cold_start_header,
         direct_pod_routing=config.direct_pod_routing,
+        cold_start_max_pending_requests=config.cold_start_max_pending_requests,
         upstream_tls=False,
         dial_budget=dial_budget,
     )

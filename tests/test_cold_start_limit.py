@@ -231,8 +231,6 @@ def test_rejections_are_counted_per_route():
 
 # -- wiring -------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="app.settings_from_config does not pass "
-                   "cold_start_max_pending_requests yet; remove this mark with that line")
 def test_the_variable_reaches_the_pipeline():
     from keda_proxy.app import settings_from_config
     from keda_proxy.config import load_config
