@@ -4,7 +4,6 @@ and an InterceptorRoute's ``coldStart.maxPendingRequests`` / ``overflow``,
 driven through the real Site and pipeline on the in-memory harness.
 """
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
