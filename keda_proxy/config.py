@@ -57,6 +57,17 @@ GO_CURVES: Mapping[str, str] = {
 #: TLS versions the Go interceptor accepts, in order.
 TLS_VERSIONS = ("1.2", "1.3")
 
+#: How v0.16 spells them (compared case-insensitively), to the versions.
+TLS_VERSION_NAMES: Mapping[str, str] = {
+    "1.2": "1.2",
+    "tls12": "1.2",
+    "1.3": "1.3",
+    "tls13": "1.3",
+}
+
+#: Curves not every OpenSSL has: checked against the one in use at startup.
+PROBED_CURVES = frozenset({"X25519MLKEM768"})
+
 #: Trace exporters Go accepts (compared case-insensitively).
 TRACES_PROTOCOLS = ("console", "http/protobuf", "grpc")
 
@@ -139,9 +150,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _tls_version(text: str) -> str:
-    if text and text not in TLS_VERSIONS:
-        raise ValueError('expected "1.2" or "1.3"')
-    return text
+    if not text:
+        return text
+    try:
+        return TLS_VERSION_NAMES[text.lower()]
+    except KeyError:
+        raise ValueError('expected "1.2"/"TLS12" or "1.3"/"TLS13"') from None
 
 
 def _cipher_suites(text: str) -> tuple[str, ...]:
@@ -157,6 +171,26 @@ def _curves(text: str) -> tuple[str, ...]:
     for name in names:
         if name not in GO_CURVES:
             raise ValueError(f"unknown curve {name}")
+        if name in PROBED_CURVES:
+            _check_group(name)
+    return names
+
+
+def _check_group(name: str) -> None:
+    """Go always has C{name}; our OpenSSL may not: refuse it at startup."""
+    from keda_proxy import tls  # lazily: OpenSSL, and tls imports this module
+
+    if not tls.group_supported(GO_CURVES[name]):
+        raise ValueError(
+            f"{name} is not supported by this interceptor's OpenSSL "
+            f"({tls.OPENSSL_VERSION}); it needs OpenSSL 3.5 or later"
+        )
+
+
+def _folders(text: str) -> tuple[str, ...]:
+    names = _names(text)
+    if text and not names:
+        raise ValueError("expected comma-separated folders of PEM CA certificates")
     return names
 
 
@@ -166,13 +200,23 @@ def _traces_protocol(text: str) -> str:
     return text
 
 
+def _above_zero(value: Any) -> bool:
+    return value > 0
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
 @frozen
 class EnvVar:
     """One environment variable: what it sets, its default and its meaning.
 
     C{parse} turns the text into the L{Config} value, raising L{ValueError}
     with what was expected; C{replaced_by} names the current variable that a
-    deprecated one stands in for.
+    deprecated one stands in for, and C{wins_if} tells, from its parsed
+    value, whether it then overrides that variable (the timeouts: when above
+    0; the TLS policy names: whenever set, as in v0.16).
     """
 
     name: str
@@ -182,6 +226,7 @@ class EnvVar:
     meaning: str = ""
     required: bool = False
     replaced_by: str | None = None
+    wins_if: Callable[[Any], bool] = field(default=_above_zero, repr=False)
 
 
 #: Every variable the interceptor reads, in documentation order.
@@ -234,20 +279,28 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("KEDA_HTTP_PROXY_TLS_CERT_STORE_PATHS", "tls_cert_store_paths", "", _names,
            "Comma-separated folders of certificate/key pairs, chosen by SNI and "
            "also trusted for upstream verification."),
-    EnvVar("KEDA_HTTP_PROXY_TLS_SKIP_VERIFY", "tls_skip_verify", "false", _bool,
+    EnvVar("KEDA_HTTP_TLS_SKIP_VERIFY", "tls_skip_verify", "false", _bool,
            "Skip verification of upstream TLS certificates."),
-    EnvVar("KEDA_HTTP_PROXY_TLS_MIN_VERSION", "tls_min_version", "", _tls_version,
-           'Lowest TLS version accepted, "1.2" or "1.3"; empty means 1.2.'),
-    EnvVar("KEDA_HTTP_PROXY_TLS_MAX_VERSION", "tls_max_version", "", _tls_version,
-           'Highest TLS version accepted, "1.2" or "1.3"; empty means the highest '
+    EnvVar("KEDA_HTTP_TLS_MIN_VERSION", "tls_min_version", "", _tls_version,
+           'Lowest TLS version, on the TLS listener and towards upstreams: "1.2" or '
+           '"TLS12", "1.3" or "TLS13", in any case; empty means 1.2.'),
+    EnvVar("KEDA_HTTP_TLS_MAX_VERSION", "tls_max_version", "", _tls_version,
+           'Highest TLS version, on the TLS listener and towards upstreams: "1.2" '
+           'or "TLS12", "1.3" or "TLS13", in any case; empty means the highest '
            "supported."),
-    EnvVar("KEDA_HTTP_PROXY_TLS_CIPHER_SUITES", "tls_cipher_suites", "", _cipher_suites,
-           "Comma-separated TLS cipher suite names as Go spells them; empty means "
-           "the defaults."),
-    EnvVar("KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES", "tls_curve_preferences", "",
+    EnvVar("KEDA_HTTP_TLS_CIPHER_SUITES", "tls_cipher_suites", "", _cipher_suites,
+           "Comma-separated TLS cipher suite names as Go spells them, on both "
+           "sides; empty means Go's defaults."),
+    EnvVar("KEDA_HTTP_TLS_CURVE_PREFERENCES", "tls_curve_preferences", "",
            _curves,
-           "Comma-separated elliptic curve names (e.g. `X25519,CurveP256`); empty "
-           "means the defaults."),
+           "Comma-separated key-exchange groups as Go names them (e.g. "
+           "`X25519,CurveP256`; `X25519MLKEM768` needs OpenSSL 3.5 or later), on "
+           "both sides; empty means the defaults."),
+    EnvVar("KEDA_HTTP_TLS_CA_DIRS", "tls_ca_dirs", "", _folders,
+           "Comma-separated folders of PEM CA certificates trusted for upstream TLS "
+           "on top of the system CAs; every file directly in them must hold one "
+           "(sub-folders and names starting with `..` are skipped), and at least "
+           "one must be found."),
     EnvVar("KEDA_HTTP_ENABLE_COLD_START_HEADER", "enable_cold_start_header", "true",
            _bool,
            "Add the `X-KEDA-HTTP-Cold-Start` header to proxied responses."),
@@ -305,6 +358,27 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "Deprecated name of `KEDA_HTTP_RESPONSE_HEADER_TIMEOUT`; when above 0 it "
            "wins and a warning is logged.",
            replaced_by="KEDA_HTTP_RESPONSE_HEADER_TIMEOUT"),
+    EnvVar("KEDA_HTTP_PROXY_TLS_SKIP_VERIFY", "tls_skip_verify", "", _bool,
+           "Deprecated name of `KEDA_HTTP_TLS_SKIP_VERIFY`; when set (even to "
+           "false) it wins and a warning is logged.",
+           replaced_by="KEDA_HTTP_TLS_SKIP_VERIFY", wins_if=_always),
+    EnvVar("KEDA_HTTP_PROXY_TLS_MIN_VERSION", "tls_min_version", "", _tls_version,
+           "Deprecated name of `KEDA_HTTP_TLS_MIN_VERSION`; when set it wins and a "
+           "warning is logged.",
+           replaced_by="KEDA_HTTP_TLS_MIN_VERSION", wins_if=_always),
+    EnvVar("KEDA_HTTP_PROXY_TLS_MAX_VERSION", "tls_max_version", "", _tls_version,
+           "Deprecated name of `KEDA_HTTP_TLS_MAX_VERSION`; when set it wins and a "
+           "warning is logged.",
+           replaced_by="KEDA_HTTP_TLS_MAX_VERSION", wins_if=_always),
+    EnvVar("KEDA_HTTP_PROXY_TLS_CIPHER_SUITES", "tls_cipher_suites", "", _cipher_suites,
+           "Deprecated name of `KEDA_HTTP_TLS_CIPHER_SUITES`; when set it wins and a "
+           "warning is logged.",
+           replaced_by="KEDA_HTTP_TLS_CIPHER_SUITES", wins_if=_always),
+    EnvVar("KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES", "tls_curve_preferences", "",
+           _curves,
+           "Deprecated name of `KEDA_HTTP_TLS_CURVE_PREFERENCES`; when set it wins "
+           "and a warning is logged.",
+           replaced_by="KEDA_HTTP_TLS_CURVE_PREFERENCES", wins_if=_always),
 )
 # fmt: on
 
@@ -346,6 +420,7 @@ class Config:
     tls_max_version: str = _default("tls_max_version")
     tls_cipher_suites: tuple[str, ...] = _default("tls_cipher_suites")
     tls_curve_preferences: tuple[str, ...] = _default("tls_curve_preferences")
+    tls_ca_dirs: tuple[str, ...] = _default("tls_ca_dirs")
     enable_cold_start_header: bool = _default("enable_cold_start_header")
     cold_start_max_pending_requests: int = _default("cold_start_max_pending_requests")
     log_requests: bool = _default("log_requests")
@@ -393,6 +468,7 @@ def load_config(
     given = {k: v for k, v in overrides.items() if v is not None}
 
     values: dict = {}
+    sources: dict = {}  # field -> (variable, text) it was set from
     deprecated = []
     for var in ENV_VARS:
         if var.config_field in given:
@@ -405,11 +481,12 @@ def load_config(
         value = _parse(var, text)
         if var.replaced_by is None:
             values[var.config_field] = value
+            sources[var.config_field] = (var.name, text)
         else:
-            deprecated.append((var, value))
+            deprecated.append((var, value, text))
 
-    for var, value in deprecated:
-        if value > 0:
+    for var, value, text in deprecated:
+        if var.wins_if(value):
             log.emit(
                 LogLevel.warn,
                 "{old} is deprecated, use {new} instead",
@@ -417,6 +494,7 @@ def load_config(
                 new=var.replaced_by,
             )
             values[var.config_field] = value
+            sources[var.config_field] = (var.name, text)
 
     for name, value in given.items():
         if name in _CURRENT and _CURRENT[name].parse is _port:
@@ -424,7 +502,8 @@ def load_config(
     values.update(given)
 
     config = Config(**values)
-    _check_tls_range(config)
+    _check_tls_range(config, sources)
+    _check_ca_dirs(config, sources)
     _warn_unsupported(config, log)
     return config
 
@@ -448,14 +527,31 @@ def _check_port_override(name: str, value: Any) -> None:
         )
 
 
-def _check_tls_range(config: Config) -> None:
+def _source(sources: Mapping, config: Config, field_name: str) -> tuple[str, str]:
+    """The variable (old or new name) and text C{field_name} came from."""
+    default = (_CURRENT[field_name].name, str(getattr(config, field_name)))
+    return sources.get(field_name, default)
+
+
+def _check_tls_range(config: Config, sources: Mapping) -> None:
     low, high = config.tls_min_version, config.tls_max_version
     if low and high and TLS_VERSIONS.index(low) > TLS_VERSIONS.index(high):
-        raise ConfigError(
-            "KEDA_HTTP_PROXY_TLS_MIN_VERSION",
-            low,
-            f'above KEDA_HTTP_PROXY_TLS_MAX_VERSION "{high}"',
-        )
+        low_var, low_text = _source(sources, config, "tls_min_version")
+        high_var, high_text = _source(sources, config, "tls_max_version")
+        raise ConfigError(low_var, low_text, f"above {high_var} {_quote(high_text)}")
+
+
+def _check_ca_dirs(config: Config, sources: Mapping) -> None:
+    """Read the CA folders now, as v0.16 does at startup whether or not TLS
+    is on, so that a bad folder or file stops startup with one line."""
+    if not config.tls_ca_dirs:
+        return
+    from keda_proxy.tls import ca_dir_certificates  # lazily: tls imports us
+
+    try:
+        ca_dir_certificates(config.tls_ca_dirs)
+    except ValueError as e:
+        raise ConfigError(*_source(sources, config, "tls_ca_dirs"), str(e)) from None
 
 
 def _warn_unsupported(config: Config, log: Logger) -> None:

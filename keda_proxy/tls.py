@@ -24,11 +24,15 @@ client context that Twisted's L{CertificateOptions} builds.  The creator
 sends that name as SNI and verifies the peer certificate against it
 (service_identity), whatever address the TCP connection went to, so a pod
 reached by IP is still checked against ``svc.ns``.  Trust is the system
-CAs plus every configured certificate (as Go adds them to C{RootCAs}).  A
-dial without a server name is refused.
+CAs plus every configured certificate (as Go adds them to C{RootCAs}) plus
+the CA certificates of the folders in C{KEDA_HTTP_TLS_CA_DIRS}.  A dial
+without a server name is refused.
 
 Both sides share one L{TLSPolicy}: minimum and maximum TLS version, TLS 1.2
-cipher suites and key-exchange groups, as Go shares one C{tls.Config}.
+cipher suites and key-exchange groups (``KEDA_HTTP_TLS_*``, or the
+deprecated ``KEDA_HTTP_PROXY_TLS_*`` names: L{keda_proxy.config} resolves
+which one is in effect), as v0.16 applies one policy to its serving and its
+outbound C{tls.Config}.
 
 Nothing here is global: the entry point builds both objects from the
 L{keda_proxy.config.Config} and hands them to the listener and to
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Optional
@@ -72,8 +77,11 @@ _log = Logger()
 CERT_PATH_VAR = "KEDA_HTTP_PROXY_TLS_CERT_PATH"
 KEY_PATH_VAR = "KEDA_HTTP_PROXY_TLS_KEY_PATH"
 STORE_VAR = "KEDA_HTTP_PROXY_TLS_CERT_STORE_PATHS"
-CIPHERS_VAR = "KEDA_HTTP_PROXY_TLS_CIPHER_SUITES"
-CURVES_VAR = "KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES"
+CIPHERS_VAR = "KEDA_HTTP_TLS_CIPHER_SUITES"
+CURVES_VAR = "KEDA_HTTP_TLS_CURVE_PREFERENCES"
+MAX_VERSION_VAR = "KEDA_HTTP_TLS_MAX_VERSION"
+SKIP_VERIFY_VAR = "KEDA_HTTP_TLS_SKIP_VERIFY"
+CA_DIRS_VAR = "KEDA_HTTP_TLS_CA_DIRS"
 
 #: The only application protocol offered, on both sides.
 ALPN = b"http/1.1"
@@ -91,7 +99,7 @@ _TLS13_SUITES = frozenset(
 )
 
 #: Go's default TLS 1.2 suites (ECDHE only: no RSA key exchange, no 3DES),
-#: AEADs first; used when KEDA_HTTP_PROXY_TLS_CIPHER_SUITES is empty.
+#: AEADs first; used when KEDA_HTTP_TLS_CIPHER_SUITES is empty.
 DEFAULT_TLS12_SUITES = (
     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
     "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
@@ -162,6 +170,20 @@ def _groups_setter():
 
 _set_groups = _groups_setter()
 
+#: The OpenSSL pyOpenSSL runs on (cryptography's bundled one, not
+#: necessarily the system's ``openssl`` command), for messages.
+OPENSSL_VERSION = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")
+
+
+def group_supported(group: str) -> bool:
+    """Whether the OpenSSL in use accepts the key-exchange group C{group}
+    (an OpenSSL name such as ``X25519MLKEM768``), tried on a throwaway
+    context.  Without the group-list binding only the NIST curves can be
+    pinned (L{TLSPolicy} falls back to C{set_tmp_ecdh})."""
+    if _set_groups is None:
+        return group in _NIST_CURVES
+    return _set_groups(SSL.Context(SSL.TLS_METHOD), group.encode("ascii"))
+
 
 @frozen
 class TLSPolicy:
@@ -188,7 +210,7 @@ class TLSPolicy:
             if high == SSL.TLS1_2_VERSION:
                 raise TLSConfigError(
                     f"{CIPHERS_VAR}: only TLS 1.3 suites are listed but "
-                    "KEDA_HTTP_PROXY_TLS_MAX_VERSION is 1.2"
+                    f"{MAX_VERSION_VAR} is 1.2"
                 )
             low = SSL.TLS1_3_VERSION
         cipher_list = _cipher_string(tls12 or DEFAULT_TLS12_SUITES)
@@ -400,6 +422,77 @@ class TLSMaterial:
 
 
 # ---------------------------------------------------------------------------
+# CA folders (KEDA_HTTP_TLS_CA_DIRS)
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def pem_certificates(data: bytes) -> list:
+    """The certificates of the PEM ``CERTIFICATE`` blocks in C{data}, taken
+    as Go's C{CertPool.AppendCertsFromPEM} takes them: other blocks (keys)
+    and text around them are ignored, and so is a block that does not
+    parse."""
+    found = []
+    for block in _PEM_CERTIFICATE.findall(data):
+        try:
+            found.append(x509.load_pem_x509_certificate(block))
+        except ValueError:
+            continue
+    return found
+
+
+def ca_dir_certificates(folders: Iterable[str]) -> tuple:
+    """The CA certificates in C{folders}, read as v0.16 reads
+    C{KEDA_HTTP_TLS_CA_DIRS}.
+
+    Every entry of each folder is read, whatever its name, except
+    sub-folders (not descended into) and names starting with ``..``: the
+    ``..data`` link and ``..<timestamp>`` folder of a Kubernetes ConfigMap
+    or Secret volume.  Symlinked files are followed, so the volume's
+    ``ca.crt -> ..data/ca.crt`` is read.  Every file read must hold at least
+    one PEM certificate, and the folders together at least one.
+
+    @raise ValueError: one line naming the folder or file at fault.
+    """
+    folders = tuple(folders)
+    found = []
+    for folder in folders:
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as e:
+            raise ValueError(f"cannot read CA folder {folder}: {e.strerror or e}") from None
+        for entry in entries:
+            if entry.name.startswith("..") or entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                with open(entry.path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise ValueError(
+                    f"cannot read CA file {entry.path}: {e.strerror or e}"
+                ) from None
+            certificates = pem_certificates(data)
+            if not certificates:
+                raise ValueError(f"no PEM certificate in {entry.path}")
+            found.extend(certificates)
+    if folders and not found:
+        raise ValueError(f"no CA certificate found in {', '.join(folders)}")
+    return tuple(found)
+
+
+def load_ca_dirs(folders: Iterable[str]) -> tuple:
+    """L{ca_dir_certificates}, failing with a L{TLSConfigError} that names
+    C{KEDA_HTTP_TLS_CA_DIRS}."""
+    try:
+        return ca_dir_certificates(folders)
+    except ValueError as e:
+        raise TLSConfigError(f"{CA_DIRS_VAR}: {e}") from None
+
+
+# ---------------------------------------------------------------------------
 # The listener
 
 
@@ -602,10 +695,10 @@ class UpstreamTLS:
     L{TLSPolicy.finish_context} and the trust store are added to its
     context before any connection uses it.  Trust is OpenSSL's default
     verify paths (the system CAs, as Twisted's C{platformTrust()} loads
-    them) plus every certificate of the main and store files, each an
-    anchor by itself as in Go's C{RootCAs}, even a leaf or an intermediate
-    (C{PARTIAL_CHAIN}).  Verification is left to each connection (see
-    L{UpstreamCreator}).
+    them) plus every certificate of the main and store files and
+    C{ca_certs} (the CA folders' certificates), each an anchor by itself as
+    in Go's C{RootCAs}, even a leaf or an intermediate (C{PARTIAL_CHAIN}).
+    Verification is left to each connection (see L{UpstreamCreator}).
 
     The creators are not Twisted's C{optionsForClientTLS}: that builds a
     context, with its own copy of the system CAs, per name; trusting the
@@ -633,6 +726,7 @@ class UpstreamTLS:
         material: TLSMaterial,
         verify: bool = True,
         cache_size: int = CREATOR_CACHE_SIZE,
+        ca_certs: Iterable = (),
     ) -> None:
         self.policy = policy
         self.verify = verify
@@ -654,7 +748,8 @@ class UpstreamTLS:
         policy.finish_context(ctx)
         ctx.set_default_verify_paths()  # what platformTrust() does
         store = ctx.get_cert_store()
-        for cert in dict.fromkeys(c for pair in material.pairs for c in pair.chain):
+        configured = [c for pair in material.pairs for c in pair.chain]
+        for cert in dict.fromkeys(configured + list(ca_certs)):
             store.add_cert(X509.from_cryptography(cert))
         store.set_flags(X509StoreFlags.PARTIAL_CHAIN)
         self._creators: OrderedDict = OrderedDict()
@@ -663,23 +758,29 @@ class UpstreamTLS:
     def from_config(
         cls, config, log: Optional[Logger] = None, cache_size: int = CREATOR_CACHE_SIZE
     ) -> "UpstreamTLS":
-        """Trust the system CAs plus the main and store certificates; present
-        the main certificate if an upstream asks for a client certificate.
+        """Trust the system CAs, the main and store certificates and the
+        CA folders' certificates; present the main certificate if an
+        upstream asks for a client certificate.
 
         @raise TLSConfigError: a file or setting cannot be used.
         """
         log = _log if log is None else log
+        ca_certs = load_ca_dirs(config.tls_ca_dirs)
         upstream = cls(
             TLSPolicy.from_config(config),
             TLSMaterial.from_config(config),
             verify=not config.tls_skip_verify,
             cache_size=cache_size,
+            ca_certs=ca_certs,
         )
-        if config.tls_skip_verify:
-            log.warn(
-                "KEDA_HTTP_PROXY_TLS_SKIP_VERIFY is true: upstream TLS "
-                "certificates are NOT verified"
+        if ca_certs:
+            log.info(
+                "Upstream TLS trusts {count} CA certificate(s) from {folders}",
+                count=len(ca_certs),
+                folders=", ".join(config.tls_ca_dirs),
             )
+        if config.tls_skip_verify:
+            log.warn(f"{SKIP_VERIFY_VAR} is true: upstream TLS certificates are NOT verified")
         return upstream
 
     def creatorForNetloc(self, hostname, port: int) -> UpstreamCreator:

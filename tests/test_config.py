@@ -4,6 +4,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+import trustme
 from twisted.logger import Logger, LogLevel, formatEvent
 
 from keda_proxy.config import (
@@ -72,6 +73,7 @@ def test_defaults_match_the_go_interceptor():
         "tls_max_version": "",
         "tls_cipher_suites": (),
         "tls_curve_preferences": (),
+        "tls_ca_dirs": (),
         "enable_cold_start_header": True,
         "cold_start_max_pending_requests": 0,  # no limit
         "log_requests": False,
@@ -235,44 +237,78 @@ def test_cert_store_paths_split_on_commas_dropping_blanks():
     assert config.tls_cert_store_paths == ("/certs/a", "/certs/b")
 
 
-# TLS settings
+# TLS settings (v0.16 names; the deprecated KEDA_HTTP_PROXY_TLS_* below)
+
+#: v0.16 accepts the short and the KEDA/operator spelling, in any case.
+VERSION_FORMS = [
+    ("1.2", "1.2"), ("TLS12", "1.2"), ("tls12", "1.2"), ("Tls12", "1.2"),
+    ("1.3", "1.3"), ("TLS13", "1.3"), ("tls13", "1.3"), ("tLS13", "1.3"),
+]
 
 
-@pytest.mark.parametrize("version", ["1.2", "1.3"])
-def test_tls_versions_valid(version):
-    config = load(
-        KEDA_HTTP_PROXY_TLS_MIN_VERSION=version, KEDA_HTTP_PROXY_TLS_MAX_VERSION=version
-    )
-    assert (config.tls_min_version, config.tls_max_version) == (version, version)
+@pytest.mark.parametrize("name", ["KEDA_HTTP_TLS_MIN_VERSION", "KEDA_HTTP_TLS_MAX_VERSION"])
+@pytest.mark.parametrize(("text", "version"), VERSION_FORMS)
+def test_tls_versions_valid(name, text, version):
+    config = load(**{name: text})
+    field_name = "tls_min_version" if "MIN" in name else "tls_max_version"
+    assert getattr(config, field_name) == version
 
 
+@pytest.mark.parametrize("name", ["KEDA_HTTP_TLS_MIN_VERSION", "KEDA_HTTP_TLS_MAX_VERSION"])
 @pytest.mark.parametrize(
-    "name", ["KEDA_HTTP_PROXY_TLS_MIN_VERSION", "KEDA_HTTP_PROXY_TLS_MAX_VERSION"]
+    "text", ["1.1", "1.0", "TLS1.3", "TLS11", "tls 13", "1.4", "13", " 1.2", "TLSv1.2"]
 )
-@pytest.mark.parametrize("text", ["1.1", "1.0", "TLS1.3", "1.4", "13"])
 def test_tls_versions_invalid(name, text):
     error = error_for({name: text})
     assert (error.name, error.value) == (name, text)
+    assert '"1.2"/"TLS12" or "1.3"/"TLS13"' in str(error)
+    assert len(str(error).splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "KEDA_HTTP_TLS_MIN_VERSION",
+        "KEDA_HTTP_TLS_MAX_VERSION",
+        "KEDA_HTTP_TLS_CIPHER_SUITES",
+        "KEDA_HTTP_TLS_CURVE_PREFERENCES",
+        "KEDA_HTTP_TLS_SKIP_VERIFY",
+        "KEDA_HTTP_TLS_CA_DIRS",
+    ],
+)
+def test_tls_empty_value_keeps_the_default(name):
+    """Empty is unset: minimum 1.2, highest maximum, Go's suites and
+    curves, verification on, system CAs only (see TLSPolicy)."""
+    log, events = capture()
+    assert load(log=log, **{name: ""}) == load()
+    assert events == []
 
 
 def test_tls_min_above_max_is_rejected():
-    error = error_for(
-        {
-            "KEDA_HTTP_PROXY_TLS_MIN_VERSION": "1.3",
-            "KEDA_HTTP_PROXY_TLS_MAX_VERSION": "1.2",
-        }
+    error = error_for({"KEDA_HTTP_TLS_MIN_VERSION": "TLS13", "KEDA_HTTP_TLS_MAX_VERSION": "1.2"})
+    assert str(error) == (
+        'invalid value for KEDA_HTTP_TLS_MIN_VERSION: "TLS13" '
+        '(above KEDA_HTTP_TLS_MAX_VERSION "1.2")'
     )
-    assert error.name == "KEDA_HTTP_PROXY_TLS_MIN_VERSION"
-    assert "KEDA_HTTP_PROXY_TLS_MAX_VERSION" in str(error)
+
+
+def test_tls_min_above_max_names_the_deprecated_variable_that_set_it():
+    error = error_for(
+        {"KEDA_HTTP_TLS_MIN_VERSION": "1.3", "KEDA_HTTP_PROXY_TLS_MAX_VERSION": "tls12"}
+    )
+    assert str(error) == (
+        'invalid value for KEDA_HTTP_TLS_MIN_VERSION: "1.3" '
+        '(above KEDA_HTTP_PROXY_TLS_MAX_VERSION "tls12")'
+    )
 
 
 def test_tls_only_one_bound_is_fine():
-    assert load(KEDA_HTTP_PROXY_TLS_MIN_VERSION="1.3").tls_max_version == ""
+    assert load(KEDA_HTTP_TLS_MIN_VERSION="1.3").tls_max_version == ""
 
 
 def test_cipher_suites_are_go_names():
     text = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,"
-    config = load(KEDA_HTTP_PROXY_TLS_CIPHER_SUITES=text)
+    config = load(KEDA_HTTP_TLS_CIPHER_SUITES=text)
     assert config.tls_cipher_suites == (
         "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
         "TLS_AES_256_GCM_SHA384",
@@ -288,19 +324,146 @@ def test_cipher_suites_are_go_names():
 def test_cipher_suites_unknown_name(name):
     """Go rejects insecure and OpenSSL-spelled names alike."""
     text = f"TLS_AES_128_GCM_SHA256,{name}"
-    error = error_for({"KEDA_HTTP_PROXY_TLS_CIPHER_SUITES": text})
-    assert error.name == "KEDA_HTTP_PROXY_TLS_CIPHER_SUITES"
-    assert f"unknown cipher suite {name}" in str(error)
+    error = error_for({"KEDA_HTTP_TLS_CIPHER_SUITES": text})
+    assert str(error) == (
+        f'invalid value for KEDA_HTTP_TLS_CIPHER_SUITES: "{text}" '
+        f"(unknown cipher suite {name})"
+    )
 
 
 def test_curve_preferences():
-    config = load(KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES="X25519, CurveP256,P-384")
-    assert config.tls_curve_preferences == ("X25519", "CurveP256", "P-384")
+    config = load(KEDA_HTTP_TLS_CURVE_PREFERENCES="X25519, CurveP256,P-384, CurveP521,P-521")
+    assert config.tls_curve_preferences == ("X25519", "CurveP256", "P-384", "CurveP521", "P-521")
 
 
 def test_curve_preferences_unknown_name():
-    error = error_for({"KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES": "X25519,P-999"})
-    assert "unknown curve P-999" in str(error)
+    error = error_for({"KEDA_HTTP_TLS_CURVE_PREFERENCES": "X25519,P-999"})
+    assert str(error) == (
+        'invalid value for KEDA_HTTP_TLS_CURVE_PREFERENCES: "X25519,P-999" '
+        "(unknown curve P-999)"
+    )
+
+
+# X25519MLKEM768 depends on the OpenSSL pyOpenSSL runs on (cryptography's),
+# which is not necessarily the system's `openssl`: ask that one directly.
+
+
+def openssl_has_x25519mlkem768():
+    from OpenSSL import SSL
+    from OpenSSL._util import lib
+
+    # SSL_CTX_set1_groups_list, under its older name, the one bound
+    ok = lib.SSL_CTX_set1_curves_list(SSL.Context(SSL.TLS_METHOD)._context,
+                                      b"X25519MLKEM768") == 1
+    lib.ERR_clear_error()
+    return ok
+
+
+def test_x25519mlkem768_follows_the_openssl_in_use():
+    env = {"KEDA_HTTP_TLS_CURVE_PREFERENCES": "X25519MLKEM768,X25519"}
+    if openssl_has_x25519mlkem768():
+        config = load_config({**PORTS, **env})
+        assert config.tls_curve_preferences == ("X25519MLKEM768", "X25519")
+    else:
+        error = error_for(env)
+        assert error.name == "KEDA_HTTP_TLS_CURVE_PREFERENCES"
+        assert "X25519MLKEM768 is not supported" in str(error)
+
+
+def test_x25519mlkem768_refused_in_one_line_where_openssl_lacks_it(monkeypatch):
+    """The other branch, whatever this machine's OpenSSL: the group is
+    refused at startup, naming the variable, the value and the OpenSSL."""
+    from keda_proxy import tls
+
+    asked = []
+
+    def lacking(group):
+        asked.append(group)
+        return False
+
+    monkeypatch.setattr(tls, "group_supported", lacking)
+    monkeypatch.setattr(tls, "OPENSSL_VERSION", "OpenSSL 3.0.2 15 Mar 2022")
+    error = error_for({"KEDA_HTTP_TLS_CURVE_PREFERENCES": "X25519, X25519MLKEM768"})
+    assert str(error) == (
+        'invalid value for KEDA_HTTP_TLS_CURVE_PREFERENCES: "X25519, X25519MLKEM768" '
+        "(X25519MLKEM768 is not supported by this interceptor's OpenSSL "
+        "(OpenSSL 3.0.2 15 Mar 2022); it needs OpenSSL 3.5 or later)"
+    )
+    assert asked == ["X25519MLKEM768"]  # the other curves need no probe
+    assert load(KEDA_HTTP_TLS_CURVE_PREFERENCES="X25519,P-256").tls_curve_preferences
+
+
+def test_group_probe_asks_openssl():
+    from keda_proxy import tls
+
+    assert tls.group_supported("X25519MLKEM768") is openssl_has_x25519mlkem768()
+    assert tls.group_supported("prime256v1") is True
+    assert tls.group_supported("bogus-group") is False
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("1", True), ("False", False)])
+def test_skip_verify(text, value):
+    assert load(KEDA_HTTP_TLS_SKIP_VERIFY=text).tls_skip_verify is value
+
+
+def test_skip_verify_invalid():
+    error = error_for({"KEDA_HTTP_TLS_SKIP_VERIFY": "yes"})
+    assert (error.name, error.value) == ("KEDA_HTTP_TLS_SKIP_VERIFY", "yes")
+
+
+# KEDA_HTTP_TLS_CA_DIRS: read at startup, whether or not TLS is on
+
+
+def ca_dir(folder, *cas):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, ca in enumerate(cas):
+        ca.cert_pem.write_to_path(str(folder / f"ca{i}.crt"))
+    return str(folder)
+
+
+def test_ca_dirs_split_on_commas(tmp_path):
+    a, b = ca_dir(tmp_path / "a", trustme.CA()), ca_dir(tmp_path / "b", trustme.CA())
+    config = load(KEDA_HTTP_TLS_CA_DIRS=f" {a}, ,{b},")
+    assert config.tls_ca_dirs == (a, b)
+
+
+@pytest.mark.parametrize("text", [",", " , ", " "])
+def test_ca_dirs_naming_no_folder_is_an_error(text):
+    error = error_for({"KEDA_HTTP_TLS_CA_DIRS": text})
+    assert (error.name, error.value) == ("KEDA_HTTP_TLS_CA_DIRS", text)
+
+
+def test_ca_dirs_with_a_file_without_certificate_is_an_error(tmp_path):
+    folder = ca_dir(tmp_path / "ca", trustme.CA())
+    (tmp_path / "ca" / "README").write_text("not a certificate\n")
+    error = error_for({"KEDA_HTTP_TLS_CA_DIRS": folder})
+    assert str(error) == (
+        f'invalid value for KEDA_HTTP_TLS_CA_DIRS: "{folder}" '
+        f"(no PEM certificate in {folder}/README)"
+    )
+
+
+def test_ca_dirs_with_no_certificate_at_all_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    text = f"{tmp_path / 'empty'}"
+    error = error_for({"KEDA_HTTP_TLS_CA_DIRS": text})
+    assert str(error) == (
+        f'invalid value for KEDA_HTTP_TLS_CA_DIRS: "{text}" '
+        f"(no CA certificate found in {text})"
+    )
+
+
+def test_ca_dirs_missing_folder_is_an_error(tmp_path):
+    text = str(tmp_path / "absent")
+    error = error_for({"KEDA_HTTP_TLS_CA_DIRS": text})
+    assert "cannot read CA folder" in str(error) and error.value == text
+
+
+def test_ca_dirs_are_checked_even_with_tls_off(tmp_path):
+    (tmp_path / "empty").mkdir()
+    error = error_for({"KEDA_HTTP_PROXY_TLS_ENABLED": "false",
+                       "KEDA_HTTP_TLS_CA_DIRS": str(tmp_path / "empty")})
+    assert error.name == "KEDA_HTTP_TLS_CA_DIRS"
 
 
 # Accepted-but-unsupported settings
@@ -430,6 +593,83 @@ def test_deprecated_invalid_value_names_the_old_variable():
     assert error.name == "KEDA_CONDITION_WAIT_TIMEOUT"
 
 
+#: The v0.16 TLS policy names and their deprecated KEDA_HTTP_PROXY_TLS_*
+#: names, with a value for each (old, new) that differ, and the field.
+TLS_RENAMES = [
+    ("KEDA_HTTP_PROXY_TLS_MIN_VERSION", "KEDA_HTTP_TLS_MIN_VERSION",
+     ("TLS13", "1.2"), "tls_min_version", ("1.3", "1.2")),
+    ("KEDA_HTTP_PROXY_TLS_MAX_VERSION", "KEDA_HTTP_TLS_MAX_VERSION",
+     ("tls13", "1.2"), "tls_max_version", ("1.3", "1.2")),
+    ("KEDA_HTTP_PROXY_TLS_CIPHER_SUITES", "KEDA_HTTP_TLS_CIPHER_SUITES",
+     ("TLS_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+     "tls_cipher_suites",
+     (("TLS_AES_128_GCM_SHA256",), ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",))),
+    ("KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES", "KEDA_HTTP_TLS_CURVE_PREFERENCES",
+     ("CurveP256", "X25519"), "tls_curve_preferences", (("CurveP256",), ("X25519",))),
+    ("KEDA_HTTP_PROXY_TLS_SKIP_VERIFY", "KEDA_HTTP_TLS_SKIP_VERIFY",
+     ("true", "false"), "tls_skip_verify", (True, False)),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "texts", "field_name", "values"), TLS_RENAMES,
+                         ids=lambda v: v if isinstance(v, str) and "KEDA" in v else "")
+def test_deprecated_tls_name_alone_still_works_with_one_warning(
+        old, new, texts, field_name, values):
+    log, events = capture()
+    config = load(log=log, **{old: texts[0]})
+    assert getattr(config, field_name) == values[0]
+    assert warnings(events) == [f"{old} is deprecated, use {new} instead"]
+
+
+@pytest.mark.parametrize(("old", "new", "texts", "field_name", "values"), TLS_RENAMES,
+                         ids=lambda v: v if isinstance(v, str) and "KEDA" in v else "")
+def test_deprecated_tls_name_wins_over_the_new_one(old, new, texts, field_name, values):
+    """v0.16: a deprecated TLS policy name that is set takes precedence."""
+    log, events = capture()
+    config = load(log=log, **{old: texts[0], new: texts[1]})
+    assert getattr(config, field_name) == values[0]
+    assert warnings(events) == [f"{old} is deprecated, use {new} instead"]
+
+
+@pytest.mark.parametrize(("old", "new", "texts", "field_name", "values"), TLS_RENAMES,
+                         ids=lambda v: v if isinstance(v, str) and "KEDA" in v else "")
+def test_new_tls_name_alone_logs_nothing(old, new, texts, field_name, values):
+    log, events = capture()
+    config = load(log=log, **{new: texts[1], old: ""})  # empty: unset
+    assert getattr(config, field_name) == values[1]
+    assert events == []
+
+
+def test_every_deprecated_tls_name_warns_once():
+    log, events = capture()
+    load(log=log, **{old: texts[0] for old, _, texts, _, _ in TLS_RENAMES})
+    assert sorted(warnings(events)) == sorted(
+        f"{old} is deprecated, use {new} instead" for old, new, *_ in TLS_RENAMES
+    )
+
+
+def test_deprecated_skip_verify_false_still_wins():
+    """Set to false, the old name overrides KEDA_HTTP_TLS_SKIP_VERIFY=true:
+    v0.16 reads it as a *bool, so "set" is what counts, not "true"."""
+    config = load(KEDA_HTTP_PROXY_TLS_SKIP_VERIFY="false", KEDA_HTTP_TLS_SKIP_VERIFY="true")
+    assert config.tls_skip_verify is False
+
+
+@pytest.mark.parametrize(
+    ("old", "text"),
+    [
+        ("KEDA_HTTP_PROXY_TLS_MIN_VERSION", "1.1"),
+        ("KEDA_HTTP_PROXY_TLS_MAX_VERSION", "TLS1.3"),
+        ("KEDA_HTTP_PROXY_TLS_CIPHER_SUITES", "bogus"),
+        ("KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES", "P-999"),
+        ("KEDA_HTTP_PROXY_TLS_SKIP_VERIFY", "yes"),
+    ],
+)
+def test_deprecated_tls_invalid_value_names_the_old_variable(old, text):
+    error = error_for({old: text})
+    assert (error.name, error.value) == (old, text)
+
+
 def test_override_beats_deprecated_name():
     log, events = capture()
     config = load(log=log, readiness_timeout=2.0, KEDA_CONDITION_WAIT_TIMEOUT="31s")
@@ -486,14 +726,15 @@ SAMPLES = {
     "KEDA_HTTP_PROXY_TLS_CERT_PATH": ("/c", "/c"),
     "KEDA_HTTP_PROXY_TLS_KEY_PATH": ("/k", "/k"),
     "KEDA_HTTP_PROXY_TLS_CERT_STORE_PATHS": ("/s", ("/s",)),
-    "KEDA_HTTP_PROXY_TLS_SKIP_VERIFY": ("true", True),
-    "KEDA_HTTP_PROXY_TLS_MIN_VERSION": ("1.2", "1.2"),
-    "KEDA_HTTP_PROXY_TLS_MAX_VERSION": ("1.3", "1.3"),
-    "KEDA_HTTP_PROXY_TLS_CIPHER_SUITES": (
+    "KEDA_HTTP_TLS_SKIP_VERIFY": ("true", True),
+    "KEDA_HTTP_TLS_MIN_VERSION": ("TLS13", "1.3"),
+    "KEDA_HTTP_TLS_MAX_VERSION": ("tls12", "1.2"),
+    "KEDA_HTTP_TLS_CIPHER_SUITES": (
         "TLS_AES_128_GCM_SHA256",
         ("TLS_AES_128_GCM_SHA256",),
     ),
-    "KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES": ("X25519", ("X25519",)),
+    "KEDA_HTTP_TLS_CURVE_PREFERENCES": ("X25519", ("X25519",)),
+    "KEDA_HTTP_TLS_CA_DIRS": ("(a folder made by the test)", None),
     "KEDA_HTTP_ENABLE_COLD_START_HEADER": ("false", False),
     "KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS": ("500", 500),
     "KEDA_HTTP_LOG_REQUESTS": ("true", True),
@@ -510,6 +751,14 @@ SAMPLES = {
     "KUBECONFIG": ("/kube", "/kube"),
     "KEDA_CONDITION_WAIT_TIMEOUT": ("10s", 10.0),
     "KEDA_RESPONSE_HEADER_TIMEOUT": ("11s", 11.0),
+    "KEDA_HTTP_PROXY_TLS_SKIP_VERIFY": ("true", True),
+    "KEDA_HTTP_PROXY_TLS_MIN_VERSION": ("1.3", "1.3"),
+    "KEDA_HTTP_PROXY_TLS_MAX_VERSION": ("TLS12", "1.2"),
+    "KEDA_HTTP_PROXY_TLS_CIPHER_SUITES": (
+        "TLS_AES_256_GCM_SHA384",
+        ("TLS_AES_256_GCM_SHA384",),
+    ),
+    "KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES": ("P-384", ("P-384",)),
 }
 
 #: Variables whose every text is valid.
@@ -539,8 +788,11 @@ def test_every_config_field_but_manifests_comes_from_a_variable():
 
 
 @pytest.mark.parametrize("var", ENV_VARS, ids=lambda var: var.name)
-def test_every_variable_is_read(var):
+def test_every_variable_is_read(var, tmp_path):
     text, expected = SAMPLES[var.name]
+    if var.name == "KEDA_HTTP_TLS_CA_DIRS":  # folders must exist and hold a CA
+        text = ca_dir(tmp_path / "ca", trustme.CA())
+        expected = (text,)
     config = load_config({**PORTS, var.name: text})
     assert getattr(config, var.config_field) == expected
 

@@ -305,7 +305,7 @@ def test_skip_verify_accepts_the_wrong_name_but_still_sends_sni(ca, pod, trustin
     assert (yield factory.seen.get())[0] == b"web.default"
     warnings = [e for e in events if e["log_level"] is LogLevel.warn]
     assert len(warnings) == 1
-    assert "KEDA_HTTP_PROXY_TLS_SKIP_VERIFY" in warnings[0]["log_format"]
+    assert "KEDA_HTTP_TLS_SKIP_VERIFY is true" in warnings[0]["log_format"]
     upstream.creatorForNetloc(b"other.default", 443)
     assert len([e for e in events if e["log_level"] is LogLevel.warn]) == 1
 
@@ -577,7 +577,7 @@ def test_curves_fall_back_to_one_nist_curve(store, listener, monkeypatch):
     )
     port = yield listener(server_tls)
     assert (yield handshake(ProbeClient("main.example"), port)).group == "secp384r1"
-    with pytest.raises(TLSConfigError, match="KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES"):
+    with pytest.raises(TLSConfigError, match="KEDA_HTTP_TLS_CURVE_PREFERENCES"):
         ServerTLS.from_config(config(tls_curve_preferences=("X25519",)))
 
 
@@ -636,7 +636,8 @@ def test_policy_from_config():
     # Only TLS 1.3 suites: TLS 1.2 has nothing left, as in Go.
     only13 = TLSPolicy.from_config(config(tls_cipher_suites=("TLS_AES_128_GCM_SHA256",)))
     assert only13.min_version == SSL.TLS1_3_VERSION
-    with pytest.raises(TLSConfigError, match="KEDA_HTTP_PROXY_TLS_CIPHER_SUITES"):
+    with pytest.raises(TLSConfigError,
+                       match="KEDA_HTTP_TLS_CIPHER_SUITES: .* KEDA_HTTP_TLS_MAX_VERSION is 1.2"):
         TLSPolicy.from_config(
             config(tls_cipher_suites=("TLS_AES_128_GCM_SHA256",), tls_max_version="1.2")
         )

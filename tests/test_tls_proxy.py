@@ -168,3 +168,39 @@ def test_warm_connections_to_a_pod_with_the_wrong_certificate_are_not_retried_in
     for d in got:
         raw = yield d
         assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
+
+
+@pytest_twisted.inlineCallbacks
+def test_pod_signed_by_a_ca_only_in_a_ca_dir_is_trusted(tmp_path, ca):
+    """KEDA_HTTP_TLS_CA_DIRS end to end: the pod's certificate is issued
+    by a private CA that is in no certificate file, only in a CA folder;
+    through it the request is forwarded (200), without it refused (502)."""
+    private_ca = trustme.CA()
+    (tmp_path / "ca").mkdir()
+    private_ca.cert_pem.write_to_path(str(tmp_path / "ca" / "ca.crt"))
+    cert_path, key_path = write_pair(tmp_path / "certs", "tls",
+                                     ca.issue_cert("proxy.example"), with_ca=ca)
+    pod_cert = private_ca.issue_cert("web.default")
+    pod_ctx = ssl.PrivateCertificate.loadPEM(
+        pod_cert.cert_chain_pems[0].bytes() + pod_cert.private_key_pem.bytes()).options()
+    listening = [reactor.listenSSL(0, QuietSite(Hello()), pod_ctx, interface="127.0.0.1")]
+    pod_port = listening[0].getHost().port
+    try:
+        for ca_dirs, status in [((str(tmp_path / "ca"),), b"200 OK"), ((), b"502 Bad Gateway")]:
+            c = config(tls_cert_path=cert_path, tls_key_path=key_path, tls_ca_dirs=ca_dirs)
+            ic = Interceptor.build(reactor, c, ALL_KINDS, plugins=(),
+                                   resolver=StaticResolver({"web.default": "127.0.0.1"}),
+                                   dial_budget=0.3, upstream_tls=UpstreamTLS.from_config(c))
+            load(ic.store, routes=[route(hosts=["web.example"])],
+                 services=[service(ports=(("http", pod_port),))],
+                 slices=[endpoint_slice(ports=(("http", pod_port),))])
+            listening.append(reactor.listenSSL(0, ic.tls_proxy_site(), ServerTLS.from_config(c),
+                                               interface="127.0.0.1"))
+            raw = yield _get(listening[-1].getHost().port, ca)
+            assert raw.startswith(b"HTTP/1.1 " + status), (ca_dirs, raw[:200])
+            if status == b"200 OK":
+                body = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+                assert body == {"host": "web.example", "secure": True}
+    finally:
+        for p in listening:
+            yield p.stopListening()
