@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import gc
 import socket
-from typing import Optional
+from typing import Callable, Optional
 
 import attrs
 from attrs import define
@@ -37,16 +37,12 @@ log = Logger()
 
 
 class ProxySite(StreamingSite):
-    """The streaming Site, writing no access log unless asked to
-    (``KEDA_HTTP_LOG_REQUESTS``)."""
-
-    def __init__(self, resource, log_requests: bool = False, **kw):
-        super().__init__(resource, **kw)
-        self.log_requests = log_requests
+    """The streaming Site, without twisted.web's access log: requests are
+    logged by the pipeline (``KEDA_HTTP_LOG_REQUESTS``), which also sees
+    those that end without a response."""
 
     def log(self, request):
-        if self.log_requests:
-            super().log(request)
+        pass
 
 
 def settings_from_config(config: Config, dial_budget: float = MAX_RETRY_DURATION
@@ -121,6 +117,7 @@ class Interceptor:
             pool=pool,
             settings=settings_from_config(config, dial_budget),
             metrics=metrics,
+            log_requests=config.log_requests,
         )
         return cls(reactor, config, store, counter, gate, pool, pipeline, metrics, warmer)
 
@@ -128,13 +125,13 @@ class Interceptor:
         return self.store.current.synced and not self.draining
 
     def proxy_site(self) -> ProxySite:
-        return ProxySite(ReverseProxy(self.pipeline), log_requests=self.config.log_requests)
+        return ProxySite(ReverseProxy(self.pipeline))
 
     def tls_proxy_site(self) -> ProxySite:
         """The site behind the TLS listener: same state, https upstreams."""
         settings = attrs.evolve(self.pipeline.settings, upstream_tls=True)
         pipeline = attrs.evolve(self.pipeline, settings=settings)
-        return ProxySite(ReverseProxy(pipeline), log_requests=self.config.log_requests)
+        return ProxySite(ReverseProxy(pipeline))
 
     def admin_site(self) -> AdminSite:
         return AdminSite(admin_root(self.counter, self.is_ready), reactor=self.reactor)
@@ -319,10 +316,13 @@ class InterceptorService(MultiService):
         clock.callLater(cfg.shutdown_delay, d.callback, None)
 
         def close_proxy(_):
+            for p in self.proxies:  # from now on, responses close their connections
+                p.factory.draining = True
             return gatherResults([p.stopService() for p in self.proxies if p.running])
 
         def drain(_):
-            return _wait_idle(clock, ic.counter, cfg.drain_timeout)
+            in_flight = ic.pipeline.in_flight
+            return _wait_idle(clock, lambda: in_flight.count, cfg.drain_timeout)
 
         def rest(_):
             if ic.warmer is not None:
@@ -333,14 +333,14 @@ class InterceptorService(MultiService):
         return d.addCallback(close_proxy).addCallback(drain).addCallback(rest)
 
 
-def _wait_idle(clock, counter: QueueCounter, timeout: float, step: float = 0.05):
-    """Fire once no request is in flight, or after C{timeout} (0: never
-    give up, as Go's DrainTimeout 0 means)."""
+def _wait_idle(clock, in_flight: Callable[[], int], timeout: float, step: float = 0.05):
+    """Fire once C{in_flight()} is 0, or after C{timeout} (0: never give
+    up, as Go's DrainTimeout 0 means)."""
     d = Deferred()
     start = clock.seconds()
 
     def check():
-        busy = counter.in_flight()
+        busy = in_flight()
         if busy <= 0 or (timeout > 0 and clock.seconds() - start >= timeout):
             if busy > 0:
                 log.warn("drain timeout: {n} requests still in flight", n=busy)

@@ -45,6 +45,7 @@ from keda_proxy.routing import normalize_host, rule_matches
 from keda_proxy.store import Snapshot, StateStore
 from keda_proxy.tunnel import Tunnel
 from keda_proxy.upstream import CONNECT_ERRORS, MAX_RETRY_DURATION
+from keda_proxy.zaplog import log_request
 
 log = Logger()
 
@@ -165,6 +166,15 @@ class Target:
         return f"{self.scheme.decode()}://{join_host_port(self.host, self.port)}"
 
 
+@define(eq=False)
+class InFlight:
+    """Requests the pipeline has not finished yet, counted or not (static
+    forwards, tunnels): what a drain waits for.  One per interceptor,
+    shared by its plain and TLS pipelines."""
+
+    count: int = 0
+
+
 @define
 class Pipeline:
     """The long-lived parts of the request path."""
@@ -177,6 +187,9 @@ class Pipeline:
     pool: object
     settings: ProxySettings = ProxySettings()
     metrics: object = None
+    #: C{KEDA_HTTP_LOG_REQUESTS}: one line per request (L{zaplog.log_request})
+    log_requests: bool = False
+    in_flight: InFlight = field(factory=InFlight)
     #: (id(ServiceRef), namespace) -> (ref, services, Target); see _service_target
     _targets: dict = field(factory=dict, init=False, repr=False)
 
@@ -197,6 +210,8 @@ class Pipeline:
             write_error(request, http.NOT_FOUND)
         if self.metrics is not None:
             self.metrics.record(request, started, None)
+        if self.log_requests:
+            log_request(request, started=started, finished=self.clock.seconds())
 
 
 @implementer(IResponseSink, IHeldRequest)
@@ -227,6 +242,8 @@ class Exchange:
     _request_head = None
     #: the protocol the client asks to switch to (WebSockets), if any
     _upgrade = None
+    #: whether it waited for a scale from zero (None: not sent to the target)
+    _cold_start = None
 
     def __init__(self, p: Pipeline, request, route: Route, facts: RequestFacts,
                  started: float = 0.0):
@@ -238,6 +255,7 @@ class Exchange:
 
     def start(self) -> None:
         p = self.p
+        p.in_flight.count += 1
         self.snapshot = p.store.current
         if hasattr(type(self.request), "on_done"):
             self.request.on_done = self._finished
@@ -400,6 +418,7 @@ class Exchange:
         except RouteError as e:
             self._route_error(e)
             return
+        self._cold_start = cold_start
         if cold_start is not None and self.p.settings.enable_cold_start_header:
             # straight into the store under Twisted's canonical name: the
             # public setter would encode the name and check the value again
@@ -696,8 +715,13 @@ class Exchange:
         """The client got its response, or went away; either way, once."""
         if result is not None:
             self._gone = True
-        if self.p.metrics is not None:
-            self.p.metrics.record(self.request, self.started, self.route)
+        p = self.p
+        p.in_flight.count -= 1
+        if p.metrics is not None:
+            p.metrics.record(self.request, self.started, self.route)
+        if p.log_requests:
+            log_request(self.request, started=self.started, finished=p.clock.seconds(),
+                        route=self.route, cold_start=self._cold_start)
         for timer in self._timers:
             if timer.active():
                 timer.cancel()

@@ -127,7 +127,7 @@ def test_draining_waits_for_requests_of_a_removed_route():
     c.sync_keys(["ns/a"])
     ticket = c.enter("ns/a")
     c.sync_keys([])  # the route is deleted while its request is held
-    d = _wait_idle(clock, c, timeout=0)
+    d = _wait_idle(clock, c.in_flight, timeout=0)
     clock.advance(1)
     assert not d.called
     ticket.release()
