@@ -29,6 +29,7 @@ from keda_proxy.pool import ConnectionPool
 from keda_proxy.prewarm import PodWarmer
 from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
 from keda_proxy.readiness import ReadinessGate
+from keda_proxy.selection import selector_named
 from keda_proxy.server import StreamingSite
 from keda_proxy.store import StateStore
 from keda_proxy.upstream import MAX_RETRY_DURATION, SnapshotResolver, UpstreamEndpoints
@@ -92,7 +93,7 @@ class Interceptor:
                 counter.sync_keys(new.routes.keys())
 
         store.subscribe(follow_routes)
-        gate = ReadinessGate(store)
+        gate = ReadinessGate(store, selector=selector_named(config.endpoint_selector))
         endpoints = UpstreamEndpoints(reactor, resolver or SnapshotResolver(store),
                                       config.connect_timeout, tls=upstream_tls)
         pool = ConnectionPool(reactor, endpoints.endpoint_for,

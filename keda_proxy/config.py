@@ -141,6 +141,13 @@ def _text(text: str) -> str:
     return text
 
 
+def _plugin_name(text: str) -> str:
+    """A plugin's name: letters, digits, ``-``, ``_`` and ``.``."""
+    if not text or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in text):
+        raise ValueError("expected a plugin name (letters, digits, -, _ and .)")
+    return text
+
+
 def _optional_text(text: str) -> str | None:
     return text or None
 
@@ -324,6 +331,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "they need no dial once it is ready; 0 (the default) opens none. Only for "
            "servers that take idle connections without tying up a worker. An "
            "extension: the Go interceptor has no such setting."),
+    EnvVar("KEDA_HTTP_ENDPOINT_SELECTOR", "endpoint_selector", "random", _plugin_name,
+           "With direct-pod routing, how a ready pod is chosen for a request: "
+           "`random` (as Go), `round-robin`, `least-pending` (the fewer requests in "
+           "flight of two pods drawn at random), or the name of an installed "
+           "selector plugin; an unknown name stops start-up. An extension."),
     EnvVar("KEDA_HTTP_DRAIN_TIMEOUT", "drain_timeout", "30s", _duration,
            "How long in-flight requests may finish after the proxy stops listening "
            "at shutdown; 0 waits indefinitely."),
@@ -426,6 +438,7 @@ class Config:
     log_requests: bool = _default("log_requests")
     direct_pod_routing: bool = _default("direct_pod_routing")
     direct_pod_warm_connections: int = _default("direct_pod_warm_connections")
+    endpoint_selector: str = _default("endpoint_selector")
     drain_timeout: float = _default("drain_timeout")
     shutdown_delay: float = _default("shutdown_delay")
     prom_exporter_enabled: bool = _default("prom_exporter_enabled")

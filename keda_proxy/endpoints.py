@@ -6,26 +6,9 @@ one, and writing or reading the ``host:port`` that names it.
 from __future__ import annotations
 
 import ipaddress
-import random
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Tuple
 
-from zope.interface import implementer
-
-from keda_proxy.interfaces import IEndpointSelector
 from keda_proxy.model import Endpoint, EndpointSlice, ServiceEndpoints
-
-
-@implementer(IEndpointSelector)
-class RandomSelector:
-    """Pick a ready pod uniformly at random, as the Go interceptor does."""
-
-    def __init__(self, rng: Optional[random.Random] = None):
-        self._choice = (rng or random.Random()).choice
-
-    def select(self, candidates, request):
-        if len(candidates) == 1:  # the usual first pod after a scale-from-zero
-            return candidates[0]
-        return self._choice(candidates)
 
 
 def join_host_port(host: str, port: int) -> str:

@@ -44,7 +44,10 @@ class IRoutingPlugin(Interface):
 
 
 class IEndpointSelector(Interface):
-    """Chooses which ready pod receives a request (direct-pod routing)."""
+    """Chooses which ready pod receives a request (direct-pod routing).
+
+    One selector serves the whole interceptor, on the reactor thread.
+    """
 
     def select(candidates, request):
         """
@@ -52,6 +55,27 @@ class IEndpointSelector(Interface):
         @param request: the L{keda_proxy.model.RequestFacts}.
         @return: one of C{candidates}.
         """
+
+    def started(pod):
+        """A request is being sent to C{pod} (an C{(ip, port)}); for
+        selectors that weigh pods by their requests in flight."""
+
+    def finished(pod):
+        """A request that L{started} on C{pod} ended, however it ended."""
+
+
+class IEndpointSelectorPlugin(Interface):
+    """
+    A named endpoint selector, discovered with
+    C{twisted.plugin.getPlugins(IEndpointSelectorPlugin, keda_proxy.plugins)}
+    and chosen by C{KEDA_HTTP_ENDPOINT_SELECTOR}.  The built-in ones
+    (C{random}, C{round-robin}, C{least-pending}) are plugins too.
+    """
+
+    name = Attribute("The KEDA_HTTP_ENDPOINT_SELECTOR value that chooses it.")
+
+    def selector():
+        """A new L{IEndpointSelector}, one per interceptor."""
 
 
 class IHeldRequest(Interface):

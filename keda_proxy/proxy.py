@@ -244,6 +244,8 @@ class Exchange:
     _upgrade = None
     #: whether it waited for a scale from zero (None: not sent to the target)
     _cold_start = None
+    #: the pod it was sent to, as the endpoint selector was told
+    _pod = None
 
     def __init__(self, p: Pipeline, request, route: Route, facts: RequestFacts,
                  started: float = 0.0):
@@ -456,8 +458,19 @@ class Exchange:
                       route=self.route.key, port=service.port_name)
             return service
         eps = self.snapshot.endpoints_for(self.route.service_key)
+        self._on_pod(pod)
         return Target(service.scheme, pod[0], pod[1], service.server_name, service.port_name,
                       alternatives=eps.candidates.get(service.port_name, ()), service=service)
+
+    def _on_pod(self, pod: Optional[Tuple[str, int]]) -> None:
+        """The request now goes to C{pod} (None: no pod any more): the
+        selector hears of the pod it leaves and of the one it takes."""
+        selector = self.p.gate.selector
+        if self._pod is not None:
+            selector.finished(self._pod)
+        self._pod = pod
+        if pod is not None:
+            selector.started(pod)
 
     def _route_error(self, e: Exception) -> None:
         log.error("{route}: {error}", route=self.route.key, error=str(e))
@@ -503,10 +516,12 @@ class Exchange:
                 rest = tuple(c for c in others if c != (ip, port))
                 log.info("{route}: pod {pod} refused; trying another",
                          route=self.route.key, pod=target.describe())
+                self._on_pod((ip, port))
                 self._send(attrs.evolve(target, host=ip, port=port, alternatives=rest))
             else:
                 log.info("{route}: no ready pod answered; using the Service address",
                          route=self.route.key)
+                self._on_pod(None)
                 self._send(target.service)
             return
         self._fail_upstream(f, target)
@@ -717,6 +732,8 @@ class Exchange:
             self._gone = True
         p = self.p
         p.in_flight.count -= 1
+        if self._pod is not None:
+            self._on_pod(None)
         if p.metrics is not None:
             p.metrics.record(self.request, self.started, self.route)
         if p.log_requests:

@@ -34,8 +34,9 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from keda_proxy.endpoints import RandomSelector, join_host_port
+from keda_proxy.endpoints import join_host_port
 from keda_proxy.interfaces import IEndpointSelector, IHeldRequest
+from keda_proxy.selection import RandomSelector
 from keda_proxy.store import Snapshot, StateStore
 
 

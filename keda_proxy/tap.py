@@ -80,9 +80,14 @@ def makeService(options):
         except TLSConfigError as e:
             fail(str(e))
     prepare_descriptors()  # before any thread starts
-    service = build_service(reactor, config, _source_factory(reactor, config),
-                            interface=options["interface"], server_tls=server_tls,
-                            upstream_tls=upstream_tls)
+    from keda_proxy.selection import UnknownSelector
+
+    try:
+        service = build_service(reactor, config, _source_factory(reactor, config),
+                                interface=options["interface"], server_tls=server_tls,
+                                upstream_tls=upstream_tls)
+    except UnknownSelector as e:
+        fail(str(e))
     # with a --zap-* flag, twistd logs zap lines to stdout (keda_proxy.zaplog)
     return with_zap_logging(service, options)
 

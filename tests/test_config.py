@@ -79,6 +79,7 @@ def test_defaults_match_the_go_interceptor():
         "log_requests": False,
         "direct_pod_routing": True,  # v0.16's default
         "direct_pod_warm_connections": 0,  # an extension
+        "endpoint_selector": "random",  # an extension
         "drain_timeout": 30.0,
         "shutdown_delay": 5.0,
         "prom_exporter_enabled": True,
@@ -740,6 +741,7 @@ SAMPLES = {
     "KEDA_HTTP_LOG_REQUESTS": ("true", True),
     "KEDA_HTTP_DIRECT_POD_ROUTING": ("false", False),
     "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": ("64", 64),  # an extension
+    "KEDA_HTTP_ENDPOINT_SELECTOR": ("round-robin", "round-robin"),  # an extension
     "KEDA_HTTP_DRAIN_TIMEOUT": ("7s", 7.0),
     "KEDA_HTTP_SHUTDOWN_DELAY": ("8s", 8.0),
     "OTEL_PROM_EXPORTER_ENABLED": ("false", False),

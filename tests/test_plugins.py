@@ -12,10 +12,10 @@ from pathlib import Path
 from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
-from keda_proxy.endpoints import RandomSelector
 from keda_proxy.interfaces import IEndpointSelector, IRouter, IRoutingPlugin
 from keda_proxy.pluginrouting import PluginRouter
 from keda_proxy.routing import RoutingTable
+from keda_proxy.selection import RandomSelector
 from tests.builders import endpoint_slice, load, route, service
 from tests.proxyfakes import Harness
 
