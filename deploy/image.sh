@@ -11,7 +11,9 @@
 #                                       plugin caches: afterwards the interceptor starts
 #                                       without writing a file (read-only root filesystem)
 #
-# PYTHON (default python3) runs venv and pip; VENV's own interpreter runs the rest.
+# PYTHON (default python3) runs venv and pip; VENV's own interpreter runs the
+# rest, isolated (-I): a keda_proxy in the current folder must not stand in for
+# the installed one.
 set -eu
 PYTHON=${PYTHON:-python3}
 
@@ -31,19 +33,18 @@ install)
     ;;
 finish)
     venv=$2 py="$2/bin/python"
-    site=$("$py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    site=$("$py" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
     # PYTHONDONTWRITEBYTECODE=1 at run time: whatever is not compiled now is
     # compiled again, in memory, at every start
-    "$py" -m compileall -q -j 0 "$site"
+    "$py" -I -m compileall -q -j 0 "$site"
     # Twisted rewrites a plugin folder's dropin.cache when a module there is
     # not older than it; an image layer keeps file times to the second, so
     # leave a full second between the modules and their cache
     sleep 1
     # twistd finds keda-interceptor (and keda-epoll) in twisted.plugins;
-    # routing plugins are looked up in keda_proxy.plugins (that one gets a
-    # cache only once a plugin module is installed there: run finish again
-    # after adding one)
-    "$py" -c 'from twisted.plugin import IPlugin, getPlugins
+    # routing plugins are looked up in keda_proxy.plugins (run finish again
+    # after adding a plugin module there)
+    "$py" -I -c 'from twisted.plugin import IPlugin, getPlugins
 import twisted.plugins, keda_proxy.plugins
 for package in (twisted.plugins, keda_proxy.plugins):
     list(getPlugins(IPlugin, package))'
