@@ -17,6 +17,7 @@ triggers the periodic resync (a fresh list of every kind).
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable, Iterable
 
@@ -37,6 +38,38 @@ __all__ = ["KubeConfigError", "KubernetesSource", "WatchTiming", "load_api_clien
 log = Logger()
 
 _LOG_LEVELS = {"debug", "info", "warn", "error", "critical"}
+
+#: Seconds after the last list was handed over before L{release_free_heap}
+#: runs: time for the store to build its snapshot from it.
+TRIM_DELAY = 2.0
+
+
+def _find_malloc_trim():
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def release_free_heap() -> bool:
+    """Give the C heap's free pages back to the kernel (glibc's
+    C{malloc_trim(0)}); returns whether it could.
+
+    A list leaves megabytes free inside the heaps (its body, its decoded
+    text, the raw objects; on the watch threads' own arenas too) that glibc
+    keeps for later; with 1,000 routes this lowers the idle RSS by about
+    3 MiB (docs/performance.md, Memory).  It takes well under a
+    millisecond.
+    """
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 @implementer(IStateSource)
@@ -94,6 +127,7 @@ class KubernetesSource(Service):
         self._parse_lock = threading.Lock()
         self._health = None
         self._last_resync = 0.0
+        self._trim = None
 
     @property
     def kinds(self):
@@ -123,6 +157,8 @@ class KubernetesSource(Service):
         Service.stopService(self)
         if self._health is not None and self._health.running:
             self._health.stop()
+        if self._trim is not None and self._trim.active():
+            self._trim.cancel()
         for watcher in list(self._live):
             watcher.stop()
         if not self._live:
@@ -166,6 +202,9 @@ class KubernetesSource(Service):
         # stale: only the current watcher of a running source may write.
         if not self.running or self.watchers.get(watcher.kind.kind) is not watcher:
             return
+        if op == "listed":  # its list is over: the heap holds what it freed
+            self._trim_soon()
+            return
         kind = watcher.kind.kind
         try:
             if op == "apply":
@@ -178,6 +217,13 @@ class KubernetesSource(Service):
                 getattr(self.sink, op)(kind, *args)
         except Exception:
             log.failure("Applying {op} for {kind} failed", op=op, kind=watcher.kind.kind)
+
+    def _trim_soon(self) -> None:
+        """L{release_free_heap} once the lists have settled."""
+        if self._trim is not None and self._trim.active():
+            self._trim.reset(TRIM_DELAY)
+        else:
+            self._trim = self.clock.callLater(TRIM_DELAY, release_free_heap)
 
     def _exited(self, watcher: KindWatcher) -> None:
         """On the reactor: a thread has run its last line."""

@@ -21,11 +21,12 @@ The loop, per kind::
                                                        exponential backoff,
                                                        then list again
 
-We call the generated list functions with C{watch=True} and
-C{_preload_content=False} and read the lines ourselves rather than use
-C{kubernetes.watch.Watch}: its retry-once-on-410 and version-dependent
-bookmark handling hide exactly the events we must act on, and we need the
-response object so that C{stop()} can shut its socket from another thread.
+We send the list requests (with C{watch=True} for a watch) through the
+client's ApiClient, take the response unread (L{_get}) and read the lines
+ourselves rather than use C{kubernetes.watch.Watch}: its retry-once-on-410
+and version-dependent bookmark handling hide exactly the events we must act
+on, and we need the response object so that C{stop()} can shut its socket
+from another thread.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 import urllib3
 from attrs import define, frozen
@@ -74,22 +76,58 @@ class WatchedKind:
     label_selector: str | None = None
 
 
+#: The query parameters we send, by the generated list methods' names.
+_QUERY = {"watch": "watch", "allow_watch_bookmarks": "allowWatchBookmarks",
+          "timeout_seconds": "timeoutSeconds", "resource_version": "resourceVersion",
+          "label_selector": "labelSelector"}
+
+
+def _get(api, path: str, *, _preload_content: bool = False, _request_timeout=None, **kw):
+    """GET C{path} as the generated list methods do (the client's host,
+    credentials, TLS, proxy and headers; C{ApiException} for a status other
+    than 2xx), returning the urllib3 response unread, without the generated
+    API classes: each imports the models of all its operations (CoreV1Api:
+    237 modules, about 20 MiB of RSS) and validates every call's arguments
+    with pydantic, and we use neither (see docs/performance.md, Memory)."""
+    request = api.param_serialize(
+        method="GET", resource_path=path,
+        query_params=[(_QUERY[k], v) for k, v in kw.items() if v is not None],
+        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+    resp = api.call_api(*request, _request_timeout=_request_timeout)
+    if not 200 <= resp.status <= 299:
+        resp.read()
+        raise ApiException.from_response(http_resp=resp, body=None, data=None)
+    return resp.response
+
+
+def _listing(prefix: str, plural: str, generated: ListCall) -> ListCall:
+    """List or watch C{prefix}[/namespaces/NS]/C{plural} with L{_get}; with a
+    client older than v37 (no C{param_serialize}), with C{generated}."""
+    def call(api, namespace, **kw):
+        if not hasattr(api, "param_serialize"):
+            return generated(api, namespace, **kw)
+        ns = f"/namespaces/{quote(namespace, safe='')}" if namespace else ""
+        return _get(api, f"{prefix}{ns}/{plural}", **kw)
+    return call
+
+
 def _custom(group: str, version: str, plural: str) -> ListCall:
     def call(api, namespace, **kw):
         custom = k8s_client.CustomObjectsApi(api)
         if namespace:
             return custom.list_namespaced_custom_object(group, version, namespace, plural, **kw)
         return custom.list_cluster_custom_object(group, version, plural, **kw)
-    return call
+    return _listing(f"/apis/{group}/{version}", plural, call)
 
 
-def _typed(api_class, all_namespaces: str, namespaced: str) -> ListCall:
+def _typed(prefix: str, plural: str, api_class: str, all_namespaces: str,
+           namespaced: str) -> ListCall:
     def call(api, namespace, **kw):
-        typed = api_class(api)
+        typed = getattr(k8s_client, api_class)(api)
         if namespace:
             return getattr(typed, namespaced)(namespace, **kw)
         return getattr(typed, all_namespaces)(**kw)
-    return call
+    return _listing(prefix, plural, call)
 
 
 WATCHED_KINDS: tuple[WatchedKind, ...] = (
@@ -98,16 +136,17 @@ WATCHED_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind(KIND_HTTP_SCALED_OBJECT, "http.keda.sh/v1alpha1",
                 _custom("http.keda.sh", "v1alpha1", "httpscaledobjects")),
     WatchedKind(KIND_SERVICE, "v1",
-                _typed(k8s_client.CoreV1Api, "list_service_for_all_namespaces",
+                _typed("/api/v1", "services", "CoreV1Api", "list_service_for_all_namespaces",
                        "list_namespaced_service")),
     WatchedKind(KIND_ENDPOINT_SLICE, "discovery.k8s.io/v1",
-                _typed(k8s_client.DiscoveryV1Api, "list_endpoint_slice_for_all_namespaces",
+                _typed("/apis/discovery.k8s.io/v1", "endpointslices", "DiscoveryV1Api",
+                       "list_endpoint_slice_for_all_namespaces",
                        "list_namespaced_endpoint_slice")),
     # Only labelled ConfigMaps, selected by the server: a cluster's
     # ConfigMaps can be large and numerous, and we need a handful.
     WatchedKind(KIND_CONFIG_MAP, "v1",
-                _typed(k8s_client.CoreV1Api, "list_config_map_for_all_namespaces",
-                       "list_namespaced_config_map"),
+                _typed("/api/v1", "configmaps", "CoreV1Api",
+                       "list_config_map_for_all_namespaces", "list_namespaced_config_map"),
                 label_selector=f"{RESPONSE_BODY_LABEL}=true"),
 )
 
@@ -194,7 +233,8 @@ class WatchStats:
 
 
 #: deliver(op, *args): op is "replace" (objects), "put" (key, value),
-#: "remove" (key), "apply" ({key: value} to put, [key] to remove) or "log"
+#: "remove" (key), "apply" ({key: value} to put, [key] to remove), "listed"
+#: (no args: a list is over and handed over, changes or not) or "log"
 #: (level, format, fields); must be thread-safe.
 Deliver = Callable[..., None]
 
@@ -411,6 +451,7 @@ class KindWatcher:
             return rv
         self._rvs = rvs
         self._hand_over_list(objects)
+        self._deliver("listed")
         self.stats.lists += 1
         self.stats.objects = len(objects)
         self.stats.resource_version = rv
