@@ -16,6 +16,8 @@ answered, the pod answering each turn's requests before the next turn.
 Only the release is timed: the CPU per request the proxy spends after the
 update.
 
+``KEDA_BENCH_TRACING=1`` turns tracing on, with no collector answering.
+
 ``--instructions`` counts machine instructions per request instead, under
 valgrind (``apt-get install valgrind``): the process runs N and 3N
 requests and the difference is divided by 2N.  Unlike CPU time, the count
@@ -72,6 +74,12 @@ def bench_routes(n=200):
 def setup(routes=200):
     h = Harness()
     h.pipeline.metrics = ProxyMetrics(h.clock, h.counter)  # as in production
+    if os.environ.get("KEDA_BENCH_TRACING"):
+        # tracing on, with nothing exporting: the queue drops its oldest
+        # spans, as with a collector that is down
+        from keda_proxy.tracing import Tracer
+
+        h.pipeline.tracer = Tracer()
     rs = bench_routes(routes)
     load(h.store, routes=rs, services=[service()], slices=[endpoint_slice()])
     proto, client = h.connect()

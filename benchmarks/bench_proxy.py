@@ -90,6 +90,9 @@ def parse_args(argv=None):
                          "checkout as it is), a git ref of this checkout (exported with "
                          "git archive, e.g. HEAD), or a directory holding keda_proxy/. "
                          "Repeat to compare engines side by side, one row each")
+    ap.add_argument("--env", action="append", metavar="K=V[,K=V]",
+                    help="environment for keda-interceptor; repeat to compare settings side "
+                         "by side (e.g. tracing on and off): one row per value ('' for none)")
     ap.add_argument("--reactor", action="append", metavar="NAME",
                     help="run keda-interceptor with twistd -r NAME, e.g. epoll (the one twistd "
                          "picks on Linux without -r, the default here) or keda-epoll. Repeat "
@@ -125,6 +128,7 @@ def parse_args(argv=None):
         ap.error(f"unknown target(s): {', '.join(sorted(bad))}")
     args.interceptor = args.interceptor or ["worktree"]
     args.reactor = args.reactor or [None]  # no -r: twistd's choice
+    args.env = args.env or [""]
     if args.backend_cpu is None:
         args.backend_cpu = args.load_cpu
     ncpu = os.cpu_count() or 1
@@ -213,12 +217,14 @@ class Bench:
         self.reactor_opts = {}
         if "keda" in a.targets:
             srcs = {spec: bl.interceptor_source(spec, td.dir) for spec in a.interceptor}
-            rows = [(spec, r) for spec in a.interceptor for r in a.reactor]
-            for i, (spec, reactor) in enumerate(rows):
+            rows = [(spec, r, e) for spec in a.interceptor for r in a.reactor for e in a.env]
+            for i, (spec, reactor, env) in enumerate(rows):
                 key = "keda" if i == 0 else f"keda{i}"
                 opts = self.reactor_opts[key] = ["-r", reactor] if reactor else []
+                extra_env = dict(kv.split("=", 1) for kv in env.split(",") if kv)
                 tags = ([spec] if len(a.interceptor) > 1 else []) + (
-                    [" ".join(opts) or "no -r"] if len(a.reactor) > 1 or reactor else [])
+                    [" ".join(opts) or "no -r"] if len(a.reactor) > 1 or reactor else []) + (
+                    [env or "no env"] if len(a.env) > 1 else [])
                 LABELS[key] = "keda-interceptor" + (f" [{', '.join(tags)}]" if tags else "")
                 src = self.src[key] = srcs[spec]
                 self.sources[key] = bl.describe_source(src, spec) + (
@@ -227,7 +233,7 @@ class Bench:
                        f"from {self.sources[key]}")
                 k = self.keda[key] = bl.start_interceptor(
                     td.procs, td.dir, be_port, a.server_cpu, routes=a.routes, src=src,
-                    name=LABELS[key], twistd_opts=opts)
+                    name=LABELS[key], twistd_opts=opts, extra_env=extra_env)
                 self.urls[key] = f"http://127.0.0.1:{k['proxy_port']}/"
                 self.server_pids[key] = [k["pid"]]
         for url in self.urls.values():

@@ -497,13 +497,14 @@ def interceptor_env(proxy_port: int, admin_port: int, src: Optional[Path] = None
 def start_interceptor(procs: Processes, workdir: Path, backend_port: int, cpu: int,
                       routes: int = 200, nofile: Optional[int] = None,
                       src: Optional[Path] = None, name: str = "keda-interceptor",
-                      twistd_opts: Iterable[str] = ()) -> dict:
+                      twistd_opts: Iterable[str] = (), extra_env: Optional[dict] = None) -> dict:
     """Start the interceptor (from C{src}, see L{interceptor_source}) and
     wait for /readyz."""
     proxy_port, admin_port = free_ports(2)
     manifests = write_manifests(workdir / "manifests", backend_port, routes)
     argv = interceptor_argv(cpu, manifests, nofile, twistd_opts)
     env = interceptor_env(proxy_port, admin_port, src)
+    env.update(extra_env or {})
     where = str(src or REPO)
     check_import_source(env, where)
     logname = "".join(c if c.isalnum() or c in "-." else "_" for c in name)

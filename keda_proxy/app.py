@@ -30,6 +30,7 @@ from keda_proxy.prewarm import PodWarmer
 from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.selection import selector_named
+from keda_proxy.tracing import SpanExporter, Tracer, exporter_for
 from keda_proxy.server import StreamingSite
 from keda_proxy.store import StateStore
 from keda_proxy.upstream import MAX_RETRY_DURATION, SnapshotResolver, UpstreamEndpoints
@@ -119,6 +120,7 @@ class Interceptor:
             settings=settings_from_config(config, dial_budget),
             metrics=metrics,
             log_requests=config.log_requests,
+            tracer=Tracer() if config.otlp_traces_enabled else None,
         )
         return cls(reactor, config, store, counter, gate, pool, pipeline, metrics, warmer)
 
@@ -385,4 +387,12 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
     listener(config.admin_port, ic.admin_site(), "admin").setServiceParent(svc)
     if config.prom_exporter_enabled:
         listener(config.prom_exporter_port, ic.metrics_site(), "metrics").setServiceParent(svc)
+    if ic.pipeline.tracer is not None:
+        SpanExporter(ic.pipeline.tracer, exporter_for(config.otlp_traces_protocol),
+                     reactor).setServiceParent(svc)
+    if config.otlp_metrics_enabled:
+        from keda_proxy import otlpmetrics
+
+        otlpmetrics.MetricsPusher(ic.metrics.registry, otlpmetrics.exporter_for(),
+                                  reactor).setServiceParent(svc)
     return svc

@@ -347,15 +347,17 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("OTEL_PROM_EXPORTER_PORT", "prom_exporter_port", "2223", _port,
            "Port of the Prometheus metrics server."),
     EnvVar("OTEL_EXPORTER_OTLP_METRICS_ENABLED", "otlp_metrics_enabled", "false", _bool,
-           "Accepted for compatibility; OTLP metrics export is not implemented and "
-           "a warning is logged when true."),
+           "Push the `/metrics` instruments over OTLP every "
+           "`OTEL_METRIC_EXPORT_INTERVAL` ms (60 s); the exporter reads the standard "
+           "`OTEL_EXPORTER_OTLP_*` variables (protocol `http/protobuf` unless "
+           "`OTEL_EXPORTER_OTLP_METRICS_PROTOCOL` says `grpc`)."),
     EnvVar("OTEL_EXPORTER_OTLP_TRACES_ENABLED", "otlp_traces_enabled", "false", _bool,
-           "Accepted for compatibility; tracing is not implemented and a warning is "
-           "logged when true."),
+           "Trace every request (a server span, the cold-start wait, the upstream "
+           "call) and export the spans over OTLP; the exporter reads the standard "
+           "`OTEL_EXPORTER_OTLP_*` variables and `OTEL_RESOURCE_ATTRIBUTES`."),
     EnvVar("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "otlp_traces_protocol", "console",
            _traces_protocol,
-           'Trace exporter, "console", "http/protobuf" or "grpc"; validated but '
-           "unused."),
+           'Trace exporter: "console" (standard output), "http/protobuf" or "grpc".'),
     EnvVar("PROFILING_BIND_ADDRESS", "profiling_bind_address", "", _text,
            "Accepted for compatibility; there is no pprof endpoint, so a warning is "
            "logged when set."),
@@ -569,18 +571,6 @@ def _check_ca_dirs(config: Config, sources: Mapping) -> None:
 
 def _warn_unsupported(config: Config, log: Logger) -> None:
     """Settings Go honours that we accept but do not act on."""
-    if config.otlp_metrics_enabled:
-        log.emit(
-            LogLevel.warn,
-            "OTEL_EXPORTER_OTLP_METRICS_ENABLED is true but OTLP metrics "
-            "export is not implemented; ignoring it",
-        )
-    if config.otlp_traces_enabled:
-        log.emit(
-            LogLevel.warn,
-            "OTEL_EXPORTER_OTLP_TRACES_ENABLED is true but tracing is not "
-            "implemented; ignoring it",
-        )
     if config.profiling_bind_address:
         log.emit(
             LogLevel.warn,

@@ -59,7 +59,8 @@ def upgrade_requested(headers: Headers, tokens: FrozenSet[bytes] = None):
 
 
 def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str,
-                 scheme: bytes, body_length, authority: bytes = None) -> bytes:
+                 scheme: bytes, body_length, authority: bytes = None,
+                 traceparent: bytes = None) -> bytes:
     """The upstream request head, as bytes, in one pass over the headers.
 
     Host is kept as the client sent it, or is C{authority}, that of an
@@ -69,7 +70,8 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     ``X-Forwarded-For`` gets the client
     address appended; ``X-Forwarded-Host`` and ``X-Forwarded-Proto`` are
     kept when the client (an outer proxy) set them, and set otherwise.
-    ``TE: trailers`` survives, as in Go.  C{body_length} is the body's
+    ``TE: trailers`` survives, as in Go.  With tracing on, C{traceparent}
+    replaces the client's (L{keda_proxy.tracing}).  C{body_length} is the body's
     length, C{None} for a chunked body, or C{0} for none; the framing
     headers are ours, never the client's.
     """
@@ -80,6 +82,9 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     if authority is not None:
         parts += (b"Host: ", authority, b"\r\n")
         drop = drop | _HOST
+    if traceparent is not None:
+        parts += (b"traceparent: ", traceparent, b"\r\n")
+        drop = drop | _TRACEPARENT
     xff = xfh = xfp = None
     te_trailers = False
     for name, values in incoming._rawHeaders.items():  # not the generator
@@ -144,6 +149,7 @@ KEPT_END_TO_END: FrozenSet[bytes] = frozenset({
     b"host", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded",
 })
 _HOST = frozenset({b"host"})
+_TRACEPARENT = frozenset({b"traceparent"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _NONE: FrozenSet[bytes] = frozenset()
 _DROP = HOP_BY_HOP | _FRAMING

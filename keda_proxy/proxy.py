@@ -189,6 +189,8 @@ class Pipeline:
     metrics: object = None
     #: C{KEDA_HTTP_LOG_REQUESTS}: one line per request (L{zaplog.log_request})
     log_requests: bool = False
+    #: a L{keda_proxy.tracing.Tracer} when tracing is on
+    tracer: object = None
     in_flight: InFlight = field(factory=InFlight)
     #: (id(ServiceRef), namespace) -> (ref, services, Target); see _service_target
     _targets: dict = field(factory=dict, init=False, repr=False)
@@ -212,6 +214,9 @@ class Pipeline:
             self.metrics.record(request, started, None)
         if self.log_requests:
             log_request(request, started=started, finished=self.clock.seconds())
+        if self.tracer is not None:
+            self.tracer.finish(self.tracer.start(_traceparent(request)), request.method,
+                               request.path, request.code, None, None)
 
 
 @implementer(IResponseSink, IHeldRequest)
@@ -246,6 +251,8 @@ class Exchange:
     _cold_start = None
     #: the pod it was sent to, as the endpoint selector was told
     _pod = None
+    #: its L{keda_proxy.tracing.RequestTrace}, when tracing is on
+    _trace = None
 
     def __init__(self, p: Pipeline, request, route: Route, facts: RequestFacts,
                  started: float = 0.0):
@@ -258,6 +265,8 @@ class Exchange:
     def start(self) -> None:
         p = self.p
         p.in_flight.count += 1
+        if p.tracer is not None:
+            self._trace = p.tracer.start(_traceparent(self.request))
         self.snapshot = p.store.current
         if hasattr(type(self.request), "on_done"):
             self.request.on_done = self._finished
@@ -348,6 +357,8 @@ class Exchange:
                 metrics.cold_start_began(route)
             self._held_at = self.p.clock.seconds()
         self._hold = gate.hold(route.service_key, port_name, self.facts, self, route.key)
+        if self._trace is not None:
+            self._trace.hold_start = self.p.tracer.clock_ns()
         if timeout > 0:
             self._readiness_timer = self._later(timeout, self._not_ready)
 
@@ -357,6 +368,8 @@ class Exchange:
         self._hold = None
         if self._held_at is not None:
             self._held_for()
+        if self._trace is not None:
+            self._trace.hold_end = self.p.tracer.clock_ns()
         timer = self._readiness_timer
         if timer is not None and timer.active():
             timer.cancel()
@@ -394,6 +407,10 @@ class Exchange:
         """The readiness timeout or the request deadline, while held."""
         if not self._unhold() or self._gone or self.request.finished:
             return
+        trace = self._trace
+        if trace is not None:
+            trace.hold_end = self.p.tracer.clock_ns()
+            trace.fallback = self.route.fallback is not None and not self._timed_out
         if self.route.fallback is None or self._timed_out:
             log.info("{route}: backend not ready in time", route=self.route.key)
             write_error(self.request, http.GATEWAY_TIMEOUT)
@@ -481,6 +498,11 @@ class Exchange:
     def _send(self, target: Target, fresh: bool = False) -> None:
         """Get a connection for C{target} and send the request on it."""
         self._target = target
+        trace = self._trace
+        if trace is not None:
+            if trace.client_start is None:
+                trace.client_start = self.p.tracer.clock_ns()
+            trace.peer = (target.host, target.port)
         body = self.request.body
         has_body = body is not None and not body.empty
         pool = self.p.pool
@@ -558,9 +580,11 @@ class Exchange:
             authority, target = None, uri
         else:  # absolute form: its authority is the Host
             authority, target = absolute_form(uri)
+        trace = self._trace
         head = self._request_head = request_head(
             req.method, target, req.requestHeaders, *_client_facts(req.channel),
-            0 if body is None else body.length, authority)
+            0 if body is None else body.length, authority,
+            None if trace is None else trace.upstream_traceparent())
         if b"Connection" in req.requestHeaders._rawHeaders:  # rare: skip the lookup
             self._upgrade = upgrade_requested(req.requestHeaders)
         return head
@@ -739,6 +763,10 @@ class Exchange:
         if p.log_requests:
             log_request(self.request, started=self.started, finished=p.clock.seconds(),
                         route=self.route, cold_start=self._cold_start)
+        if self._trace is not None:
+            req = self.request
+            p.tracer.finish(self._trace, req.method, req.path, req.code, self.route,
+                            self._cold_start)
         for timer in self._timers:
             if timer.active():
                 timer.cancel()
@@ -784,6 +812,11 @@ class _BodyWriter:
             if self.conn.transport is not None:
                 self.conn.transport.unregisterProducer()
             self.body.resumeProducing()
+
+
+def _traceparent(request) -> Optional[bytes]:
+    values = request.requestHeaders._rawHeaders.get(b"Traceparent")
+    return values[0] if values else None
 
 
 def _client_facts(channel):

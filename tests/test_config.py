@@ -484,8 +484,6 @@ def test_traces_protocol_invalid():
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("OTEL_EXPORTER_OTLP_METRICS_ENABLED", "true"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENABLED", "true"),
         ("PROFILING_BIND_ADDRESS", ":6060"),
     ],
 )

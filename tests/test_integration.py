@@ -15,6 +15,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from keda_proxy.app import Interceptor
 from keda_proxy.config import load_config
 from keda_proxy.model import ALL_KINDS
+from keda_proxy.selection import RandomSelector
 from keda_proxy.upstream import StaticResolver
 from tests.builders import endpoint_slice, load, route, service
 from tests.netsupport import Client, RawClient, free_port, start_backend, wait_for
@@ -223,7 +224,7 @@ def test_direct_pod_cold_start_reaches_an_ipv6_pod_past_a_stale_one():
     r = Rig().start(env={"KEDA_HTTP_DIRECT_POD_ROUTING": "true"})
     tried = []
 
-    class StaleFirst:
+    class StaleFirst(RandomSelector):
         def select(self, candidates, request):
             tried.append(candidates)
             return sorted(candidates, key=lambda c: ":" in c[0])[0]  # IPv4 first
