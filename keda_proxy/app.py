@@ -23,7 +23,7 @@ from keda_proxy.admin import admin_root
 from keda_proxy.adminsite import AdminSite
 from keda_proxy.config import Config
 from keda_proxy.counting import QueueCounter
-from keda_proxy.metrics import MetricsResource, ProxyMetrics
+from keda_proxy.metrics import ProxyMetrics, metrics_root
 from keda_proxy.pluginrouting import PluginRouter, discover_routing_plugins
 from keda_proxy.pool import ConnectionPool
 from keda_proxy.prewarm import PodWarmer
@@ -140,7 +140,7 @@ class Interceptor:
         return AdminSite(admin_root(self.counter, self.is_ready), reactor=self.reactor)
 
     def metrics_site(self) -> AdminSite:
-        return AdminSite(MetricsResource(self.metrics), reactor=self.reactor)
+        return AdminSite(metrics_root(self.metrics), reactor=self.reactor)
 
 
 #: Young collections every 100,000 allocations instead of 700, and full

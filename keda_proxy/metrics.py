@@ -19,13 +19,41 @@ and, where Go has no metric, under names of the same family and labels:
 
 Concurrency is read from the queue counter at scrape time rather than
 kept twice on the request path.
+
+``/metrics`` (L{metrics_root}, the only path the metrics port answers; any
+other is Go's ``404 page not found``) also serves what Go's
+``promhttp.Handler()`` adds around the OTel exporter's instruments, none of
+which L{ProxyMetrics.registry} holds (so an OTLP push of that registry
+carries the instruments alone, as Go's does):
+
+ - ``target_info``: the OTel resource, as the exporter writes it: the
+   attributes of ``OTEL_RESOURCE_ATTRIBUTES`` and Go's ``service.name``
+   (``keda-http-interceptor``) and ``service.version``, which win, with
+   the names escaped to label names (``service.name`` -> ``service_name``);
+ - the ``process_*`` series of client_golang's process collector;
+ - ``promhttp_metric_handler_requests_total{code}`` and
+   ``promhttp_metric_handler_requests_in_flight``, which count scrapes;
+ - in the place of Go's ``go_*`` runtime series, Python's: ``python_info``
+   and ``python_gc_*``.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import resource as _rlimits
 from bisect import bisect_left
+from importlib import metadata
+from urllib.parse import unquote
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -236,15 +264,212 @@ def _bound(value: float) -> str:
     return "+Inf" if value == float("inf") else repr(float(value))
 
 
+#: The service name Go's interceptor gives its metrics' resource.
+SERVICE_NAME = "keda-http-interceptor"
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_NOT_LABEL_CHAR = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def service_version() -> str:
+    """This build's version (Go's C{build.Version()}; ``HEAD`` when not
+    installed)."""
+    try:
+        return metadata.version("keda-interceptor")
+    except metadata.PackageNotFoundError:
+        return "HEAD"
+
+
+def resource_attributes(environ=None) -> dict:
+    """The resource of Go's meter provider: the OpenTelemetry SDK reads
+    C{OTEL_RESOURCE_ATTRIBUTES} (``key=value`` pairs separated by commas,
+    each trimmed, the value %-decoded; a pair without ``=`` is skipped, a
+    later key wins), then the interceptor's own ``service.name`` and
+    ``service.version`` win over it.  (C{OTEL_SERVICE_NAME} would set
+    ``service.name``, which the interceptor's own then replaces.)"""
+    environ = os.environ if environ is None else environ
+    attributes = {}
+    for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").strip().split(","):
+        key, found, value = pair.partition("=")
+        key = key.strip()
+        if not found or not key:
+            continue
+        text = value.strip()
+        # Go's url.PathUnescape: a stray % keeps the value as written
+        attributes[key] = value if _BAD_ESCAPE.search(text) else unquote(text)
+    attributes["service.name"] = SERVICE_NAME
+    attributes["service.version"] = service_version()
+    return attributes
+
+
+def label_name(key: str) -> str:
+    """An attribute key as the OTel Prometheus exporter names its label
+    (otlptranslator's escaping): every character but letters, digits and
+    ``_`` becomes ``_``; a leading digit gets ``key_`` before it, a single
+    leading ``_`` gets ``key``."""
+    name = _NOT_LABEL_CHAR.sub("_", key)
+    if name[:1].isdigit():
+        name = "key_" + name
+    elif name.startswith("_") and not name.startswith("__"):
+        name = "key" + name
+    return name
+
+
+class _TargetInfoCollector:
+    """``target_info``, the resource as one series of value 1.  Keys that
+    escape to the same label name have their values sorted and joined
+    with ``;``, as the exporter does."""
+
+    def __init__(self, attributes: dict):
+        merged = {}
+        for key, value in attributes.items():
+            name = label_name(key)
+            if name.strip("_"):
+                merged.setdefault(name, []).append(value)
+        self.labels = {name: ";".join(sorted(values)) for name, values in merged.items()}
+
+    def collect(self):
+        names = sorted(self.labels)
+        family = GaugeMetricFamily("target_info", "Target metadata", labels=names)
+        family.add_metric([self.labels[n] for n in names], 1)
+        yield family
+
+
+#: RLIM_INFINITY as client_golang's procfs reads it (the largest uint64)
+_UNLIMITED = float(2**64 - 1)
+
+
+class _ProcessExtrasCollector:
+    """The series of Go's process collector that prometheus_client's lacks:
+    the address-space limit and the network namespace's traffic."""
+
+    def __init__(self, proc: str = "/proc/self"):
+        self.proc = proc
+
+    def collect(self):
+        if not os.path.isdir(self.proc):
+            return
+        limit = _rlimits.getrlimit(_rlimits.RLIMIT_AS)[0]
+        yield GaugeMetricFamily(
+            "process_virtual_memory_max_bytes",
+            "Maximum amount of virtual memory available in bytes.",
+            value=_UNLIMITED if limit == _rlimits.RLIM_INFINITY else float(limit))
+        try:
+            received, sent = _network_bytes(os.path.join(self.proc, "net", "dev"))
+        except (OSError, ValueError, IndexError):
+            return
+        yield CounterMetricFamily(
+            "process_network_receive_bytes",
+            "Number of bytes received by the process over the network.", value=received)
+        yield CounterMetricFamily(
+            "process_network_transmit_bytes",
+            "Number of bytes sent by the process over the network.", value=sent)
+
+
+def _network_bytes(path: str) -> tuple:
+    """(received, sent) bytes over every interface of /proc/<pid>/net/dev."""
+    received = sent = 0
+    with open(path, "rb") as f:
+        for line in f.read().splitlines()[2:]:
+            _, _, counters = line.partition(b":")
+            fields = counters.split()
+            received += int(fields[0])
+            sent += int(fields[8])
+    return received, sent
+
+
+class _ScrapeCollector:
+    """promhttp's own counters of the scrapes it served."""
+
+    def __init__(self):
+        self.in_flight = 0
+        #: status code -> scrapes answered with it (Go starts all three at 0)
+        self.by_code = {"200": 0, "500": 0, "503": 0}
+
+    def collect(self):
+        family = CounterMetricFamily("promhttp_metric_handler_requests",
+                                     "Total number of scrapes by HTTP status code.",
+                                     labels=["code"])
+        for code, n in self.by_code.items():
+            family.add_metric([code], n)
+        yield family
+        yield GaugeMetricFamily("promhttp_metric_handler_requests_in_flight",
+                                "Current number of scrapes being served.", value=self.in_flight)
+
+
+class ExpositionExtras:
+    """The series ``/metrics`` serves besides the instruments, in their own
+    registry: the resource, the process and the scrapes."""
+
+    def __init__(self, environ=None, proc: str = "/proc"):
+        self.registry = CollectorRegistry()
+        self.registry.register(_TargetInfoCollector(resource_attributes(environ)))
+        ProcessCollector(proc=proc, registry=self.registry)
+        self.registry.register(_ProcessExtrasCollector(os.path.join(proc, "self")))
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.scrapes = _ScrapeCollector()
+        self.registry.register(self.scrapes)
+
+
 class MetricsResource(Resource):
-    """``/metrics`` in the Prometheus text format."""
+    """``/metrics`` in the Prometheus text format: the instruments, then
+    L{ExpositionExtras}."""
 
     isLeaf = True
 
-    def __init__(self, metrics: ProxyMetrics):
+    def __init__(self, metrics: ProxyMetrics, extras: ExpositionExtras = None):
         super().__init__()
         self.metrics = metrics
+        self.extras = extras if extras is not None else ExpositionExtras()
 
     def render_GET(self, request):
+        scrapes = self.extras.scrapes
+        scrapes.in_flight += 1
+        try:
+            body = self.metrics.render() + generate_latest(self.extras.registry)
+        except Exception as e:  # noqa: BLE001 - promhttp answers 500 and counts it
+            scrapes.by_code["500"] += 1
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return f"An error has occurred while serving metrics:\n\n{e}\n".encode()
+        finally:
+            scrapes.in_flight -= 1
+        scrapes.by_code["200"] += 1
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return self.metrics.render()
+        return body
+
+
+class NotFound(Resource):
+    """Go's ``http.NotFound``."""
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return b"404 page not found\n"
+
+
+class _MetricsRoot(Resource):
+    """Only ``/metrics`` (any query) answers, as with Go's ``ServeMux``
+    holding the one pattern ``/metrics``; any other path is a 404."""
+
+    def __init__(self, metrics_resource: MetricsResource):
+        super().__init__()
+        self.metrics_resource = metrics_resource
+        self.not_found = NotFound()
+
+    def getChild(self, path, request):
+        if path == b"metrics" and not request.postpath:
+            return self.metrics_resource
+        return self.not_found
+
+    def render(self, request):
+        return self.not_found.render(request)
+
+
+def metrics_root(metrics: ProxyMetrics, extras: ExpositionExtras = None) -> Resource:
+    """The metrics port's root resource."""
+    return _MetricsRoot(MetricsResource(metrics, extras))
