@@ -387,6 +387,14 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
     listener(config.admin_port, ic.admin_site(), "admin").setServiceParent(svc)
     if config.prom_exporter_enabled:
         listener(config.prom_exporter_port, ic.metrics_site(), "metrics").setServiceParent(svc)
+    if config.profiling_bind_address:
+        # only where the variable says; ":6060" means the listeners' addresses
+        from keda_proxy.config import parse_bind_address
+        from keda_proxy.profiling import profiling_site
+
+        host, port = parse_bind_address(config.profiling_bind_address)
+        Listener(reactor, port, profiling_site(reactor), "profiling",
+                 interface=host or interface).setServiceParent(svc)
     if ic.pipeline.tracer is not None:
         SpanExporter(ic.pipeline.tracer, exporter_for(config.otlp_traces_protocol),
                      reactor).setServiceParent(svc)

@@ -207,6 +207,43 @@ def _traces_protocol(text: str) -> str:
     return text
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+
+
+def parse_bind_address(text: str) -> tuple[str, int]:
+    """C{host:port} as Go's C{net.Listen} takes it: (host, port), the host
+    empty for every address (C{:6060}); an IPv6 host in brackets
+    (C{[::1]:6060}); the port a number from 0 to 65535.
+
+    @raise ValueError: with what was expected.
+    """
+    import ipaddress
+
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        raise ValueError('expected host:port, such as "127.0.0.1:6060" or ":6060"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError('too many colons: write an IPv6 address in brackets, "[::1]:6060"')
+    elif host and not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{host!r} is not an IP address or host name")
+    if not _INT.fullmatch(port) or port[0] in "+-" or not 0 <= int(port) <= 65535:
+        raise ValueError("expected a port number from 0 to 65535 after the colon")
+    return host, int(port)
+
+
+def _bind_address(text: str) -> str:
+    if text:
+        parse_bind_address(text)
+    return text
+
+
 def _above_zero(value: Any) -> bool:
     return value > 0
 
@@ -358,9 +395,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "otlp_traces_protocol", "console",
            _traces_protocol,
            'Trace exporter: "console" (standard output), "http/protobuf" or "grpc".'),
-    EnvVar("PROFILING_BIND_ADDRESS", "profiling_bind_address", "", _text,
-           "Accepted for compatibility; there is no pprof endpoint, so a warning is "
-           "logged when set."),
+    EnvVar("PROFILING_BIND_ADDRESS", "profiling_bind_address", "", _bind_address,
+           "`host:port` (`127.0.0.1:6060`, `:6060`, `[::1]:6060`) where the profiling "
+           "endpoint listens, at Go's `/debug/pprof/` paths; off when empty."),
     EnvVar("KUBECONFIG", "kubeconfig", "", _optional_text,
            "kubeconfig file used to reach the API server; when unset, the "
            "in-cluster service account is used."),
@@ -519,7 +556,6 @@ def load_config(
     config = Config(**values)
     _check_tls_range(config, sources)
     _check_ca_dirs(config, sources)
-    _warn_unsupported(config, log)
     return config
 
 
@@ -567,17 +603,6 @@ def _check_ca_dirs(config: Config, sources: Mapping) -> None:
         ca_dir_certificates(config.tls_ca_dirs)
     except ValueError as e:
         raise ConfigError(*_source(sources, config, "tls_ca_dirs"), str(e)) from None
-
-
-def _warn_unsupported(config: Config, log: Logger) -> None:
-    """Settings Go honours that we accept but do not act on."""
-    if config.profiling_bind_address:
-        log.emit(
-            LogLevel.warn,
-            "PROFILING_BIND_ADDRESS is set to {address!r} but profiling is "
-            "not supported; ignoring it",
-            address=config.profiling_bind_address,
-        )
 
 
 def env_table_markdown() -> str:

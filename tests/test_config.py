@@ -481,17 +481,10 @@ def test_traces_protocol_invalid():
     assert error.name == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 
 
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("PROFILING_BIND_ADDRESS", ":6060"),
-    ],
-)
-def test_unsupported_settings_warn(name, value):
+def test_a_profiling_address_is_taken_without_a_warning():
     log, events = capture()
-    load(log=log, **{name: value})
-    [message] = warnings(events)
-    assert name in message
+    assert load(log=log, PROFILING_BIND_ADDRESS=":6060").profiling_bind_address == ":6060"
+    assert warnings(events) == []
 
 
 # Overrides (the twistd command line)
@@ -767,7 +760,6 @@ FREE_TEXT = {
     "KEDA_HTTP_PROXY_TLS_CERT_PATH",
     "KEDA_HTTP_PROXY_TLS_KEY_PATH",
     "KEDA_HTTP_PROXY_TLS_CERT_STORE_PATHS",
-    "PROFILING_BIND_ADDRESS",
     "KUBECONFIG",
 }
 
