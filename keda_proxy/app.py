@@ -30,9 +30,9 @@ from keda_proxy.prewarm import PodWarmer
 from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
 from keda_proxy.readiness import ReadinessGate
 from keda_proxy.selection import selector_named
-from keda_proxy.tracing import SpanExporter, Tracer, exporter_for
 from keda_proxy.server import StreamingSite
 from keda_proxy.store import StateStore
+from keda_proxy.tracing import SpanExporter, Tracer, exporter_for
 from keda_proxy.upstream import MAX_RETRY_DURATION, SnapshotResolver, UpstreamEndpoints
 
 log = Logger()
