@@ -364,7 +364,8 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
     @param interface: the one address every listener takes; empty (or
         C{::}) for all IPv4 and IPv6 addresses (see L{Listener}).
     @param server_tls: a L{keda_proxy.tls.ServerTLS}; with it, a second
-        proxy listener serves TLS on C{proxy_tls_port}.
+        proxy listener serves TLS on C{proxy_tls_port}, and its certificate
+        files are watched for rotation while the service runs.
     """
     from keda_proxy.model import ALL_KINDS
 
@@ -384,6 +385,7 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
         tls = listener(config.proxy_tls_port, ic.tls_proxy_site(), "TLS proxy", server_tls)
         svc.proxies.append(tls)
         tls.setServiceParent(svc)
+        server_tls.watcher(reactor).setServiceParent(svc)
     listener(config.admin_port, ic.admin_site(), "admin").setServiceParent(svc)
     if config.prom_exporter_enabled:
         listener(config.prom_exporter_port, ic.metrics_site(), "metrics").setServiceParent(svc)

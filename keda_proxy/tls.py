@@ -14,6 +14,11 @@ L{ServerTLS} is the TLS proxy listener's side:
  - it picks the certificate by SNI: an exact SAN match, then a wildcard
    SAN (``*.example.com`` for ``a.example.com``), then the main
    certificate; with no main certificate and no match the handshake fails;
+ - it picks up certificates rotated on disk without a restart: a stat of
+   every file every L{RELOAD_INTERVAL} seconds, and what changed is read
+   whole and served to new handshakes, while a file that cannot be used
+   keeps the previous certificate served and is logged once
+   (L{ServerTLS.reload}, run by L{CertificateWatcher});
  - it advertises ALPN ``http/1.1`` only: requests are forwarded with an
    HTTP/1.1 client, and the Go interceptor's h2 listener is not offered.
 
@@ -41,6 +46,7 @@ L{keda_proxy.upstream.UpstreamEndpoints}.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -48,8 +54,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Optional
 
-from attrs import frozen
+from attrs import field, frozen
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
@@ -59,12 +66,14 @@ from service_identity.cryptography import (
     verify_certificate_hostname,
     verify_certificate_ip_address,
 )
+from twisted.application.service import Service
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
@@ -285,16 +294,38 @@ def _base_context(method: int, policy: TLSPolicy) -> SSL.Context:
 @frozen
 class CertificatePair:
     """A certificate file (leaf first, then its chain) and its key file,
-    with the names (DNS, IP and URI SANs) SNI can select it by."""
+    with the names (DNS, IP and URI SANs) SNI can select it by, and the
+    private key as it was read (contexts are built from what was read, not
+    by reading the files again)."""
 
     cert_path: str
     key_path: str
     chain: tuple
     names: tuple
+    key: object = field(default=None, eq=False, repr=False)
 
     @property
     def leaf(self) -> x509.Certificate:
         return self.chain[0]
+
+    def same_material(self, other: Optional["CertificatePair"]) -> bool:
+        """Whether C{other} holds the same certificates and key (a file
+        touched or rewritten unchanged, a symlink swapped to a copy)."""
+        return (
+            other is not None
+            and self.chain == other.chain
+            and _key_der(self.key) == _key_der(other.key)
+        )
+
+
+def _key_der(key) -> Optional[bytes]:
+    if key is None:
+        return None
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def _read(path: str, var: str, what: str) -> bytes:
@@ -318,20 +349,44 @@ def _san_names(cert: x509.Certificate) -> tuple:
     return tuple(dict.fromkeys(names))
 
 
+_PEM_CERTIFICATE_START = b"-----BEGIN CERTIFICATE-----"
+
+
 def load_pair(
     cert_path: str, key_path: str, cert_var: str, key_var: Optional[str] = None
 ) -> CertificatePair:
     """Read and check one certificate/key pair; L{TLSConfigError} names the
-    variable (C{key_var} for the key, default C{cert_var}) and the file."""
+    variable (C{key_var} for the key, default C{cert_var}) and the file.
+
+    Each file is read once.  The certificate file holds the leaf, then its
+    chain, as PEM ``CERTIFICATE`` blocks (other blocks and text are
+    skipped); a block cut short, as in a file still being written, is an
+    error.  The key must be an unencrypted PEM private key matching the
+    leaf."""
     key_var = key_var or cert_var
     data = _read(cert_path, cert_var, "certificate")
-    _read(key_path, key_var, "key")
+    key_data = _read(key_path, key_var, "key")
     try:
         chain = tuple(x509.load_pem_x509_certificates(data))
     except ValueError:
-        raise TLSConfigError(f"{cert_var}: no PEM certificate in {cert_path}") from None
-    pair = CertificatePair(cert_path, key_path, chain, _san_names(chain[0]))
-    # Loading into a throwaway context checks the key and that they match.
+        chain = ()
+    if not chain and _PEM_CERTIFICATE_START not in data:
+        raise TLSConfigError(f"{cert_var}: no PEM certificate in {cert_path}")
+    if data.count(_PEM_CERTIFICATE_START) != len(chain):
+        raise TLSConfigError(
+            f"{cert_var}: cannot load certificate {cert_path}: a PEM certificate "
+            "block is incomplete or invalid"
+        )
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        reason = " ".join(str(e).split(". See https://", 1)[0].split())
+        reason = reason or e.__class__.__name__
+        raise TLSConfigError(
+            f"{key_var}: cannot use key {key_path} with {cert_path}: {reason}"
+        ) from None
+    pair = CertificatePair(cert_path, key_path, chain, _san_names(chain[0]), key)
+    # Loading into a throwaway context checks that they match.
     _use_pair(SSL.Context(SSL.TLS_SERVER_METHOD), pair, cert_var, key_var)
     return pair
 
@@ -340,23 +395,35 @@ def _use_pair(
     ctx: SSL.Context, pair: CertificatePair, cert_var: str, key_var: Optional[str] = None
 ) -> None:
     try:
-        ctx.use_certificate_chain_file(pair.cert_path)
+        ctx.use_certificate(pair.leaf)
+        for cert in pair.chain[1:]:
+            ctx.add_extra_chain_cert(cert)
     except SSL.Error as e:
         raise TLSConfigError(
             f"{cert_var}: cannot load certificate {pair.cert_path}: {_ssl_reason(e)}"
         ) from None
     try:
-        ctx.use_privatekey_file(pair.key_path)
+        ctx.use_privatekey(pair.key)
         ctx.check_privatekey()
-    except SSL.Error as e:
+    except (SSL.Error, TypeError, ValueError) as e:
+        reason = _ssl_reason(e) if isinstance(e, SSL.Error) else str(e)
         raise TLSConfigError(
             f"{key_var or cert_var}: cannot use key {pair.key_path} with "
-            f"{pair.cert_path}: {_ssl_reason(e)}"
+            f"{pair.cert_path}: {reason}"
         ) from None
 
 
-def _walk_store(folder: str) -> Iterable[str]:
+def _walk_store(folder: str, settling: bool = False) -> Iterable[str]:
+    """Every file under C{folder}, sorted, symlinked files included,
+    symlinked folders not descended into.
+
+    @param settling: a sub-folder that vanishes during the walk is skipped
+        instead of failing (a Kubernetes volume removing its previous
+        ``..<timestamp>`` folder while it is being read)."""
+
     def fail(e: OSError) -> None:
+        if settling and e.errno == errno.ENOENT and e.filename not in (None, folder):
+            return
         raise TLSConfigError(
             f"{STORE_VAR}: cannot walk {e.filename or folder}: {e.strerror or e}"
         )
@@ -369,32 +436,42 @@ def _walk_store(folder: str) -> Iterable[str]:
             yield os.path.join(root, name)
 
 
-def load_store(folders: Iterable[str]) -> list:
-    """Every certificate/key pair under C{folders}, walked recursively.
+def _store_files(folders: Iterable[str], settling: bool = False) -> list:
+    """C{(cert_path, key_path)} for every certificate under C{folders}, in
+    stem order; C{key_path} is None for a certificate without a key.
 
     Pairing is by path stem, as in Go: ``X-key.pem`` and ``X.key`` are keys
-    of ``X``; ``X.pem`` and ``X.crt`` are certificates of ``X``.  A
-    certificate without a key stops startup; a key without a certificate
-    is ignored.
-    """
+    of ``X``; ``X.pem`` and ``X.crt`` are certificates of ``X``."""
     certs: dict = {}
     keys: dict = {}
     for folder in folders:
-        for path in _walk_store(folder):
+        for path in _walk_store(folder, settling):
             if path.endswith("-key.pem"):
                 keys[path[: -len("-key.pem")]] = path
             elif path.endswith(".pem") or path.endswith(".crt"):
                 certs[path[:-4]] = path
             elif path.endswith(".key"):
                 keys[path[:-4]] = path
+    return [(cert_path, keys.get(stem)) for stem, cert_path in sorted(certs.items())]
+
+
+def _no_key(cert_path: str) -> TLSConfigError:
+    stem = cert_path[:-4]
+    return TLSConfigError(
+        f"{STORE_VAR}: no key found for certificate {cert_path} "
+        f"(expected {stem}.key or {stem}-key.pem)"
+    )
+
+
+def load_store(folders: Iterable[str]) -> list:
+    """Every certificate/key pair under C{folders}, walked recursively
+    (see L{_store_files} for the pairing).  A certificate without a key
+    stops startup; a key without a certificate is ignored.
+    """
     pairs = []
-    for stem, cert_path in sorted(certs.items()):
-        key_path = keys.get(stem)
+    for cert_path, key_path in _store_files(folders):
         if key_path is None:
-            raise TLSConfigError(
-                f"{STORE_VAR}: no key found for certificate {cert_path} "
-                f"(expected {stem}.key or {stem}-key.pem)"
-            )
+            raise _no_key(cert_path)
         pairs.append(load_pair(cert_path, key_path, STORE_VAR))
     return pairs
 
@@ -524,42 +601,119 @@ def sni_lookup(table: Mapping, server_name: Optional[str]):
     return found
 
 
+#: Seconds between two looks at the certificate files of the TLS listener.
+RELOAD_INTERVAL = 2.0
+
+
+def _stat(path: Optional[str]) -> tuple:
+    """What a change of the file at C{path} changes: the device, inode,
+    size, modification and change times of the file it resolves to
+    (symlinks followed, so a Kubernetes volume's ``..data`` swap shows), or
+    the error that stops it from being looked at."""
+    if path is None:
+        return ()
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return ("error", e.errno)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@frozen
+class _Look:
+    """The certificate files as one look at them found them: the main
+    pair's stats, and each store certificate with its key and their stats
+    (or the reason the store folders could not be walked)."""
+
+    main: tuple
+    store: tuple
+    store_error: Optional[str] = None
+
+
+@frozen
+class _Served:
+    """One certificate pair as the listener serves it: its context and the
+    stats of its files when they were read."""
+
+    pair: CertificatePair
+    ctx: SSL.Context = field(eq=False)
+    files: tuple
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """The TLS proxy listener's connection creator.
 
     Every certificate gets its own context, all configured alike (policy,
-    ALPN); the first context holds the main certificate (or none) and
+    ALPN); the default context holds the main certificate (or none) and
     switches a connection to the SNI-selected one during the handshake.
-    Contexts are built once, at startup.
+
+    L{reload} picks up certificates rotated on disk: called every
+    L{RELOAD_INTERVAL} seconds by the L{CertificateWatcher} of
+    L{watcher}, it compares the stats of the main pair and of the store
+    folders' files with those of the previous look and, for what changed,
+    reads the new pair whole (certificate, chain, key, their match).
+    Contexts are never changed once built: new ones are built and new
+    handshakes get them, while connections already made keep theirs.  A
+    pair that cannot be used leaves the previous one served (a new store
+    certificate is not served until it can be) and is logged once, in one
+    line naming the file, until it changes for the better.
     """
 
-    def __init__(self, policy: TLSPolicy, material: TLSMaterial) -> None:
+    def __init__(
+        self,
+        policy: TLSPolicy,
+        material: TLSMaterial,
+        store_paths: Iterable[str] = (),
+        log: Optional[Logger] = None,
+        look: Optional[_Look] = None,
+    ) -> None:
         self.policy = policy
-        self.material = material
-        self._default = _server_context(policy, material.main)
-        self._default.set_tlsext_servername_callback(self._switch)
-        self._by_name: dict = {}
-        for pair in material.pairs:  # store pairs override the main one
-            if pair is material.main:
-                ctx = self._default
-            else:
-                ctx = _server_context(policy, pair, STORE_VAR)
-            for name in pair.names:
-                self._by_name[name] = (pair, ctx)
+        self.store_paths = tuple(store_paths)
+        self._log = _log if log is None else log
+        main = material.main
+        self._main_paths = (main.cert_path, main.key_path) if main else None
+        if look is None:
+            look = self._look()
+        self._seen = look
+        #: the message last logged for each source still failing
+        self._failing: dict = {}
+        self._main: Optional[_Served] = None
+        self._default: Optional[SSL.Context] = None
+        served_main = None
+        if main is not None:
+            served_main = _Served(main, self._context(main, CERT_PATH_VAR), look.main)
+        files = {entry[0]: entry[2:] for entry in look.store}
+        store = {}
+        for pair in material.store:
+            ctx = self._context(pair, STORE_VAR)
+            store[pair.cert_path] = _Served(pair, ctx, files.get(pair.cert_path, ()))
+        self._install(served_main, store)
 
     @classmethod
     def from_config(cls, config, log: Optional[Logger] = None) -> "ServerTLS":
         """@raise TLSConfigError: a file or setting cannot be used."""
         log = _log if log is None else log
+        main_paths = None
+        if config.tls_cert_path and config.tls_key_path:
+            main_paths = (config.tls_cert_path, config.tls_key_path)
+        store_paths = tuple(config.tls_cert_store_paths)
+        look = _look(main_paths, store_paths)  # before reading: no change missed
         material = TLSMaterial.from_config(config)
         for pair in material.pairs:
             log.info(
                 "TLS certificate {path} serves {names}",
                 path=pair.cert_path,
-                names=", ".join(pair.names) or "(no SANs)",
+                names=_describe(pair),
             )
-        return cls(TLSPolicy.from_config(config), material)
+        return cls(TLSPolicy.from_config(config), material, store_paths, log, look)
+
+    def watcher(self, clock, interval: float = RELOAD_INTERVAL) -> "CertificateWatcher":
+        """A service that calls L{reload} every C{interval} seconds of
+        C{clock} while it runs."""
+        return CertificateWatcher(self, clock, interval)
+
+    # -- serving
 
     @property
     def names(self) -> tuple:
@@ -586,6 +740,173 @@ class ServerTLS:
         """An L{IStreamServerEndpoint} for the TLS proxy port; listen on it
         with the proxy L{Site}."""
         return SSL4ServerEndpoint(reactor, port, self, interface=interface)
+
+    def _context(self, pair: Optional[CertificatePair], var: str) -> SSL.Context:
+        return _server_context(self.policy, pair, var)
+
+    def _install(self, main: Optional[_Served], store: dict) -> None:
+        """Serve C{main} and C{store} to handshakes from now on.  Only a
+        context just built is configured: one that made connections is
+        never changed (pyOpenSSL refuses it, and those connections keep
+        it)."""
+        if self._default is None or (main is not None and main.ctx is not self._default):
+            default = main.ctx if main is not None else self._context(None, CERT_PATH_VAR)
+            default.set_tlsext_servername_callback(self._switch)
+            self._default = default
+        by_name: dict = {}
+        if main is not None:
+            for name in main.pair.names:
+                by_name[name] = (main.pair, main.ctx)
+        for served in store.values():  # store pairs override the main one
+            for name in served.pair.names:
+                by_name[name] = (served.pair, served.ctx)
+        self._main = main
+        self._store = store
+        self._by_name = by_name
+        self.material = TLSMaterial(
+            main.pair if main is not None else None,
+            tuple(served.pair for served in store.values()),
+        )
+
+    # -- reloading
+
+    def _look(self) -> _Look:
+        return _look(self._main_paths, self.store_paths)
+
+    def reload(self) -> bool:
+        """Look at the certificate files once and serve what changed.
+
+        Nothing is read when no stat changed.  When the files change while
+        they are read, the result is dropped without a word and the next
+        look reads them again.
+
+        @return: whether new handshakes now get other certificates.
+        """
+        before = self._look()
+        if before == self._seen:
+            return False
+        errors: dict = {}
+        events: list = []
+        main = self._reload_main(before, errors, events)
+        store = self._reload_store(before, errors, events)
+        if self._look() != before:
+            return False  # still being written: next time
+        self._seen = before
+        for source, (message, kept) in errors.items():
+            if self._failing.get(source) != message:
+                self._log.error(
+                    "TLS certificate reload: {error}; {outcome}",
+                    error=message,
+                    outcome=(
+                        "still serving the previous certificate" if kept else "not served"
+                    ),
+                )
+        self._failing = {source: message for source, (message, _) in errors.items()}
+        for text, fields in events:
+            self._log.info(text, **fields)
+        self._install(main, store)
+        return bool(events)
+
+    def _reload_main(self, look: _Look, errors: dict, events: list) -> Optional[_Served]:
+        old = self._main
+        if old is None or look.main == old.files:
+            return old
+        cert_path, key_path = self._main_paths
+        try:
+            pair = load_pair(cert_path, key_path, CERT_PATH_VAR, KEY_PATH_VAR)
+            if pair.same_material(old.pair):
+                return _Served(old.pair, old.ctx, look.main)
+            served = _Served(pair, self._context(pair, CERT_PATH_VAR), look.main)
+        except TLSConfigError as e:
+            errors[("main", cert_path)] = (str(e), True)
+            return old
+        events.append((
+            "TLS certificate {path} reloaded: serves {names}",
+            {"path": cert_path, "names": _describe(pair)},
+        ))
+        return served
+
+    def _reload_store(self, look: _Look, errors: dict, events: list) -> dict:
+        old_store = self._store
+        if not self.store_paths:  # no folders to look at: the store stays as built
+            return old_store
+        if look.store_error is not None:
+            errors[("store", None)] = (look.store_error, True)
+            return old_store
+        store = {}
+        for cert_path, key_path, *files in look.store:
+            files = tuple(files)
+            old = old_store.get(cert_path)
+            if old is not None and old.files == files and old.pair.key_path == key_path:
+                store[cert_path] = old
+                continue
+            try:
+                if key_path is None:
+                    raise _no_key(cert_path)
+                pair = load_pair(cert_path, key_path, STORE_VAR)
+                if old is not None and pair.same_material(old.pair):
+                    store[cert_path] = _Served(old.pair, old.ctx, files)
+                    continue
+                store[cert_path] = _Served(pair, self._context(pair, STORE_VAR), files)
+            except TLSConfigError as e:
+                errors[("store", cert_path)] = (str(e), old is not None)
+                if old is not None:
+                    store[cert_path] = old
+                continue
+            events.append((
+                "TLS certificate {path} " + ("reloaded: " if old else "") + "serves {names}",
+                {"path": cert_path, "names": _describe(pair)},
+            ))
+        for cert_path in sorted(old_store.keys() - store.keys()):
+            events.append(("TLS certificate {path} removed", {"path": cert_path}))
+        return store
+
+
+def _describe(pair: CertificatePair) -> str:
+    return ", ".join(pair.names) or "(no SANs)"
+
+
+def _look(main_paths: Optional[tuple], store_paths: tuple) -> _Look:
+    main = tuple(_stat(p) for p in main_paths) if main_paths else ()
+    try:
+        files = _store_files(store_paths, settling=True)
+    except TLSConfigError as e:
+        return _Look(main, (), str(e))
+    store = tuple(
+        (cert_path, key_path, _stat(cert_path), _stat(key_path))
+        for cert_path, key_path in files
+    )
+    return _Look(main, store)
+
+
+class CertificateWatcher(Service):
+    """Calls L{ServerTLS.reload} every C{interval} seconds of C{clock}
+    while running.  A stat of each file per look; nothing is read unless
+    something changed."""
+
+    def __init__(self, server_tls: ServerTLS, clock, interval: float = RELOAD_INTERVAL):
+        self.server_tls = server_tls
+        self.clock = clock
+        self.interval = interval
+        self._loop: Optional[LoopingCall] = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self):
+        Service.stopService(self)
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def _tick(self) -> None:
+        try:
+            self.server_tls.reload()
+        except Exception:  # keep looking: the next look may do better
+            _log.failure("TLS certificate reload failed")
 
 
 # ---------------------------------------------------------------------------
@@ -669,16 +990,9 @@ def _client_certificate(pair: CertificatePair) -> dict:
 
     They are cryptography objects: L{CertificateOptions} hands them to
     pyOpenSSL as they are, and pyOpenSSL deprecates its own X509 and PKey
-    there."""
-    key = _read(pair.key_path, KEY_PATH_VAR, "key")
-    try:
-        private_key = serialization.load_pem_private_key(key, password=None)
-    except (ValueError, TypeError) as e:  # the pair was checked when loaded
-        raise TLSConfigError(
-            f"{KEY_PATH_VAR}: cannot use key {pair.key_path} with {pair.cert_path}: {e}"
-        ) from None
+    there.  The key is the one read with the certificate (L{load_pair})."""
     return {
-        "privateKey": private_key,
+        "privateKey": pair.key,
         "certificate": pair.leaf,
         "extraCertChain": list(pair.chain[1:]),
     }
