@@ -277,7 +277,10 @@ class Listener(Service):
         log.info("{name} listening on {addr}", name=self.name_, addr=port.getHost())
 
     def _listen(self, factory, interface: str):
-        port = _Port(self.number, factory, interface=interface, reactor=self.reactor)
+        from keda_proxy.server import listen_backlog  # the kernel's limit, as Go's
+
+        port = _Port(self.number, factory, backlog=listen_backlog(), interface=interface,
+                     reactor=self.reactor)
         port.startListening()
         return port
 

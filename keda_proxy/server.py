@@ -18,6 +18,7 @@ Transfer-Encoding, repeated Content-Lengths, and CR/LF/NUL in headers):
 from __future__ import annotations
 
 import re
+import socket
 import warnings
 from typing import Optional
 
@@ -47,6 +48,26 @@ BODY_HIGH_WATER = 256 * 1024
 #: holds the client back (a slow upstream) does not count.
 BODY_GRACE = 30.0
 BODY_MIN_RATE = 500.0
+#: where Linux says how long an accept queue may be
+SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+
+
+def listen_backlog(path: str = SOMAXCONN_PATH) -> int:
+    """The accept-queue length to ask for: the kernel's own limit
+    (C{net.core.somaxconn}, 4096 on current kernels), as Go's listeners ask
+    for, capped at 65535 (the kernel keeps it in 16 bits); the C library's
+    C{SOMAXCONN} where the file cannot be read.  Twisted's default of 50
+    overflows when hundreds of clients connect at once: a handshake that
+    finds the queue full is dropped, and its client retries a second
+    later."""
+    try:
+        with open(path, "rb") as f:
+            n = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return socket.SOMAXCONN
+    if n <= 0:
+        return socket.SOMAXCONN
+    return min(n, 65535)
 
 
 class BodyStream:
