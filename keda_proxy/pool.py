@@ -8,6 +8,17 @@ identities.  Idle connections are reused newest-first, bounded per key
 (``KEDA_HTTP_MAX_IDLE_CONNS_PER_HOST``) and in total
 (``KEDA_HTTP_MAX_IDLE_CONNS``), and closed after ``idle_timeout``.
 
+The bounds apply to connections that stay idle: one returned above a bound
+is kept for L{EXCESS_GRACE} more, and closed (oldest first) only if it is
+still surplus then.  Under load, more requests are in flight than the
+bound: a turn of the reactor can bring hundreds of responses back at once,
+and the next turn sends as many requests again.  Closing the connections
+above the bound as they came back (as Go's transport does, though it first
+hands each to a request waiting for one) made the next turn's requests dial
+again, a handshake and at least one more turn each: at 1,024 client
+connections one request in ten waited for a new connection (see
+docs/performance.md, "Latency under bursts").
+
 A connection that the upstream closed while idle is dropped from the pool
 by its own ``connectionLost``; the remaining risk is a close racing with
 reuse.  Requests with a body never take that risk: they only reuse a
@@ -31,6 +42,9 @@ from keda_proxy.http1client import IConnectionOwner, UpstreamConnection
 
 #: A connection idle for less than this may carry a request body.
 FRESH_ENOUGH = 1.0
+#: How long a connection returned above an idle bound is kept: connections
+#: that all came back in one burst are wanted again by the next one.
+EXCESS_GRACE = 1.0
 #: Go's C{http.DefaultMaxIdleConnsPerHost}, used when the setting is 0.
 GO_DEFAULT_MAX_IDLE_PER_HOST = 2
 
@@ -80,11 +94,16 @@ class ConnectionPool:
     #: 0 means 2, as Go's C{MaxIdleConnsPerHost}
     max_idle_per_host: int = 200
     idle_timeout: float = 90.0
+    #: see L{EXCESS_GRACE}; 0 closes a connection above a bound at once
+    excess_grace: float = EXCESS_GRACE
     _idle: Dict[PoolKey, List[UpstreamConnection]] = field(factory=dict)
     #: every idle connection, oldest first, for the total bound and expiry
     _idle_order: "OrderedDict[UpstreamConnection, PoolKey]" = field(factory=OrderedDict)
     _owners: Dict[PoolKey, _Owner] = field(factory=dict)
     _sweeper: object = None
+    #: keys holding more idle connections than the per-key bound
+    _over: set = field(factory=set)
+    _trimmer: object = None
 
     def __attrs_post_init__(self):
         if self.max_idle_per_host <= 0:
@@ -133,17 +152,64 @@ class ConnectionPool:
             self._release(conn.owner.key, conn)
 
     def _release(self, key: PoolKey, conn: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(key, [])
-        if len(idle) >= self.max_idle_per_host:
-            self._close(conn)
-            return
-        while len(self._idle_order) >= self.max_idle > 0:
-            old, old_key = self._idle_order.popitem(last=False)
-            self._idle.get(old_key, []).remove(old)
-            self._close(old)
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
         idle.append(conn)
         self._idle_order[conn] = key
+        if len(idle) > self.max_idle_per_host:
+            self._over.add(key)
+            self._trim_later()
+        elif len(self._idle_order) > self.max_idle > 0:
+            self._trim_later()
         self._ensure_sweeper()
+
+    def _trim_later(self, delay: float = None) -> None:
+        if self.excess_grace <= 0:
+            self.trim()
+        elif self._trimmer is None:
+            self._trimmer = self.clock.callLater(
+                self.excess_grace if delay is None else delay, self.trim)
+
+    def trim(self) -> None:
+        """Close the connections above the idle bounds that have been idle
+        for L{excess_grace} (oldest first); look again when the oldest of
+        the rest will have been."""
+        self._trimmer = None
+        now = self.clock.seconds()
+        cutoff = now - self.excess_grace
+        bound = self.max_idle_per_host
+        for key in list(self._over):
+            idle = self._idle.get(key)
+            excess = len(idle) - bound if idle else 0
+            while excess > 0 and idle[0].idle_since <= cutoff:
+                conn = idle.pop(0)
+                del self._idle_order[conn]
+                self._close(conn)
+                excess -= 1
+            if excess <= 0:
+                self._over.discard(key)
+                if idle is not None and not idle:
+                    del self._idle[key]
+        order = self._idle_order
+        while len(order) > self.max_idle > 0:
+            conn, key = next(iter(order.items()))
+            if conn.idle_since > cutoff:
+                break
+            order.popitem(last=False)
+            idle = self._idle[key]
+            idle.remove(conn)
+            if not idle:
+                del self._idle[key]
+                self._over.discard(key)
+            self._close(conn)
+        if self.excess_grace <= 0:
+            return
+        oldest = [self._idle[key][0].idle_since for key in self._over]
+        if len(order) > self.max_idle > 0:
+            oldest.append(next(iter(order)).idle_since)
+        if oldest:
+            self._trim_later(max(min(oldest) - cutoff, 0.01))
 
     def _forget(self, key: PoolKey, conn: UpstreamConnection) -> None:
         if self._idle_order.pop(conn, None) is not None:
@@ -191,6 +257,11 @@ class ConnectionPool:
             conn, key = self._idle_order.popitem(last=False)
             self._close(conn)
         self._idle.clear()
+        self._over.clear()
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
+        if self._trimmer is not None:
+            if self._trimmer.active():
+                self._trimmer.cancel()
+            self._trimmer = None

@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from keda_proxy.http1client import UpstreamConnection
-from keda_proxy.pool import FRESH_ENOUGH, ConnectionPool
+from keda_proxy.pool import EXCESS_GRACE, FRESH_ENOUGH, ConnectionPool
 from keda_proxy.upstream import RetryingEndpoint, SnapshotResolver, UpstreamEndpoints
 from tests.builders import load, service
 
@@ -74,22 +74,31 @@ def test_zero_bounds_mean_what_they_mean_in_go():
     clock = Clock()
     pool = ConnectionPool(clock, Dialler(clock).endpoint_for, max_idle=0, max_idle_per_host=0)
     conns = pooled(pool, KEY, 3)
-    assert pool.idle_count(KEY) == 2 and conns[2].transport.disconnecting
+    clock.advance(EXCESS_GRACE)
+    assert pool.idle_count(KEY) == 2 and conns[0].transport.disconnecting
     for i in range(5):
         pooled(pool, (b"http", f"10.0.0.{i}", 80, ""), 2)
+    clock.advance(EXCESS_GRACE)
     assert pool.idle_count() == 12  # nothing closed to keep a total
 
 
 def test_idle_connections_are_bounded_per_host_and_in_total():
+    """Connections above a bound are closed, longest idle first, once they
+    have stayed idle for EXCESS_GRACE."""
     clock = Clock()
     pool = ConnectionPool(clock, Dialler(clock).endpoint_for, max_idle=3, max_idle_per_host=2)
     conns = pooled(pool, KEY, 3)
+    assert pool.idle_count(KEY) == 3  # came back together: kept for the grace
+    clock.advance(EXCESS_GRACE)
     assert pool.idle_count(KEY) == 2
-    assert conns[2].transport.disconnecting  # the one over the per-host bound
+    assert [c.transport.disconnecting for c in conns] == [True, False, False]
     others = pooled(pool, OTHER, 2)
+    assert pool.idle_count() == 4
+    clock.advance(EXCESS_GRACE)
     assert pool.idle_count() == 3
-    assert conns[0].transport.disconnecting  # the oldest went to keep the total
-    assert not others[1].transport.disconnecting
+    assert conns[1].transport.disconnecting  # the oldest went to keep the total
+    assert not conns[2].transport.disconnecting
+    assert not any(c.transport.disconnecting for c in others)
 
 
 def test_idle_connections_expire():
