@@ -691,7 +691,10 @@ async def test_large_relist_is_parsed_off_the_reactor_thread(h, fake):
     assert h.snap.endpoints_for("ns/svc7").candidates["http"] == (("10.2.0.7", 8080),)
     assert threading.get_ident() not in parse_threads
     assert len(gaps) > 30
-    assert max(gaps) < 0.5, f"reactor stalled for {max(gaps):.3f}s"
+    # on the reactor, the list alone would stall it for the server's full
+    # second; applying 2,000 changes takes a turn of its own, which a busy
+    # machine can stretch towards half a second
+    assert max(gaps) < 0.9, f"reactor stalled for {max(gaps):.3f}s"
 
 
 class HeldReactor:
