@@ -923,9 +923,8 @@ def run_scenario(sc: Scenario, args) -> dict:
             env["PYTHONPATH"] = os.pathsep.join(
                 [str(ctx_src(args))]
                 + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        env.pop("KEDA_HTTP_DIRECT_POD_ROUTING", None)
-        if sc.direct:
-            env["KEDA_HTTP_DIRECT_POD_ROUTING"] = "true"
+        # said either way: direct-pod routing is on by default
+        env["KEDA_HTTP_DIRECT_POD_ROUTING"] = "true" if sc.direct else "false"
         if args.diag:
             diag_dir = td.dir / "diag"
             diag_dir.mkdir()

@@ -308,11 +308,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "50ms until the request deadline (1m when there is none)."),
     EnvVar("KEDA_HTTP_MAX_IDLE_CONNS", "max_idle_conns", "1000", _count,
            "Idle upstream connections kept in the pool across all backends; 0 means "
-           "no limit."),
+           "no limit. One returned above a bound is kept 1 s for the next burst and "
+           "closed if still surplus."),
     EnvVar("KEDA_HTTP_MAX_IDLE_CONNS_PER_HOST", "max_idle_conns_per_host", "200",
            _count,
            "Idle upstream connections kept per backend address; 0 means 2, Go's "
-           "default."),
+           "default. One returned above it is kept 1 s and closed if still surplus."),
     EnvVar("KEDA_HTTP_PROXY_TLS_ENABLED", "proxy_tls_enabled", "false", _bool,
            "Also serve the proxy over TLS on `KEDA_HTTP_PROXY_TLS_PORT`; requests "
            "received there are forwarded upstream over TLS."),
