@@ -84,7 +84,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
         drop = drop | _HOST
     if traceparent is not None:
         parts += (b"traceparent: ", traceparent, b"\r\n")
-        drop = drop | _TRACEPARENT
+        drop = _DROP_TRACED if drop is _DROP else drop | _TRACEPARENT
     xff = xfh = xfp = None
     te_trailers = False
     for name, values in incoming._rawHeaders.items():  # not the generator
@@ -153,3 +153,4 @@ _TRACEPARENT = frozenset({b"traceparent"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _NONE: FrozenSet[bytes] = frozenset()
 _DROP = HOP_BY_HOP | _FRAMING
+_DROP_TRACED = _DROP | _TRACEPARENT

@@ -139,7 +139,7 @@ class Tracer:
         queue = self.queue
         queue.append((trace, self.clock_ns(), method, path, status,
                       route.key if route is not None else None, cold_start))
-        if len(queue) >= MAX_BATCH:
+        if len(queue) == MAX_BATCH:  # once per batch: setting the event takes a lock
             self.batch_ready.set()
 
 
