@@ -1,5 +1,7 @@
 """Small builders for model values, shared by the tests."""
 
+import textwrap
+
 from keda_proxy.model import (
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
@@ -50,3 +52,36 @@ def load(store, routes=(), services=(), slices=(), configmaps=()):
     store.replace(KIND_ENDPOINT_SLICE, {s.key: s for s in slices})
     store.replace(KIND_CONFIG_MAP, {c.key: c for c in configmaps})
     return store.flush()
+
+
+def route_yaml(backend_port: int, host: str = "demo.test", name: str = "demo",
+               service: str = "demo") -> str:
+    """The manifests of one route to a backend on 127.0.0.1, as a user
+    would write them: a Service, its ready EndpointSlice and an
+    InterceptorRoute for C{host}."""
+    return textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: {service}, namespace: default}}
+        spec:
+          clusterIP: 127.0.0.1
+          ports: [{{name: http, port: {backend_port}}}]
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata:
+          name: {service}-1
+          namespace: default
+          labels: {{kubernetes.io/service-name: {service}}}
+        addressType: IPv4
+        endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+        ports: [{{name: http, port: {backend_port}}}]
+        ---
+        apiVersion: http.keda.sh/v1beta1
+        kind: InterceptorRoute
+        metadata: {{name: {name}, namespace: default}}
+        spec:
+          target: {{service: {service}, portName: http}}
+          rules: [{{hosts: [{host}]}}]
+          scalingMetric: {{concurrency: {{targetValue: 10}}}}
+        """)

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.builders import route_yaml
 from tests.netsupport import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,32 +185,7 @@ class Backend(http.server.BaseHTTPRequestHandler):
 
 def route_manifests(folder: Path, backend_port: int) -> Path:
     folder.mkdir()
-    (folder / "demo.yaml").write_text(f"""\
-apiVersion: v1
-kind: Service
-metadata: {{name: demo, namespace: default}}
-spec:
-  clusterIP: 127.0.0.1
-  ports: [{{name: http, port: {backend_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: demo-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: demo}}
-addressType: IPv4
-endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
-ports: [{{name: http, port: {backend_port}}}]
----
-apiVersion: http.keda.sh/v1beta1
-kind: InterceptorRoute
-metadata: {{name: demo, namespace: default}}
-spec:
-  target: {{service: demo, portName: http}}
-  rules: [{{hosts: [demo.test]}}]
-  scalingMetric: {{concurrency: {{targetValue: 10}}}}
-""")
+    (folder / "demo.yaml").write_text(route_yaml(backend_port))
     return folder
 
 

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel, globalLogPublisher
 
 from keda_proxy import app
+from tests.builders import route_yaml
 from tests.netsupport import free_port
 
 TWISTD = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "keda-interceptor"]
@@ -182,7 +182,7 @@ def test_listeners_take_ipv4_and_ipv6_clients_by_default(tmp_path, processes, in
     try:
         bport = backend.server_address[1]
         args = ["--interface", interface] if interface else []
-        proc = start(tmp_path, _manifest(bport), args=args)
+        proc = start(tmp_path, route_yaml(bport), args=args)
         processes.append(proc)
         eventually(lambda: get(url("127.0.0.1", proc.admin, "/readyz"))[0] == 200,
                    what="/readyz on 127.0.0.1")
@@ -211,33 +211,6 @@ def test_an_interface_narrows_every_listener_to_that_address(
     assert refuses(other, proc.proxy)
 
 
-def _manifest(backend_port):
-    return textwrap.dedent(f"""\
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: demo, namespace: default}}
-        spec:
-          clusterIP: 127.0.0.1
-          ports: [{{name: http, port: {backend_port}}}]
-        ---
-        apiVersion: discovery.k8s.io/v1
-        kind: EndpointSlice
-        metadata:
-          name: demo-1
-          namespace: default
-          labels: {{kubernetes.io/service-name: demo}}
-        addressType: IPv4
-        endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
-        ports: [{{name: http, port: {backend_port}}}]
-        ---
-        apiVersion: http.keda.sh/v1beta1
-        kind: InterceptorRoute
-        metadata: {{name: demo, namespace: default}}
-        spec:
-          target: {{service: demo, portName: http}}
-          rules: [{{hosts: [demo.test]}}]
-          scalingMetric: {{concurrency: {{targetValue: 10}}}}
-        """)
 
 
 # In-process: what a process on this machine cannot show.

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import route_yaml
 from tests.netsupport import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,32 +63,7 @@ def eventually(check, timeout=15.0, what="condition"):
 
 
 def manifest(backend_port, host="demo.test", name="demo"):
-    return textwrap.dedent(f"""\
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: demo, namespace: default}}
-        spec:
-          clusterIP: 127.0.0.1
-          ports: [{{name: http, port: {backend_port}}}]
-        ---
-        apiVersion: discovery.k8s.io/v1
-        kind: EndpointSlice
-        metadata:
-          name: demo-1
-          namespace: default
-          labels: {{kubernetes.io/service-name: demo}}
-        addressType: IPv4
-        endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
-        ports: [{{name: http, port: {backend_port}}}]
-        ---
-        apiVersion: http.keda.sh/v1beta1
-        kind: InterceptorRoute
-        metadata: {{name: {name}, namespace: default}}
-        spec:
-          target: {{service: demo, portName: http}}
-          rules: [{{hosts: [{host}]}}]
-          scalingMetric: {{concurrency: {{targetValue: 10}}}}
-        """)
+    return route_yaml(backend_port, host, name)
 
 
 @pytest.fixture
