@@ -344,7 +344,7 @@ def test_creator_cache_keeps_the_most_recently_used_names(trusting):
     assert upstream.cache_size == size == 1024
     names = [f"svc{i}.default".encode() for i in range(size + 1)]
     first = [upstream.creatorForNetloc(name, 443) for name in names]
-    for name, creator in zip(names[1:], first[1:]):  # hits: nothing evicted
+    for name, creator in zip(names[1:], first[1:], strict=True):  # hits: nothing evicted
         assert upstream.creatorForNetloc(name, 443) is creator
     rebuilt = upstream.creatorForNetloc(names[0], 443)
     assert rebuilt is not first[0]
@@ -408,8 +408,8 @@ def test_system_trust_is_kept(tmp_path, monkeypatch, pod):
 
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "elsewhere.pem"))
     upstream = UpstreamTLS.from_config(config())
-    assert isinstance((yield handshake_error(upstream.creatorForNetloc(b"web.default", port), port)),
-                      SSL.Error)
+    creator = upstream.creatorForNetloc(b"web.default", port)
+    assert isinstance((yield handshake_error(creator, port)), SSL.Error)
 
 
 @pytest_twisted.inlineCallbacks
