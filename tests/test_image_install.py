@@ -235,7 +235,7 @@ def test_dockerfile_matches_the_chart():
     bytecode written at run time."""
     image = final_stage()
     assert image["entrypoint"] == [f"{IMAGE_VENV}/bin/twistd", "-n", "--pidfile=",
-                                   "keda-interceptor"]
+                                   "-r", "keda-epoll", "keda-interceptor"]
     assert set(CHART_PORTS.values()) | {2223} <= image["expose"]
     uid, _, gid = image["user"].partition(":")
     assert uid.isdigit() and int(uid) != 0 and (not gid or gid.isdigit())
