@@ -1,5 +1,5 @@
 """
-Latency under bursts (issue #16): keda-interceptor side by side with Go's
+Latency under bursts: keda-interceptor side by side with Go's
 ``httputil.ReverseProxy`` on one core, at 1, 32, 256 and 1,024 keep-alive
 connections, in one run, one table.
 
@@ -57,7 +57,7 @@ HERE = Path(__file__).resolve().parent
 GO_SOURCE = HERE / "goproxy" / "main.go"
 GO_HINT = "apt-get update && apt-get install -y golang-go"
 
-#: issue #16's bound: the interceptor's p99 against Go's, at 256 and 1,024
+#: the bound we hold to: the interceptor's p99 against Go's, at 256 and 1,024
 P99_RATIO_MAX = 1.5
 P99_CHECKED_AT = (256, 1024)
 

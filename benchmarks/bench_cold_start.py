@@ -39,7 +39,7 @@ must come back to ``Concurrency == 0``.
 
 Scenarios (``--quick``: D = 2 s and N = 1, 100 and a 1,000 stress):
 
-- direct-pod routing, N = 1, 100, 1,000: issue #5 targets for 1,000:
+- direct-pod routing, N = 1, 100, 1,000: the targets for 1,000:
   p50 <= 30 ms, p99 <= 150 ms;
 - Service address (direct-pod routing off), N = 1, 100, 1,000: about D;
 - direct-pod routing, 10,000 held: all 200 within 2 s of readiness, none
@@ -123,7 +123,7 @@ SERVICE_IP = "127.0.0.3"
 REQUEST = (f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bench-cold-start\r\n"
            "Accept: */*\r\n\r\n").encode()
 
-#: issue #5's targets
+#: the cold-start targets
 TARGET_P50_MS = 30.0
 TARGET_P99_MS = 150.0
 TARGET_STRESS_MS = 2000.0

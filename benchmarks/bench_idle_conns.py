@@ -12,7 +12,7 @@ client in this process.  Each connection sends one GET (``Host:
 bench.local``) that is forwarded to the backend, reads the whole response,
 and then stays open and idle.  The interceptor's VmRSS (from
 ``/proc/PID/status``) is read before (after one request) and with every
-connection open; issue #3's target is <= 150 MB.  A sample of the idle
+connection open; the target is <= 150 MB.  A sample of the idle
 connections then sends a second request, to prove they were still usable,
 and finally all are closed.
 

@@ -52,7 +52,7 @@ DEFAULT_TARGETS = ("direct", "nginx", "keda")
 LABELS = {"direct": "backend direct", "nginx": "nginx-proxy", "keda": "keda-interceptor",
           "hello": "twisted.web hello (no proxy)", "rawproxy": "raw Twisted proxy"}
 
-#: Issue #3's targets for keda-interceptor at 32 connections.
+#: The targets for keda-interceptor at 32 connections.
 TARGET_RPS = 8000
 TARGET_P99_MS = 15.0
 
@@ -112,7 +112,7 @@ def parse_args(argv=None):
                          "cProfile (--profiler=cprofile --savestats, stats to FILE), load it "
                          "for --duration s, and print calls per request and the hot spots")
     ap.add_argument("--check", action="store_true",
-                    help="exit 1 if keda-interceptor misses the issue #3 targets")
+                    help="exit 1 if keda-interceptor misses the targets")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="before measuring, wait up to S seconds for other processes to "
                          "use under 10%% of a core (0: do not wait)")
