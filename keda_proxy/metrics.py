@@ -440,16 +440,26 @@ class MetricsResource(Resource):
         return body
 
 
+def plain_text(request, code: int = 200) -> None:
+    """The status and headers of Go's plain-text answers (C{http.Error},
+    C{http.NotFound}, the pprof text pages)."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+
+
 class NotFound(Resource):
-    """Go's ``http.NotFound``."""
+    """Go's ``http.NotFound`` (or another 404 C{body})."""
 
     isLeaf = True
 
+    def __init__(self, body: bytes = b"404 page not found\n"):
+        super().__init__()
+        self.body = body
+
     def render(self, request):
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        return b"404 page not found\n"
+        plain_text(request, 404)
+        return self.body
 
 
 class _MetricsRoot(Resource):

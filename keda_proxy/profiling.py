@@ -49,7 +49,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from keda_proxy.adminsite import AdminSite
-from keda_proxy.metrics import NotFound
+from keda_proxy.metrics import NotFound, plain_text
 
 log = Logger()
 
@@ -517,10 +517,8 @@ def in_thread(reactor, name: str, work: Callable, *args) -> Deferred:
 def _pprof_error(request, code: int, text: str) -> bytes:
     """Go's C{serveError}: plain text, and the ``X-Go-Pprof`` header that
     tells ``go tool pprof`` to show the text."""
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    plain_text(request, code)
     request.setHeader(b"x-go-pprof", b"1")
-    request.setHeader(b"x-content-type-options", b"nosniff")
     request.responseHeaders.removeHeader(b"content-disposition")
     return text.encode("utf-8") + b"\n"
 
@@ -629,8 +627,7 @@ class HeapResource(_Deferred):
         d = in_thread(self.reactor, "pprof-heap", heap_summary, top)
 
         def write(request, body):
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            request.setHeader(b"x-content-type-options", b"nosniff")
+            plain_text(request)
             return body
 
         return self._answer(request, d, write)
@@ -646,8 +643,7 @@ class ThreadsResource(Resource):
         debug = _int_arg(request, "debug") or 0
         reactor_ident = threading.get_ident()  # requests are served on the reactor
         if debug > 0:
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            request.setHeader(b"x-content-type-options", b"nosniff")
+            plain_text(request)
             return thread_dump(reactor_ident, grouped=debug == 1)
         _octet_stream(request, "goroutine")
         return thread_profile(reactor_ident).gzipped()
@@ -659,8 +655,7 @@ class CmdlineResource(Resource):
     isLeaf = True
 
     def render_GET(self, request):
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"x-content-type-options", b"nosniff")
+        plain_text(request)
         return "\0".join([sys.executable] + sys.argv).encode("utf-8", "replace")
 
 
@@ -689,7 +684,7 @@ class IndexResource(Resource):
         self.putChild(b"heap", HeapResource(reactor))
         self.putChild(b"goroutine", ThreadsResource())
         self.putChild(b"cmdline", CmdlineResource())
-        self.unknown = _UnknownProfile()
+        self.unknown = NotFound(b"Unknown profile\n")
 
     def getChild(self, path, request):
         if path == b"":
@@ -709,16 +704,6 @@ class IndexResource(Resource):
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"x-content-type-options", b"nosniff")
         return page.encode("utf-8")
-
-
-class _UnknownProfile(Resource):
-    isLeaf = True
-
-    def render(self, request):
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        return b"Unknown profile\n"
 
 
 class _Redirect(Resource):
