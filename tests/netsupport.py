@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import treq
 from twisted.internet import reactor
@@ -33,6 +34,27 @@ def wait_for(predicate, timeout=10.0, step=0.01, what="condition"):
         if reactor.seconds() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         yield deferLater(reactor, step, lambda: None)
+
+
+def eventually(check, timeout=15.0, what="condition", retry_on=(OSError,), step=0.05,
+               describe=None):
+    """Call C{check} until it returns something true, and return that; a
+    blocking poll, for tests that drive a separate process.  Exceptions of
+    C{retry_on} count as "not yet"; after C{timeout} the assertion names
+    C{what}, the last such error, and C{describe()} when given (a process's
+    log, say).  C{check} may raise AssertionError to stop at once."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except retry_on as e:
+            last = e
+        time.sleep(step)
+    extra = "" if describe is None else ":\n" + describe()
+    raise AssertionError(f"timed out waiting for {what} (last error: {last!r}){extra}")
 
 
 class Backend(resource.Resource):

@@ -23,7 +23,6 @@ import socket
 import socketserver
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -33,6 +32,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from tests import netsupport
+from tests.builders import route_yaml
 from tests.netsupport import free_port
 
 TWISTD = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "keda-interceptor"]
@@ -330,49 +331,13 @@ class Upstream(socketserver.ThreadingTCPServer):
 # -- the interceptor -------------------------------------------------------
 
 def manifests(ports: Dict[str, int]) -> str:
-    docs = []
-    for name, port in ports.items():
-        docs.append(textwrap.dedent(f"""\
-            apiVersion: v1
-            kind: Service
-            metadata: {{name: {name}, namespace: default}}
-            spec:
-              clusterIP: 127.0.0.1
-              ports: [{{name: http, port: {port}}}]
-            ---
-            apiVersion: discovery.k8s.io/v1
-            kind: EndpointSlice
-            metadata:
-              name: {name}-1
-              namespace: default
-              labels: {{kubernetes.io/service-name: {name}}}
-            addressType: IPv4
-            endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
-            ports: [{{name: http, port: {port}}}]
-            ---
-            apiVersion: http.keda.sh/v1beta1
-            kind: InterceptorRoute
-            metadata: {{name: {name}, namespace: default}}
-            spec:
-              target: {{service: {name}, portName: http}}
-              rules: [{{hosts: [{host(name)}]}}]
-              scalingMetric: {{concurrency: {{targetValue: 10}}}}
-            """))
-    return "---\n".join(docs)
+    return "---\n".join(route_yaml(port, host(name), name, service=name)
+                         for name, port in ports.items())
 
 
 def eventually(check, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (OSError, AssertionError, ValueError) as e:
-            last = e
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    return netsupport.eventually(check, timeout, what, step=0.02,
+                                 retry_on=(OSError, AssertionError, ValueError))
 
 
 def poll(check, timeout: float) -> bool:

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import netsupport
 from tests.builders import route_yaml
 from tests.netsupport import free_port
 
@@ -200,19 +200,18 @@ def get(url, host=None, timeout=5.0):
 
 
 def eventually(check, proc, log: Path, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """L{netsupport.eventually}, failing at once, with the log, if C{proc}
+    exits meanwhile."""
+    def tail():
+        return log.read_text(errors="replace")[-4000:]
+
+    def alive_and_checked():
         if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode} while waiting for {what}:\n"
-                                 + log.read_text(errors="replace")[-4000:])
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}:\n"
-                         + log.read_text(errors="replace")[-4000:])
+            raise AssertionError(
+                f"exited with {proc.returncode} while waiting for {what}:\n{tail()}")
+        return check()
+
+    return netsupport.eventually(alive_and_checked, timeout, what, step=0.1, describe=tail)
 
 
 def without_capabilities() -> list[str]:

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,7 +26,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from keda_proxy import app
 from tests.builders import route_yaml
-from tests.netsupport import free_port
+from tests.netsupport import eventually, free_port
 
 TWISTD = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "keda-interceptor"]
 
@@ -65,18 +64,6 @@ def refuses(host, port) -> bool:
     except ConnectionRefusedError:
         return True
     return False
-
-
-def eventually(check, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start(tmp_path, manifest_text="", args=(), **env_extra):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import route_yaml
-from tests.netsupport import free_port
+from tests.netsupport import eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -46,20 +46,6 @@ def http(url, host=None, timeout=5.0):
             return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read()
-
-
-def eventually(check, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except OSError as e:
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
 def manifest(backend_port, host="demo.test", name="demo"):
