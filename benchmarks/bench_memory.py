@@ -60,7 +60,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,9 +67,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import benchlib as bl  # noqa: E402
-
-from tests import fakeapi  # noqa: E402
-from tests.kubeconfig import write_kubeconfig  # noqa: E402
 
 #: The chart's (keda-add-ons-http v0.16) interceptor args and env, default
 #: values; the ports are replaced by free ones.
@@ -241,43 +237,6 @@ def mib(kb) -> str:
 
 
 # -- the pieces --------------------------------------------------------------------------
-
-
-def start_fake_api(td: bl.Teardown, backend_port: int, routes: int, cpu: int) -> str:
-    """The fake API server in a child process, seeded; returns a kubeconfig."""
-    log_path = td.dir / "fake-api.log"
-    logf = open(log_path, "wb")
-    # it runs until its stdin closes: a pipe, closed when this script ends
-    p = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "tests.fakeapi",
-                          "--bookmark-interval", "30"], cwd=ROOT, stdin=subprocess.PIPE,
-                         stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                         preexec_fn=bl._child_setup)
-    td.procs.procs.append(("fake-api", p, logf))
-    with open(td.procs.pgid_file, "a") as f:
-        f.write(f"{p.pid}\n")
-    deadline = time.monotonic() + 15
-    while not re.search(r"^PORT \d+", log_path.read_text(), re.M):
-        if p.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("fake API server did not start:\n" + log_path.read_text())
-        time.sleep(0.05)
-    port = int(re.search(r"^PORT (\d+)", log_path.read_text(), re.M).group(1))
-    objs = []
-    for i in range(routes):
-        name = f"backend-{i}"
-        host = bl.BENCH_HOST if i == 0 else f"r{i}.{bl.BENCH_HOST}"
-        objs.append(fakeapi.service(name, "bench", ports=(("http", backend_port),),
-                                    cluster_ip="127.0.0.1"))
-        objs.append(fakeapi.endpoint_slice(name, "bench", service=name, ips=["127.0.0.1"],
-                                           port=backend_port))
-        objs.append(fakeapi.interceptor_route(f"r{i}", "bench", service=name,
-                                              port=backend_port, hosts=[host]))
-    for start in range(0, len(objs), 2000):
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/fake/objects", method="POST",
-                                     data=json.dumps(objs[start:start + 2000]).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            resp.read()
-    return write_kubeconfig(td.dir / "kubeconfig", f"http://127.0.0.1:{port}")
 
 
 class Interceptor:
@@ -532,7 +491,7 @@ def main(argv=None) -> int:
                        bl.nginx_backend_conf(td.dir / "backend", be_port), args.load_cpu)
         bl.log(f"starting the fake API server with {args.routes} routes")
         states = {False: ["--kubeconfig",
-                          start_fake_api(td, be_port, args.routes, args.load_cpu)],
+                          bl.start_fake_api(td, be_port, args.routes, args.load_cpu)],
                   True: ["--manifests",
                          str(bl.write_manifests(td.dir / "manifests", be_port, args.routes))]}
         script = td.dir / "routes.lua"

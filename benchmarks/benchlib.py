@@ -131,11 +131,11 @@ class Processes:
         self.pgid_file = pgid_file
 
     def start(self, name: str, argv: List[str], log_path: Path, env=None,
-              cwd=None) -> subprocess.Popen:
+              cwd=None, stdin=subprocess.DEVNULL) -> subprocess.Popen:
         logf = open(log_path, "wb")
         p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
                              cwd=cwd, start_new_session=True, preexec_fn=_child_setup,
-                             stdin=subprocess.DEVNULL)
+                             stdin=stdin)
         self.procs.append((name, p, logf))
         if self.pgid_file is not None:
             with open(self.pgid_file, "a") as f:
@@ -706,3 +706,45 @@ class CpuMeter:
         if os.environ.get("BENCH_DEBUG"):
             log(f"other CPU: {self.top_others}")
         return False
+
+
+def start_fake_api(td: "Teardown", backend_port: int, routes: int,
+                   cpu: Optional[int] = None) -> str:
+    """The suite's fake Kubernetes API server (tests/fakeapi.py) in a child
+    process, holding the same objects as L{write_manifests}; returns a
+    kubeconfig for it."""
+    import json
+    import re
+
+    from tests import fakeapi
+    from tests.kubeconfig import write_kubeconfig
+
+    log_path = td.dir / "fake-api.log"
+    argv = [sys.executable, "-m", "tests.fakeapi", "--bookmark-interval", "30"]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    # it runs until its stdin closes: a pipe, closed when this script ends
+    p = td.procs.start("fake-api", argv, log_path, cwd=REPO, stdin=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while not re.search(r"^PORT \d+", log_path.read_text(), re.M):
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("fake API server did not start:\n" + log_path.read_text())
+        time.sleep(0.05)
+    port = int(re.search(r"^PORT (\d+)", log_path.read_text(), re.M).group(1))
+    objs = []
+    for i in range(routes):
+        name = f"backend-{i}"
+        host = BENCH_HOST if i == 0 else f"r{i}.{BENCH_HOST}"
+        objs.append(fakeapi.service(name, "bench", ports=(("http", backend_port),),
+                                    cluster_ip="127.0.0.1"))
+        objs.append(fakeapi.endpoint_slice(name, "bench", service=name, ips=["127.0.0.1"],
+                                           port=backend_port))
+        objs.append(fakeapi.interceptor_route(f"r{i}", "bench", service=name,
+                                              port=backend_port, hosts=[host]))
+    for start in range(0, len(objs), 2000):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/fake/objects", method="POST",
+                                     data=json.dumps(objs[start:start + 2000]).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+    return write_kubeconfig(td.dir / "kubeconfig", f"http://127.0.0.1:{port}")

@@ -36,14 +36,11 @@ runs on loopback, and is stopped at the end (also on Ctrl-C or an error).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +49,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import benchlib as bl  # noqa: E402
 
-from tests import fakeapi  # noqa: E402
-from tests.kubeconfig import write_kubeconfig  # noqa: E402
 from tests.test_image_install import (  # noqa: E402
     CHART_ARGS,
     CHART_ENV,
@@ -84,41 +79,6 @@ def build_venv(top: Path) -> Path:
     image_sh("install", str(wheels), str(venv))
     image_sh("finish", str(venv))
     return venv
-
-
-def start_fake_api(td: bl.Teardown, backend_port: int, routes: int) -> str:
-    """The fake API server (tests/fakeapi.py) in a child process, holding
-    the same objects as L{bl.write_manifests}; returns a kubeconfig for it."""
-    log_path = td.dir / "fake-api.log"
-    logf = open(log_path, "wb")
-    # it runs until its stdin closes: a pipe, closed when this script ends
-    p = subprocess.Popen([sys.executable, "-m", "tests.fakeapi", "--bookmark-interval", "30"],
-                         cwd=ROOT, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    td.procs.procs.append(("fake-api", p, logf))
-    deadline = time.monotonic() + 15
-    while not re.search(r"^PORT \d+", log_path.read_text(), re.M):
-        if p.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("fake API server did not start:\n" + log_path.read_text())
-        time.sleep(0.05)
-    port = int(re.search(r"^PORT (\d+)", log_path.read_text(), re.M).group(1))
-    objs = []
-    for i in range(routes):
-        name = f"backend-{i}"
-        host = bl.BENCH_HOST if i == 0 else f"r{i}.{bl.BENCH_HOST}"
-        objs.append(fakeapi.service(name, "bench", ports=(("http", backend_port),),
-                                    cluster_ip="127.0.0.1"))
-        objs.append(fakeapi.endpoint_slice(name, "bench", service=name, ips=["127.0.0.1"],
-                                           port=backend_port))
-        objs.append(fakeapi.interceptor_route(f"r{i}", "bench", service=name,
-                                              port=backend_port, hosts=[host]))
-    for start in range(0, len(objs), 2000):
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/fake/objects", method="POST",
-                                     data=json.dumps(objs[start:start + 2000]).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            resp.read()
-    return write_kubeconfig(td.dir / "kubeconfig", f"http://127.0.0.1:{port}")
 
 
 def measure(td: bl.Teardown, venv: Path, source: list, args, tools) -> dict:
@@ -202,7 +162,7 @@ def main() -> int:
         bl.log(f"nginx backend on {backend_port} (pid {nginx['master']})")
         for name in args.sources.split(","):
             if name == "kube":
-                source = ["--kubeconfig", start_fake_api(td, backend_port, args.routes)]
+                source = ["--kubeconfig", bl.start_fake_api(td, backend_port, args.routes)]
             elif name == "manifests":
                 source = ["--manifests",
                           str(bl.write_manifests(td.dir / "manifests", backend_port,
