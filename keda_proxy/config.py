@@ -275,6 +275,15 @@ class EnvVar:
 
 #: Every variable the interceptor reads, in documentation order.
 # fmt: off
+
+def _deprecated_tls(suffix: str, config_field: str, parse) -> "EnvVar":
+    """A v0.15 ``KEDA_HTTP_PROXY_TLS_*`` policy name: it wins over v0.16's
+    ``KEDA_HTTP_TLS_*`` when set, with a warning, as in Go."""
+    new = f"KEDA_HTTP_TLS_{suffix}"
+    return EnvVar(f"KEDA_HTTP_PROXY_TLS_{suffix}", config_field, "", parse,
+                  f"Deprecated name of `{new}`; when set it wins and a warning is logged.",
+                  replaced_by=new, wins_if=_always)
+
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("KEDA_HTTP_PROXY_PORT", "proxy_port", "", _port,
            "Port of the plain-HTTP proxy server that receives user traffic.",
@@ -414,23 +423,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "Deprecated name of `KEDA_HTTP_TLS_SKIP_VERIFY`; when set (even to "
            "false) it wins and a warning is logged.",
            replaced_by="KEDA_HTTP_TLS_SKIP_VERIFY", wins_if=_always),
-    EnvVar("KEDA_HTTP_PROXY_TLS_MIN_VERSION", "tls_min_version", "", _tls_version,
-           "Deprecated name of `KEDA_HTTP_TLS_MIN_VERSION`; when set it wins and a "
-           "warning is logged.",
-           replaced_by="KEDA_HTTP_TLS_MIN_VERSION", wins_if=_always),
-    EnvVar("KEDA_HTTP_PROXY_TLS_MAX_VERSION", "tls_max_version", "", _tls_version,
-           "Deprecated name of `KEDA_HTTP_TLS_MAX_VERSION`; when set it wins and a "
-           "warning is logged.",
-           replaced_by="KEDA_HTTP_TLS_MAX_VERSION", wins_if=_always),
-    EnvVar("KEDA_HTTP_PROXY_TLS_CIPHER_SUITES", "tls_cipher_suites", "", _cipher_suites,
-           "Deprecated name of `KEDA_HTTP_TLS_CIPHER_SUITES`; when set it wins and a "
-           "warning is logged.",
-           replaced_by="KEDA_HTTP_TLS_CIPHER_SUITES", wins_if=_always),
-    EnvVar("KEDA_HTTP_PROXY_TLS_CURVE_PREFERENCES", "tls_curve_preferences", "",
-           _curves,
-           "Deprecated name of `KEDA_HTTP_TLS_CURVE_PREFERENCES`; when set it wins "
-           "and a warning is logged.",
-           replaced_by="KEDA_HTTP_TLS_CURVE_PREFERENCES", wins_if=_always),
+    _deprecated_tls("MIN_VERSION", "tls_min_version", _tls_version),
+    _deprecated_tls("MAX_VERSION", "tls_max_version", _tls_version),
+    _deprecated_tls("CIPHER_SUITES", "tls_cipher_suites", _cipher_suites),
+    _deprecated_tls("CURVE_PREFERENCES", "tls_curve_preferences", _curves),
 )
 # fmt: on
 
