@@ -48,11 +48,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, os.environ.get("KEDA_BENCH_SOURCE") or str(HERE.parent))
 
 try:
-    from keda_proxy.app import GC_THRESHOLDS
+    from keda_proxy._app import GC_THRESHOLDS
 except ImportError:  # a tree from before it was named (--source)
     GC_THRESHOLDS = (100_000, 50, 1000)
-from keda_proxy.metrics import ProxyMetrics  # noqa: E402
-from keda_proxy.model import KIND_ENDPOINT_SLICE  # noqa: E402
+from keda_proxy.ops._metrics import ProxyMetrics  # noqa: E402
+from keda_proxy.state._model import KIND_ENDPOINT_SLICE  # noqa: E402
 from tests.builders import endpoint_slice, load, route, service  # noqa: E402
 from tests.proxyfakes import Harness  # noqa: E402
 
@@ -77,7 +77,7 @@ def setup(routes=200):
     if os.environ.get("KEDA_BENCH_TRACING"):
         # tracing on, with nothing exporting: the queue drops its oldest
         # spans, as with a collector that is down
-        from keda_proxy.tracing import Tracer
+        from keda_proxy.ops._tracing import Tracer
 
         h.pipeline.tracer = Tracer()
     rs = bench_routes(routes)
@@ -114,7 +114,7 @@ def one_turn(clock):
 def cold_round(n, profiler=None, release=True):
     """One cold start of C{n} requests; returns the CPU seconds of the
     release (or only holds them, without C{release})."""
-    from keda_proxy.proxy import ProxySettings
+    from keda_proxy.steps._exchange import ProxySettings
 
     # No idle or response-header timers: task.Clock sorts its whole list on
     # every callLater, which would make a thousand of them the main cost.
@@ -196,7 +196,7 @@ def main():
     parser.add_argument("--source", action="append", metavar="REF-OR-DIR")
     parser.add_argument("--once", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    # the collector as in production (keda_proxy.app): the state loaded
+    # the collector as in production (keda_proxy._app): the state loaded
     # before the first request is frozen out of every collection
     gc.set_threshold(*GC_THRESHOLDS)
     gc.collect()

@@ -49,10 +49,10 @@ sys.path.insert(0, str(ROOT))
 from twisted.internet import reactor  # noqa: E402  (an entry point may use the global reactor)
 from twisted.internet.task import LoopingCall  # noqa: E402
 
-from keda_proxy.kube_client import load_api_client  # noqa: E402
-from keda_proxy.kube_source import KubernetesSource  # noqa: E402
-from keda_proxy.model import ALL_KINDS  # noqa: E402
-from keda_proxy.store import StateStore  # noqa: E402
+from keda_proxy.state._kube_client import load_api_client  # noqa: E402
+from keda_proxy.state._kube_source import KubernetesSource  # noqa: E402
+from keda_proxy.state._model import ALL_KINDS  # noqa: E402
+from keda_proxy.state._store import StateStore  # noqa: E402
 from tests.fakeapi import endpoint_slice, interceptor_route, service  # noqa: E402
 from tests.kubeconfig import write_kubeconfig  # noqa: E402
 

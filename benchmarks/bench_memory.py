@@ -387,9 +387,10 @@ _IMPORT_STEPS = (
      "from twisted.internet import epollreactor; epollreactor.install()"),
     ("twistd and the keda-interceptor plugin (keda_proxy.tap)",
      "import twisted.scripts.twistd, twisted.application.app, keda_proxy.tap"),
-    ("keda_proxy.app (proxy, admin, metrics, store)", "import keda_proxy.app"),
+    ("keda_proxy._app (proxy, admin, metrics, store)", "import keda_proxy._app"),
     ("the kubernetes package (client, config, watch...)", "import kubernetes"),
-    ("keda_proxy.kube_source (the API classes it uses)", "import keda_proxy.kube_source"),
+    ("keda_proxy.state._kube_source (the API classes it uses)",
+     "import keda_proxy.state._kube_source"),
 )
 
 _IMPORTS_PROBE = r"""

@@ -21,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keda_proxy.model import (
+from keda_proxy.state._model import (
     HeaderMatch,
     RequestFacts,
     Route,
     RoutingRule,
     ServiceRef,
 )
-from keda_proxy.routing import RoutingTable, normalize_host
+from keda_proxy.state._routing import RoutingTable, normalize_host
 
 SIZES = (10, 100, 1_000, 10_000)
 MAX_RATIO = 2.0

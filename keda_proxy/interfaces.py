@@ -1,7 +1,7 @@
 """
 The proxy's replaceable parts, declared in one place.
 
-The request pipeline (``keda_proxy.proxy``) talks only to these
+The request pipeline (``keda_proxy.steps._exchange``) talks only to these
 interfaces, so a test or a deployment can swap any step: the routing
 table, a third-party routing plugin, the endpoint selection, or the
 source of cluster state.
@@ -15,8 +15,8 @@ class IRouter(Interface):
 
     def route(request):
         """
-        @param request: a L{keda_proxy.model.RequestFacts}.
-        @return: the matching L{keda_proxy.model.Route}, or L{None}.
+        @param request: a L{keda_proxy.state._model.RequestFacts}.
+        @return: the matching L{keda_proxy.state._model.Route}, or L{None}.
         """
 
 
@@ -35,10 +35,10 @@ class IRoutingPlugin(Interface):
 
     def route(request, snapshot):
         """
-        @param request: a L{keda_proxy.model.RequestFacts}.
-        @param snapshot: the current L{keda_proxy.store.Snapshot}; its
+        @param request: a L{keda_proxy.state._model.RequestFacts}.
+        @param snapshot: the current L{keda_proxy.state._store.Snapshot}; its
             C{routes} maps C{namespace/name} to every known route.
-        @return: a L{keda_proxy.model.Route} (normally one of
+        @return: a L{keda_proxy.state._model.Route} (normally one of
             C{snapshot.routes}), or L{None} to let the next step decide.
         """
 
@@ -52,7 +52,7 @@ class IEndpointSelector(Interface):
     def select(candidates, request):
         """
         @param candidates: a non-empty sequence of C{(ip, port)} pairs.
-        @param request: the L{keda_proxy.model.RequestFacts}.
+        @param request: the L{keda_proxy.state._model.RequestFacts}.
         @return: one of C{candidates}.
         """
 
@@ -79,7 +79,7 @@ class IEndpointSelectorPlugin(Interface):
 
 
 class IHeldRequest(Interface):
-    """A request held by L{keda_proxy.readiness.ReadinessGate.hold} until its
+    """A request held by L{keda_proxy.steps._readiness.ReadinessGate.hold} until its
     Service has a ready pod."""
 
     def ready(pod):
@@ -92,7 +92,7 @@ class IHeldRequest(Interface):
 
     def pod_connection():
         """What a pod connection for this request is made of, for opening
-        some while it waits (L{keda_proxy.prewarm.PodWarmer}).
+        some while it waits (L{keda_proxy.upstream._prewarm.PodWarmer}).
 
         @return: C{(scheme, TLS server name)}, or None for none.
         """
@@ -106,7 +106,7 @@ class IStateSink(Interface):
 
     def replace(kind, objects):
         """
-        Replace every object of C{kind} (one of L{keda_proxy.model.ALL_KINDS})
+        Replace every object of C{kind} (one of L{keda_proxy.state._model.ALL_KINDS})
         with C{objects}, a mapping of C{namespace/name} to a parsed value,
         and mark that kind as synced.
         """

@@ -13,8 +13,8 @@ import sys
 
 from twisted.python import usage
 
-from keda_proxy.descriptors import prepare_descriptors
-from keda_proxy.zaplog import ZapFlagError, ZapFlagOptions, with_zap_logging
+from keda_proxy.ops._zaplog import ZapFlagError, ZapFlagOptions, with_zap_logging
+from keda_proxy.state._descriptors import prepare_descriptors
 
 
 def _port(text):
@@ -56,8 +56,8 @@ def fail(message: str) -> None:
 def makeService(options):
     from twisted.internet import reactor
 
-    from keda_proxy.app import build_service
-    from keda_proxy.config import ConfigError, load_config
+    from keda_proxy._app import build_service
+    from keda_proxy.ops._config import ConfigError, load_config
 
     try:
         config = load_config(
@@ -72,7 +72,7 @@ def makeService(options):
         fail(str(e))
     server_tls = upstream_tls = None
     if config.proxy_tls_enabled:
-        from keda_proxy.tls import ServerTLS, TLSConfigError, UpstreamTLS
+        from keda_proxy._tls import ServerTLS, TLSConfigError, UpstreamTLS
 
         try:
             server_tls = ServerTLS.from_config(config)
@@ -80,7 +80,7 @@ def makeService(options):
         except TLSConfigError as e:
             fail(str(e))
     prepare_descriptors()  # before any thread starts
-    from keda_proxy.selection import UnknownSelector
+    from keda_proxy.steps._selection import UnknownSelector
 
     try:
         service = build_service(reactor, config, _source_factory(reactor, config),
@@ -88,14 +88,14 @@ def makeService(options):
                                 upstream_tls=upstream_tls)
     except UnknownSelector as e:
         fail(str(e))
-    # with a --zap-* flag, twistd logs zap lines to stdout (keda_proxy.zaplog)
+    # with a --zap-* flag, twistd logs zap lines to stdout (keda_proxy.ops._zaplog)
     return with_zap_logging(service, options)
 
 
 def _source_factory(reactor, config):
     """A function of the store that makes the configured source."""
     if config.manifests:
-        from keda_proxy.manifests import ManifestError, ManifestSource
+        from keda_proxy.state._manifests import ManifestError, ManifestSource
 
         def manifests(store):
             try:
@@ -104,7 +104,7 @@ def _source_factory(reactor, config):
                 fail(str(e))
 
         return manifests
-    from keda_proxy.kube_source import KubeConfigError, KubernetesSource, load_api_client
+    from keda_proxy.state._kube_source import KubeConfigError, KubernetesSource, load_api_client
 
     try:
         api_client = load_api_client(config.kubeconfig)

@@ -2,7 +2,7 @@
 
 import textwrap
 
-from keda_proxy.model import (
+from keda_proxy.state._model import (
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
     KIND_HTTP_SCALED_OBJECT,

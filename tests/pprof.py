@@ -2,7 +2,7 @@
 A small reader of pprof profiles (github.com/google/pprof's
 proto/profile.proto), written from the message definitions for the tests:
 it decodes the protocol buffers wire format on its own, so that it checks
-keda_proxy.profiling's writer rather than sharing code with it.
+keda_proxy.ops._profiling's writer rather than sharing code with it.
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from keda_proxy.app import ProxySite
-from keda_proxy.counting import QueueCounter
-from keda_proxy.pluginrouting import PluginRouter
-from keda_proxy.pool import ConnectionPool
-from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
-from keda_proxy.readiness import ReadinessGate
-from keda_proxy.store import StateStore
+from keda_proxy._app import ProxySite
+from keda_proxy.state._store import StateStore
+from keda_proxy.steps._counting import QueueCounter
+from keda_proxy.steps._exchange import Pipeline, ProxySettings, ReverseProxy
+from keda_proxy.steps._pluginrouting import PluginRouter
+from keda_proxy.steps._readiness import ReadinessGate
+from keda_proxy.upstream._pool import ConnectionPool
 
 
 class Upstream:

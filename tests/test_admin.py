@@ -1,5 +1,5 @@
 """
-The admin and metrics ports (keda_proxy.adminsite): GET and HEAD only, no
+The admin and metrics ports (keda_proxy.ops._adminsite): GET and HEAD only, no
 request body ever read or stored, bounded and timed request heads.  Driven
 over StringTransport on a MemoryReactorClock, plus one real-socket test.
 """
@@ -15,10 +15,10 @@ from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
 
-from keda_proxy.adminsite import HEAD_TIMEOUT, MAX_HEAD_SIZE
-from keda_proxy.app import Interceptor
-from keda_proxy.config import load_config
-from keda_proxy.model import ALL_KINDS
+from keda_proxy._app import Interceptor
+from keda_proxy.ops._adminsite import HEAD_TIMEOUT, MAX_HEAD_SIZE
+from keda_proxy.ops._config import load_config
+from keda_proxy.state._model import ALL_KINDS
 from tests.builders import endpoint_slice, load, route, service
 
 GIB = 1 << 30

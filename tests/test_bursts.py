@@ -17,9 +17,9 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 
-from keda_proxy import app
-from keda_proxy.pool import EXCESS_GRACE, ConnectionPool
-from keda_proxy.server import listen_backlog
+from keda_proxy import _app as app
+from keda_proxy.downstream._http1 import listen_backlog
+from keda_proxy.upstream._pool import EXCESS_GRACE, ConnectionPool
 from tests.test_pool import KEY, Dialler, pooled
 
 # -- the accept queue --------------------------------------------------------------

@@ -30,9 +30,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
 from zope.interface import implementer
 
-from keda_proxy import tls
-from keda_proxy.app import build_service
-from keda_proxy.tls import RELOAD_INTERVAL, CertificateWatcher, ServerTLS
+from keda_proxy import _tls as tls
+from keda_proxy._app import build_service
+from keda_proxy._tls import RELOAD_INTERVAL, CertificateWatcher, ServerTLS
 from tests.netsupport import wait_for
 from tests.test_tls import ProbeClient, capture, config, handshake
 

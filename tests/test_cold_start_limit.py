@@ -8,9 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
-from keda_proxy.metrics import ProxyMetrics
-from keda_proxy.model import OVERFLOW_PLACEHOLDER, StaticResponse, Timeouts
-from keda_proxy.proxy import ProxySettings
+from keda_proxy.ops._metrics import ProxyMetrics
+from keda_proxy.state._model import OVERFLOW_PLACEHOLDER, StaticResponse, Timeouts
+from keda_proxy.steps._exchange import ProxySettings
 from tests.builders import endpoint_slice, load, route, service
 from tests.proxyfakes import OK_5, Harness, response_body, response_headers, status_line
 
@@ -231,8 +231,8 @@ def test_rejections_are_counted_per_route():
 # -- wiring -------------------------------------------------------------------
 
 def test_the_variable_reaches_the_pipeline():
-    from keda_proxy.app import settings_from_config
-    from keda_proxy.config import load_config
+    from keda_proxy._app import settings_from_config
+    from keda_proxy.ops._config import load_config
 
     config = load_config({"KEDA_HTTP_PROXY_PORT": "1", "KEDA_HTTP_ADMIN_PORT": "2",
                           "KEDA_HTTP_COLD_START_MAX_PENDING_REQUESTS": "7"})

@@ -7,7 +7,7 @@ import pytest
 import trustme
 from twisted.logger import Logger, LogLevel, formatEvent
 
-from keda_proxy.config import (
+from keda_proxy.ops._config import (
     ENV_VARS,
     GO_CIPHER_SUITES,
     Config,
@@ -374,7 +374,7 @@ def test_x25519mlkem768_follows_the_openssl_in_use():
 def test_x25519mlkem768_refused_in_one_line_where_openssl_lacks_it(monkeypatch):
     """The other branch, whatever this machine's OpenSSL: the group is
     refused at startup, naming the variable, the value and the OpenSSL."""
-    from keda_proxy import tls
+    from keda_proxy import _tls as tls
 
     asked = []
 
@@ -395,7 +395,7 @@ def test_x25519mlkem768_refused_in_one_line_where_openssl_lacks_it(monkeypatch):
 
 
 def test_group_probe_asks_openssl():
-    from keda_proxy import tls
+    from keda_proxy import _tls as tls
 
     assert tls.group_supported("X25519MLKEM768") is openssl_has_x25519mlkem768()
     assert tls.group_supported("prime256v1") is True

@@ -1,6 +1,6 @@
-"""Tests for keda_proxy.counting: the numbers KEDA scales on."""
+"""Tests for keda_proxy.steps._counting: the numbers KEDA scales on."""
 
-from keda_proxy.counting import QueueCounter
+from keda_proxy.steps._counting import QueueCounter
 
 
 def test_enter_counts_in_and_release_counts_out_once():
@@ -121,7 +121,7 @@ def test_request_count_is_monotonic():
 def test_draining_waits_for_requests_of_a_removed_route():
     from twisted.internet.task import Clock
 
-    from keda_proxy.app import _wait_idle
+    from keda_proxy._app import _wait_idle
 
     clock, c = Clock(), QueueCounter()
     c.sync_keys(["ns/a"])

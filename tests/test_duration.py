@@ -2,7 +2,7 @@
 
 import pytest
 
-from keda_proxy.duration import parse_duration
+from keda_proxy.state._duration import parse_duration
 
 
 @pytest.mark.parametrize(

@@ -329,7 +329,7 @@ def test_connect_at_once_contains_an_error_from_connectionMade(reactor, listener
 def test_a_direct_endpoint_fires_at_once_on_this_reactor(reactor, listener):
     """The pool's pod dials take the at-once path: the connection is
     there when C{connect} returns."""
-    from keda_proxy.upstream import DirectEndpoint
+    from keda_proxy.upstream._dial import DirectEndpoint
 
     factory = DialFactory()
     d = DirectEndpoint(reactor, "127.0.0.1", listener.getsockname()[1], 5).connect(factory)
@@ -345,7 +345,7 @@ def test_a_direct_endpoint_on_the_stock_reactor_dials_with_connectTCP(
     """Without C{connect_at_once} (any reactor but keda-epoll) a pod dial
     is Twisted's C{connectTCP}: connected a turn or two later, the same
     connection otherwise."""
-    from keda_proxy.upstream import DirectEndpoint
+    from keda_proxy.upstream._dial import DirectEndpoint
 
     assert not hasattr(stock_reactor, "connect_at_once")
     factory = DialFactory()

@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 
-from keda_proxy.model import Timeouts
+from keda_proxy.state._model import Timeouts
 from tests.builders import endpoint_slice, route, service
 from tests.netsupport import Client
 from tests.proxyfakes import OK_5, Harness, response_body, response_headers, status_line

@@ -1,8 +1,9 @@
-"""Tests for keda_proxy.http1client.parse_head: what an upstream may send."""
+"""Tests for keda_proxy.upstream._http1client.parse_head: what an upstream may send."""
 
 import pytest
 
-from keda_proxy.http1client import (
+from keda_proxy.state._memo import LIMIT as _LINES_MAX
+from keda_proxy.upstream._http1client import (
     _HEAD_KEPT_MAX,
     _HEADS,
     _HEADS_LIMIT,
@@ -11,7 +12,6 @@ from keda_proxy.http1client import (
     UpstreamProtocolError,
     parse_head,
 )
-from keda_proxy.memo import LIMIT as _LINES_MAX
 
 
 def test_status_line_and_end_to_end_headers_in_order():
@@ -127,7 +127,8 @@ def test_a_head_seen_before_gets_the_same_answer_without_a_parse(raw, monkeypatc
     _HEADS.clear()
     first = parse_head(raw)
     assert isinstance(first.lines, tuple)  # shared between responses: immutable
-    monkeypatch.setattr("keda_proxy.http1client._STATUS_LINES", None)  # a parse would fail
+    # a parse would fail
+    monkeypatch.setattr("keda_proxy.upstream._http1client._STATUS_LINES", None)
     assert parse_head(raw) is first
 
 
@@ -180,7 +181,7 @@ def test_remembered_lines_are_bounded():
 def test_the_response_timer_follows_the_latest_deadline_without_a_timer_per_request():
     from twisted.internet.task import Clock
 
-    from keda_proxy.http1client import UpstreamConnection
+    from keda_proxy.upstream._http1client import UpstreamConnection
 
     clock = Clock()
     conn = UpstreamConnection(clock)
@@ -244,7 +245,7 @@ def _exchange(reads, method=b"GET", has_body=False, timeout=0):
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
-    from keda_proxy.http1client import UpstreamConnection
+    from keda_proxy.upstream._http1client import UpstreamConnection
 
     log = []
     conn = UpstreamConnection(Clock())
@@ -310,7 +311,7 @@ def test_whole_responses_are_pooled_only_when_safe(raw, method, has_body, expect
 def test_a_crlf_head_never_takes_the_lenient_bare_lf_pass(monkeypatch):
     """The lenient pass (bare LF line ends) is for broken upstreams only: a
     well-formed head, whatever its body holds, is split by the fast path."""
-    import keda_proxy.http1client as client
+    import keda_proxy.upstream._http1client as client
 
     def refuse(head):
         raise AssertionError("lenient pass taken")

@@ -12,11 +12,11 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 
-from keda_proxy.app import Interceptor
-from keda_proxy.config import load_config
-from keda_proxy.model import ALL_KINDS
-from keda_proxy.selection import RandomSelector
-from keda_proxy.upstream import StaticResolver
+from keda_proxy._app import Interceptor
+from keda_proxy.ops._config import load_config
+from keda_proxy.state._model import ALL_KINDS
+from keda_proxy.steps._selection import RandomSelector
+from keda_proxy.upstream._dial import StaticResolver
 from tests.builders import endpoint_slice, load, route, service
 from tests.netsupport import Client, RawClient, free_port, start_backend, wait_for
 

@@ -1,5 +1,5 @@
 """
-Item-by-item decoding of list responses (keda_proxy.kube_json) gives exactly
+Item-by-item decoding of list responses (keda_proxy.state._kube_json) gives exactly
 what json.loads gives, for any JSON object, however it is laid out.
 """
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keda_proxy.kube_json import ITEM, iter_list
+from keda_proxy.state._kube_json import ITEM, iter_list
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)

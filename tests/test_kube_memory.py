@@ -24,12 +24,12 @@ from kubernetes.client.exceptions import ApiException
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from keda_proxy import kube_source
-from keda_proxy.kube_client import load_api_client
-from keda_proxy.kube_source import KubernetesSource, release_free_heap
-from keda_proxy.kube_watch import WATCHED_KINDS, WatchTiming, _listing
-from keda_proxy.model import ALL_KINDS, KIND_CONFIG_MAP
-from keda_proxy.store import StateStore
+from keda_proxy.state import _kube_source as kube_source
+from keda_proxy.state._kube_client import load_api_client
+from keda_proxy.state._kube_source import KubernetesSource, release_free_heap
+from keda_proxy.state._kube_watch import WATCHED_KINDS, WatchTiming, _listing
+from keda_proxy.state._model import ALL_KINDS, KIND_CONFIG_MAP
+from keda_proxy.state._store import StateStore
 from tests.fakeapi import FakeApiServer, endpoint_slice, interceptor_route, service
 from tests.kubeconfig import kubeconfig_dict, write_kubeconfig
 from tests.netsupport import wait_for
@@ -157,10 +157,10 @@ def test_clients_without_param_serialize_use_the_generated_methods():
 _PROBE = textwrap.dedent("""
     import json, sys, time
     from twisted.internet import reactor
-    from keda_proxy.kube_client import load_api_client
-    from keda_proxy.kube_source import KubernetesSource
-    from keda_proxy.model import ALL_KINDS
-    from keda_proxy.store import StateStore
+    from keda_proxy.state._kube_client import load_api_client
+    from keda_proxy.state._kube_source import KubernetesSource
+    from keda_proxy.state._model import ALL_KINDS
+    from keda_proxy.state._store import StateStore
 
     store = StateStore(clock=reactor, expected_kinds=frozenset(ALL_KINDS))
     source = KubernetesSource(store, reactor, reactor, load_api_client(sys.argv[1]))

@@ -23,12 +23,12 @@ from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from keda_proxy.endpoints import service_endpoints
 from keda_proxy.interfaces import IStateSource
-from keda_proxy.kube_client import KubeConfigError, load_api_client
-from keda_proxy.kube_source import KubernetesSource
-from keda_proxy.kube_watch import WATCHED_KINDS, WatchTiming, backoff_delay
-from keda_proxy.model import (
+from keda_proxy.state._endpoints import service_endpoints
+from keda_proxy.state._kube_client import KubeConfigError, load_api_client
+from keda_proxy.state._kube_source import KubernetesSource
+from keda_proxy.state._kube_watch import WATCHED_KINDS, WatchTiming, backoff_delay
+from keda_proxy.state._model import (
     ALL_KINDS,
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
@@ -37,8 +37,8 @@ from keda_proxy.model import (
     KIND_SERVICE,
     RequestFacts,
 )
-from keda_proxy.resources import InvalidResource, parse_object
-from keda_proxy.store import StateStore, merge_routes
+from keda_proxy.state._resources import InvalidResource, parse_object
+from keda_proxy.state._store import StateStore, merge_routes
 from tests.fakeapi import (
     FakeApiServer,
     config_map,
@@ -159,7 +159,7 @@ def warnings():
     lines = []
 
     def observe(event):
-        if (event.get("log_namespace", "").startswith("keda_proxy.kube")
+        if (event.get("log_namespace", "").startswith("keda_proxy.state._kube")
                 and event.get("log_level") >= LogLevel.warn):
             lines.append(formatEvent(event))
 
@@ -486,7 +486,7 @@ async def test_invalid_object_is_logged_once_and_skipped(h, fake, warnings):
 
 @pytest_twisted.ensureDeferred
 async def test_oversize_config_map_is_skipped_with_one_warning(h, fake, warnings):
-    from keda_proxy.resources import MAX_CONFIG_MAP_BYTES
+    from keda_proxy.state._resources import MAX_CONFIG_MAP_BYTES
 
     seed(fake)
     page = "x" * (MAX_CONFIG_MAP_BYTES // 2)

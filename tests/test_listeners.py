@@ -24,7 +24,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel, globalLogPublisher
 
-from keda_proxy import app
+from keda_proxy import _app as app
 from tests.builders import route_yaml
 from tests.netsupport import eventually, free_port
 

@@ -1,5 +1,5 @@
 """
-Tests for keda_proxy.manifests: the file/folder source, on a fake clock.
+Tests for keda_proxy.state._manifests: the file/folder source, on a fake clock.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from keda_proxy import manifests as manifests_module
 from keda_proxy.interfaces import IStateSink, IStateSource
-from keda_proxy.manifests import MAX_FILE_BYTES, ManifestError, ManifestSource
-from keda_proxy.model import (
+from keda_proxy.state import _manifests as manifests_module
+from keda_proxy.state._manifests import MAX_FILE_BYTES, ManifestError, ManifestSource
+from keda_proxy.state._model import (
     ALL_KINDS,
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
@@ -450,7 +450,7 @@ def test_example_manifest_loads(tmp_path):
 
 
 def test_feeds_the_real_state_store(manifests):
-    from keda_proxy.store import StateStore
+    from keda_proxy.state._store import StateStore
 
     clock = Clock()
     store = StateStore(clock=clock)
@@ -711,7 +711,7 @@ def test_file_that_grows_while_it_is_read_is_cut_off_at_the_limit(manifests, mon
 
 
 def test_oversize_config_map_is_skipped_with_one_warning(manifests):
-    from keda_proxy.resources import MAX_CONFIG_MAP_BYTES
+    from keda_proxy.state._resources import MAX_CONFIG_MAP_BYTES
 
     h = Harness(manifests)
     page = "x" * (MAX_CONFIG_MAP_BYTES // 2)

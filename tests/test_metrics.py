@@ -1,8 +1,8 @@
-"""Tests for keda_proxy.metrics: real Prometheus text, Go's metric names."""
+"""Tests for keda_proxy.ops._metrics: real Prometheus text, Go's metric names."""
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from keda_proxy.metrics import ProxyMetrics
+from keda_proxy.ops._metrics import ProxyMetrics
 from tests.builders import endpoint_slice, load, route, service
 from tests.proxyfakes import OK_5, Harness
 

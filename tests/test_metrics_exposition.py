@@ -16,9 +16,8 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
-from keda_proxy.adminsite import AdminSite
-from keda_proxy.counting import QueueCounter
-from keda_proxy.metrics import (
+from keda_proxy.ops._adminsite import AdminSite
+from keda_proxy.ops._metrics import (
     SERVICE_NAME,
     ExpositionExtras,
     ProxyMetrics,
@@ -27,6 +26,7 @@ from keda_proxy.metrics import (
     resource_attributes,
     service_version,
 )
+from keda_proxy.steps._counting import QueueCounter
 from tests.netsupport import Client
 
 

@@ -13,9 +13,9 @@ from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
 from keda_proxy.interfaces import IEndpointSelector, IRouter, IRoutingPlugin
-from keda_proxy.pluginrouting import PluginRouter
-from keda_proxy.routing import RoutingTable
-from keda_proxy.selection import RandomSelector
+from keda_proxy.state._routing import RoutingTable
+from keda_proxy.steps._pluginrouting import PluginRouter
+from keda_proxy.steps._selection import RandomSelector
 from tests.builders import endpoint_slice, load, route, service
 from tests.proxyfakes import Harness
 
@@ -24,7 +24,7 @@ EXAMPLE = ROOT / "examples" / "routing-plugin"
 
 DISCOVER = """
 import json
-from keda_proxy.pluginrouting import discover_routing_plugins
+from keda_proxy.steps._pluginrouting import discover_routing_plugins
 print(json.dumps([[p.name, type(p).__module__] for p in discover_routing_plugins()]))
 """
 

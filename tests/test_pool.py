@@ -1,13 +1,13 @@
-"""Tests for keda_proxy.pool and the dialling in keda_proxy.upstream."""
+"""Tests for keda_proxy.upstream._pool and the dialling in keda_proxy.upstream._dial."""
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from keda_proxy.http1client import UpstreamConnection
-from keda_proxy.pool import EXCESS_GRACE, FRESH_ENOUGH, ConnectionPool
-from keda_proxy.upstream import RetryingEndpoint, SnapshotResolver, UpstreamEndpoints
+from keda_proxy.upstream._dial import RetryingEndpoint, SnapshotResolver, UpstreamEndpoints
+from keda_proxy.upstream._http1client import UpstreamConnection
+from keda_proxy.upstream._pool import EXCESS_GRACE, FRESH_ENOUGH, ConnectionPool
 from tests.builders import load, service
 
 KEY = (b"http", "web.default", 8080, "web.default")
@@ -183,7 +183,7 @@ def test_cancelling_a_dial_stops_the_attempt_and_the_retries():
 def test_service_names_resolve_to_the_cluster_ip_and_ip_literals_skip_dns():
     from twisted.internet.testing import MemoryReactorClock
 
-    from keda_proxy.store import StateStore
+    from keda_proxy.state._store import StateStore
 
     reactor = MemoryReactorClock()
     store = StateStore(clock=reactor)
@@ -201,7 +201,7 @@ def test_service_names_resolve_to_the_cluster_ip_and_ip_literals_skip_dns():
 
 
 def test_a_refusing_address_is_probed_by_one_request_at_a_time():
-    from keda_proxy.upstream import DialGate
+    from keda_proxy.upstream._dial import DialGate
 
     clock = Clock()
     gate = DialGate(clock)
@@ -227,7 +227,7 @@ def test_a_refusing_address_is_probed_by_one_request_at_a_time():
 
 
 def test_a_request_that_leaves_stops_waiting_for_its_turn():
-    from keda_proxy.upstream import DialGate
+    from keda_proxy.upstream._dial import DialGate
 
     clock = Clock()
     gate = DialGate(clock)
@@ -247,7 +247,7 @@ def test_a_request_that_leaves_stops_waiting_for_its_turn():
 def test_direct_endpoint_hands_over_the_connected_protocol_without_a_wrapper():
     from twisted.internet.testing import MemoryReactorClock
 
-    from keda_proxy.upstream import DirectEndpoint
+    from keda_proxy.upstream._dial import DirectEndpoint
 
     reactor = MemoryReactorClock()
     endpoint = DirectEndpoint(reactor, "fd00::1", 8080, 0.5)
@@ -268,7 +268,7 @@ def test_direct_endpoint_failure_and_cancel():
     from twisted.internet.testing import MemoryReactorClock
     from twisted.python.failure import Failure
 
-    from keda_proxy.upstream import DirectEndpoint
+    from keda_proxy.upstream._dial import DirectEndpoint
 
     reactor = MemoryReactorClock()
     endpoint = DirectEndpoint(reactor, "10.0.0.1", 80, 0.5)
@@ -296,7 +296,7 @@ def _factory():
 
 
 def test_ip_version_is_remembered_and_stays_right():
-    from keda_proxy.upstream import _IP_VERSIONS, ip_version
+    from keda_proxy.upstream._dial import _IP_VERSIONS, ip_version
 
     for _ in range(2):  # parsed, then remembered
         assert [ip_version(h) for h in ("10.0.0.7", "fd00::1", "web.default", "10.0.0")] \

@@ -1,11 +1,11 @@
-"""Tests for keda_proxy.prewarm: pod connections opened while requests wait."""
+"""Tests for keda_proxy.upstream._prewarm: pod connections opened while requests wait."""
 
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 
-from keda_proxy.model import Endpoint, EndpointPort, EndpointSlice
-from keda_proxy.prewarm import PodWarmer
-from keda_proxy.proxy import ProxySettings
+from keda_proxy.state._model import Endpoint, EndpointPort, EndpointSlice
+from keda_proxy.steps._exchange import ProxySettings
+from keda_proxy.upstream._prewarm import PodWarmer
 from tests.builders import endpoint_slice, load, route, service
 from tests.proxyfakes import OK_5, Harness, response_body
 
@@ -168,9 +168,9 @@ def test_stop_cancels_the_next_pass():
 def test_off_by_default_and_on_with_the_variable():
     from twisted.internet.testing import MemoryReactorClock
 
-    from keda_proxy.app import Interceptor
-    from keda_proxy.config import load_config
-    from keda_proxy.model import ALL_KINDS
+    from keda_proxy._app import Interceptor
+    from keda_proxy.ops._config import load_config
+    from keda_proxy.state._model import ALL_KINDS
 
     ports = {"KEDA_HTTP_PROXY_PORT": "1", "KEDA_HTTP_ADMIN_PORT": "2"}
     build = lambda env: Interceptor.build(  # noqa: E731

@@ -44,14 +44,15 @@ import twisted
 #: and proxy.py's uses; cross them off here as they go.
 ALLOWED = {
     # the admin port's channel is a ProxyChannel subclass, reusing its head checks
-    ("keda_proxy.adminsite", "_command"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.adminsite", "_handlingRequest"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.adminsite", "_receivedHeaderSize"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.adminsite", "_respondToBadRequestAndDisconnect"):
+    ("keda_proxy.ops._adminsite", "_command"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.ops._adminsite", "_handlingRequest"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.ops._adminsite", "_receivedHeaderSize"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.ops._adminsite", "_respondToBadRequestAndDisconnect"):
         "twisted.web.http.HTTPChannel",
     # eager writes: the transport's write buffer and disconnect state
-    ("keda_proxy.eagerwrite", "_tempDataBuffer"): "twisted.internet.abstract.FileDescriptor",
-    ("keda_proxy.eagerwrite", "_writeDisconnected"):
+    ("keda_proxy.downstream._eagerwrite", "_tempDataBuffer"):
+        "twisted.internet.abstract.FileDescriptor",
+    ("keda_proxy.downstream._eagerwrite", "_writeDisconnected"):
         "twisted.internet.abstract.FileDescriptor",
     # the keda-epoll reactor: the dispatch step and the TCP client's set-up
     ("keda_proxy.epolldispatch", "_commonConnection"): "twisted.internet.tcp.BaseClient",
@@ -64,45 +65,46 @@ ALLOWED = {
     ("keda_proxy.epolldispatch", "_requiresResolution"): "twisted.internet.tcp._BaseTCPClient",
     ("keda_proxy.epolldispatch", "_selectables"): "twisted.internet.epollreactor.EPollReactor",
     # header stores read and written without Headers' per-call normalisation
-    ("keda_proxy.headers", "_rawHeaders"): "twisted.web.http_headers.Headers",
-    ("keda_proxy.headers", "twisted.web.http_headers._nameEncoder"):
+    ("keda_proxy.wire._headers", "_rawHeaders"): "twisted.web.http_headers.Headers",
+    ("keda_proxy.wire._headers", "twisted.web.http_headers._nameEncoder"):
         "twisted.web.http_headers._nameEncoder",
-    ("keda_proxy.proxy", "_rawHeaders"): "twisted.web.http_headers.Headers",
-    ("keda_proxy.responses", "_disconnected"): "twisted.web.http.Request",
+    ("keda_proxy.steps._exchange", "_rawHeaders"): "twisted.web.http_headers.Headers",
+    ("keda_proxy.steps._responses", "_disconnected"): "twisted.web.http.Request",
     # the proxy's channel and request: twisted.web's HTTP/1.1 parser, reused
-    ("keda_proxy.server", "_HTTPChannel__first_line"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_adapterCache"): "twisted.python.components.Componentized",
-    ("keda_proxy.server", "_buffer"): "twisted.protocols.basic.LineReceiver",
-    ("keda_proxy.server", "_busyReceiving"): "twisted.protocols.basic.LineReceiver",
-    ("keda_proxy.server", "_cleanup"): "twisted.web.http.Request",
-    ("keda_proxy.server", "_command"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_dataBuffer"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_disconnected"): "twisted.web.http.Request",
-    ("keda_proxy.server", "_finishRequestBody"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_handlingRequest"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_networkProducer"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_parsePOSTFormSubmission"): "twisted.web.http.Request",
-    ("keda_proxy.server", "_path"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_rawHeaders"): "twisted.web.http_headers.Headers",
-    ("keda_proxy.server", "_receivedHeaderCount"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_receivedHeaderSize"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_respondToBadRequestAndDisconnect"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_savedTimeOut"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_send100Continue"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_transferDecoder"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_version"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.server", "_waitingForTransport"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_HTTPChannel__first_line"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_adapterCache"): "twisted.python.components.Componentized",
+    ("keda_proxy.downstream._http1", "_buffer"): "twisted.protocols.basic.LineReceiver",
+    ("keda_proxy.downstream._http1", "_busyReceiving"): "twisted.protocols.basic.LineReceiver",
+    ("keda_proxy.downstream._http1", "_cleanup"): "twisted.web.http.Request",
+    ("keda_proxy.downstream._http1", "_command"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_dataBuffer"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_disconnected"): "twisted.web.http.Request",
+    ("keda_proxy.downstream._http1", "_finishRequestBody"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_handlingRequest"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_networkProducer"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_parsePOSTFormSubmission"): "twisted.web.http.Request",
+    ("keda_proxy.downstream._http1", "_path"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_rawHeaders"): "twisted.web.http_headers.Headers",
+    ("keda_proxy.downstream._http1", "_receivedHeaderCount"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_receivedHeaderSize"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_respondToBadRequestAndDisconnect"):
+        "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_savedTimeOut"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_send100Continue"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_transferDecoder"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_version"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.downstream._http1", "_waitingForTransport"): "twisted.web.http.HTTPChannel",
     # an upgrade takes over the channel's socket and the bytes it buffered
-    ("keda_proxy.tunnel", "_buffer"): "twisted.protocols.basic.LineReceiver",
-    ("keda_proxy.tunnel", "_dataBuffer"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.tunnel", "_disconnected"): "twisted.web.http.Request",
+    ("keda_proxy.steps._tunnel", "_buffer"): "twisted.protocols.basic.LineReceiver",
+    ("keda_proxy.steps._tunnel", "_dataBuffer"): "twisted.web.http.HTTPChannel",
+    ("keda_proxy.steps._tunnel", "_disconnected"): "twisted.web.http.Request",
 }
 
 #: uses that only share a name with one of Twisted's (not on self), each
 #: looked at: what they are instead
 NOT_TWISTED = {
-    ("keda_proxy.counting", "_idle"): "keda_proxy.counting.QueueCounter._idle",
-    ("keda_proxy.tls", "_context"): "pyOpenSSL's SSL.Context._context (private to pyOpenSSL)",
+    ("keda_proxy.steps._counting", "_idle"): "keda_proxy.steps._counting.QueueCounter._idle",
+    ("keda_proxy._tls", "_context"): "pyOpenSSL's SSL.Context._context (private to pyOpenSSL)",
 }
 
 SOURCES = Path(keda_proxy.__file__).resolve().parent

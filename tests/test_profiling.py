@@ -1,5 +1,5 @@
 """
-The profiling endpoint (keda_proxy.profiling) on PROFILING_BIND_ADDRESS:
+The profiling endpoint (keda_proxy.ops._profiling) on PROFILING_BIND_ADDRESS:
 the whole service built as twistd builds it, on real loopback sockets,
 with requests flowing through the proxy while profiles are taken; the
 profiles are read back with the test's own pprof reader (tests/pprof.py)
@@ -23,9 +23,9 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.protocol import Factory
 
-from keda_proxy.app import Listener, ListenFailed, build_service
-from keda_proxy.config import ConfigError, load_config, parse_bind_address
-from keda_proxy.profiling import MAX_SECONDS, CPUSampler, PprofProfile
+from keda_proxy._app import Listener, ListenFailed, build_service
+from keda_proxy.ops._config import ConfigError, load_config, parse_bind_address
+from keda_proxy.ops._profiling import MAX_SECONDS, CPUSampler, PprofProfile
 from tests import pprof
 from tests.builders import endpoint_slice, load, route, service
 from tests.netsupport import Client, RawClient, start_backend, wait_for
@@ -307,7 +307,7 @@ def test_every_threads_stack_as_text_the_reactors_included(rig):
     # the reactor first, named, its stack down to the resource answering
     assert "(reactor)" in first.splitlines()[0]
     assert "Stack (most recent call last):" in first
-    assert "keda_proxy/profiling.py" in first and "in render_GET" in first
+    assert "keda_proxy/ops/_profiling.py" in first and "in render_GET" in first
     assert "twisted/web/server.py" in first
     assert header == f"{len(threading.enumerate())} threads in process {os.getpid()}"
     for t in threading.enumerate():
@@ -327,7 +327,7 @@ def test_threads_grouped_and_as_a_pprof_profile(rig):
     assert p.sample_types == [("goroutine", "count")]
     assert len(p.samples) == len(threading.enumerate())
     [reactor_stack] = [names for thread, names, _ in p.stacks() if thread.endswith("(reactor)")]
-    assert reactor_stack[0].startswith("keda_proxy.profiling.")
+    assert reactor_stack[0].startswith("keda_proxy.ops._profiling.")
 
 
 @pytest_twisted.inlineCallbacks

@@ -1,5 +1,5 @@
 """
-Unit tests for the request pipeline (keda_proxy.proxy, server, http1client,
+Unit tests for the request pipeline (keda_proxy.steps._exchange, server, http1client,
 pool), driven through the real Site and the real upstream protocol over
 StringTransports on a MemoryReactorClock.
 """
@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from keda_proxy.interfaces import IRoutingPlugin
-from keda_proxy.model import (
+from keda_proxy.state._model import (
     MODE_ALWAYS,
     ConfigMapKeyRef,
     HeaderMatch,
@@ -21,7 +21,7 @@ from keda_proxy.model import (
     StaticRoute,
     Timeouts,
 )
-from keda_proxy.proxy import ProxySettings, join_host_port
+from keda_proxy.steps._exchange import ProxySettings, join_host_port
 from tests.builders import configmap, endpoint_slice, load, route, service
 from tests.proxyfakes import (
     OK_5,
@@ -764,7 +764,7 @@ def test_static_body_without_a_type_gets_what_go_would_sniff():
 
 
 def test_sniffing_follows_go_for_the_cases_it_covers():
-    from keda_proxy.responses import sniff_content_type
+    from keda_proxy.steps._responses import sniff_content_type
     assert sniff_content_type(b"<!DOCTYPE html>\n<p>") == "text/html; charset=utf-8"
     assert sniff_content_type(b"<p>para</p>") == "text/html; charset=utf-8"
     assert sniff_content_type(b"<pre>x</pre>") == "text/plain; charset=utf-8"  # not a signature
@@ -1002,7 +1002,7 @@ def test_a_request_starts_with_the_state_twisted_web_gives_one():
     chain: it must stay the state twisted.web's own constructor makes."""
     from twisted.web import server as web_server
 
-    from keda_proxy.server import StreamingRequest
+    from keda_proxy.downstream._http1 import StreamingRequest
 
     h = Harness()
     proto, _ = h.connect()

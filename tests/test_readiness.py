@@ -1,4 +1,4 @@
-"""Tests for keda_proxy.readiness: holding requests without polling."""
+"""Tests for keda_proxy.steps._readiness: holding requests without polling."""
 
 import gc
 
@@ -7,11 +7,11 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from keda_proxy.endpoints import split_host_port
 from keda_proxy.interfaces import IEndpointSelector
-from keda_proxy.model import KIND_ENDPOINT_SLICE
-from keda_proxy.readiness import ReadinessGate
-from keda_proxy.store import StateStore
+from keda_proxy.state._endpoints import split_host_port
+from keda_proxy.state._model import KIND_ENDPOINT_SLICE
+from keda_proxy.state._store import StateStore
+from keda_proxy.steps._readiness import ReadinessGate
 from tests.builders import endpoint_slice, load
 
 
@@ -209,8 +209,8 @@ def test_the_proxys_exchange_and_the_deferred_waiter_are_held_requests():
     from zope.interface.verify import verifyClass
 
     from keda_proxy.interfaces import IHeldRequest
-    from keda_proxy.proxy import Exchange
-    from keda_proxy.readiness import _DeferredWaiter
+    from keda_proxy.steps._exchange import Exchange
+    from keda_proxy.steps._readiness import _DeferredWaiter
 
     assert verifyClass(IHeldRequest, Exchange)
     assert verifyClass(IHeldRequest, _DeferredWaiter)

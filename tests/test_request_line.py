@@ -1,11 +1,11 @@
-"""keda_proxy.server.parse_request_line answers as twisted.web's parser does."""
+"""keda_proxy.downstream._http1.parse_request_line answers as twisted.web's parser does."""
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.web.http import _parseRequestLine
 
-from keda_proxy.server import parse_request_line
+from keda_proxy.downstream._http1 import parse_request_line
 
 # bytes around every boundary the two parsers look at
 ALPHABET = st.sampled_from(

@@ -8,7 +8,7 @@ for: every request the pipeline has not finished, counted or not.
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from keda_proxy.model import MODE_WHEN_UNAVAILABLE
+from keda_proxy.state._model import MODE_WHEN_UNAVAILABLE
 from tests.builders import endpoint_slice
 from tests.proxyfakes import OK_5, Harness
 from tests.test_proxy import _static, warm
@@ -97,9 +97,9 @@ def test_stopping_drains_the_proxy_sites_then_waits_for_every_request():
     from twisted.internet.defer import succeed
     from twisted.internet.testing import MemoryReactorClock
 
-    from keda_proxy.app import Interceptor, InterceptorService
-    from keda_proxy.config import load_config
-    from keda_proxy.model import ALL_KINDS
+    from keda_proxy._app import Interceptor, InterceptorService
+    from keda_proxy.ops._config import load_config
+    from keda_proxy.state._model import ALL_KINDS
 
     @define
     class _Listener:

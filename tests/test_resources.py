@@ -1,5 +1,5 @@
 """
-Tests for keda_proxy.resources: raw Kubernetes dicts to model values.
+Tests for keda_proxy.state._resources: raw Kubernetes dicts to model values.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keda_proxy.model import (
+from keda_proxy.state._model import (
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
     KIND_HTTP_SCALED_OBJECT,
@@ -40,14 +40,14 @@ from keda_proxy.model import (
     StaticRoute,
     Timeouts,
 )
-from keda_proxy.resources import (
+from keda_proxy.state._resources import (
     InvalidResource,
     Parsed,
     expand_lists,
     parse_many,
     parse_object,
 )
-from keda_proxy.routing import RoutingTable, normalize_host
+from keda_proxy.state._routing import RoutingTable, normalize_host
 
 FULL_IR = """
 apiVersion: http.keda.sh/v1beta1

@@ -1,5 +1,5 @@
 """
-Tests for keda_proxy.routing: examples for each rule, then a property test
+Tests for keda_proxy.state._routing: examples for each rule, then a property test
 against a brute-force reference matcher.
 """
 
@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
-from keda_proxy import routing
 from keda_proxy.interfaces import IRouter
-from keda_proxy.model import HeaderMatch, RequestFacts, Route, RoutingRule, ServiceRef
-from keda_proxy.routing import (
+from keda_proxy.state import _routing as routing
+from keda_proxy.state._model import HeaderMatch, RequestFacts, Route, RoutingRule, ServiceRef
+from keda_proxy.state._routing import (
     RoutingTable,
     host_to_ascii,
     normalize_host,

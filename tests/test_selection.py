@@ -14,7 +14,7 @@ from twisted.internet.error import ConnectionRefusedError
 from zope.interface.verify import verifyObject
 
 from keda_proxy.interfaces import IEndpointSelector
-from keda_proxy.selection import (
+from keda_proxy.steps._selection import (
     LeastPendingSelector,
     RandomSelector,
     RoundRobinSelector,

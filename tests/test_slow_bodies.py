@@ -1,5 +1,5 @@
 """
-Request bodies that trickle in are cut (keda_proxy.server.BODY_GRACE and
+Request bodies that trickle in are cut (keda_proxy.downstream._http1.BODY_GRACE and
 BODY_MIN_RATE): a client must not hold a request, and the route's
 Concurrency that drives KEDA's scaling, open for as long as it likes.
 """
@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet.defer import gatherResults
 from twisted.python.failure import Failure
 
-from keda_proxy.server import BODY_GRACE, BODY_MIN_RATE, ProxyChannel
+from keda_proxy.downstream._http1 import BODY_GRACE, BODY_MIN_RATE, ProxyChannel
 from tests.netsupport import RawClient, wait_for
 from tests.proxyfakes import Harness, status_line
 from tests.test_integration import Rig

@@ -1,15 +1,15 @@
-"""Tests for keda_proxy.store: immutable snapshots, coalesced rebuilds."""
+"""Tests for keda_proxy.state._store: immutable snapshots, coalesced rebuilds."""
 
 import attrs
 from twisted.internet.task import Clock
 
-from keda_proxy.model import (
+from keda_proxy.state._model import (
     ALL_KINDS,
     KIND_ENDPOINT_SLICE,
     KIND_HTTP_SCALED_OBJECT,
     KIND_INTERCEPTOR_ROUTE,
 )
-from keda_proxy.store import StateStore
+from keda_proxy.state._store import StateStore
 from tests.builders import endpoint_slice, load, route
 
 

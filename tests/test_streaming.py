@@ -13,10 +13,10 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Protocol
 from twisted.web import resource, server
 
-from keda_proxy.app import Interceptor
-from keda_proxy.config import load_config
-from keda_proxy.model import ALL_KINDS
-from keda_proxy.upstream import StaticResolver
+from keda_proxy._app import Interceptor
+from keda_proxy.ops._config import load_config
+from keda_proxy.state._model import ALL_KINDS
+from keda_proxy.upstream._dial import StaticResolver
 from tests.builders import endpoint_slice, load, route, service
 from tests.netsupport import RawClient, wait_for
 

@@ -7,7 +7,7 @@ parser) and a byte at a time (twisted.web's line parser).
 
 import pytest
 
-from keda_proxy.framing import ChunkedDecoder, ChunkedError, CountedDecoder, content_length
+from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, CountedDecoder, content_length
 from tests.proxyfakes import Harness, status_line
 from tests.test_proxy import warm
 

@@ -39,16 +39,16 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from keda_proxy import tls
-from keda_proxy.config import Config
-from keda_proxy.tls import (
+from keda_proxy import _tls as tls
+from keda_proxy._tls import (
     MissingServerName,
     ServerTLS,
     TLSConfigError,
     TLSPolicy,
     UpstreamTLS,
 )
-from keda_proxy.upstream import StaticResolver, UpstreamEndpoints
+from keda_proxy.ops._config import Config
+from keda_proxy.upstream._dial import StaticResolver, UpstreamEndpoints
 
 # ---------------------------------------------------------------------------
 # Helpers

@@ -14,10 +14,10 @@ import trustme
 from twisted.internet import reactor, ssl
 from twisted.web import resource, server
 
-from keda_proxy.app import Interceptor
-from keda_proxy.model import ALL_KINDS, ServiceRef
-from keda_proxy.tls import ServerTLS, UpstreamTLS
-from keda_proxy.upstream import StaticResolver
+from keda_proxy._app import Interceptor
+from keda_proxy._tls import ServerTLS, UpstreamTLS
+from keda_proxy.state._model import ALL_KINDS, ServiceRef
+from keda_proxy.upstream._dial import StaticResolver
 from tests.builders import endpoint_slice, load, route, service
 from tests.netsupport import RawClient, wait_for
 from tests.test_tls import config, write_pair

@@ -1,5 +1,5 @@
 """
-Tracing (keda_proxy.tracing) and OTLP metrics push (keda_proxy.otlpmetrics):
+Tracing (keda_proxy.ops._tracing) and OTLP metrics push (keda_proxy.ops._otlpmetrics):
 the spans a request makes, the traceparent the upstream receives, and what
 a real OTLP/HTTP collector is sent, parsed with opentelemetry-proto.
 """
@@ -15,10 +15,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from twisted.internet import reactor
 from twisted.web import resource, server
 
-from keda_proxy import otlpmetrics, tracing
-from keda_proxy.metrics import ProxyMetrics
-from keda_proxy.model import Timeouts
-from keda_proxy.tracing import SpanExporter, Tracer, parse_traceparent
+from keda_proxy.ops import _otlpmetrics as otlpmetrics
+from keda_proxy.ops import _tracing as tracing
+from keda_proxy.ops._metrics import ProxyMetrics
+from keda_proxy.ops._tracing import SpanExporter, Tracer, parse_traceparent
+from keda_proxy.state._model import Timeouts
 from tests.builders import endpoint_slice, route
 from tests.netsupport import wait_for
 from tests.proxyfakes import OK_5, Harness
@@ -87,7 +88,7 @@ def test_a_cold_start_makes_a_server_span_a_wait_span_and_a_client_span_of_one_t
 
 
 def test_a_fallback_taken_is_on_the_wait_span():
-    from keda_proxy.model import ServiceRef
+    from keda_proxy.state._model import ServiceRef
 
     h = _traced(route(fallback=ServiceRef(name="web", port_name="http"),
                       timeouts=Timeouts(readiness=1)),
@@ -227,7 +228,7 @@ def test_an_unreachable_collector_never_holds_up_a_request(monkeypatch):
 def test_the_prometheus_instruments_convert_to_otlp_metrics():
     from twisted.internet.task import Clock
 
-    from keda_proxy.counting import QueueCounter
+    from keda_proxy.steps._counting import QueueCounter
 
     counter = QueueCounter()
     counter.sync_keys(["default/web"])

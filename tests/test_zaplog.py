@@ -26,10 +26,8 @@ from twisted.logger._legacy import publishToNewObserver
 from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
-from keda_proxy import zaplog
-from keda_proxy.model import Route, ServiceRef
-from keda_proxy.tap import Options
-from keda_proxy.zaplog import (
+from keda_proxy.ops import _zaplog as zaplog
+from keda_proxy.ops._zaplog import (
     DEBUG,
     ERROR,
     INFO,
@@ -43,6 +41,8 @@ from keda_proxy.zaplog import (
     log_request,
     with_zap_logging,
 )
+from keda_proxy.state._model import Route, ServiceRef
+from keda_proxy.tap import Options
 from tests.netsupport import free_port
 
 UTC = timezone.utc
@@ -180,7 +180,7 @@ def test_help_lists_the_zap_flags():
 
 # -- the observer -------------------------------------------------------
 
-def observe(config=None, tz=UTC, when=T, namespace="keda_proxy.manifests"):
+def observe(config=None, tz=UTC, when=T, namespace="keda_proxy.state._manifests"):
     """A Logger whose events (at time C{when}) go to a ZapObserver, and the
     function that returns the lines written so far."""
     out = io.StringIO()
@@ -334,7 +334,7 @@ def test_one_line_per_event_even_when_the_message_has_newlines():
 
 
 @pytest.mark.parametrize("namespace,name", [
-    ("keda_proxy.manifests", "manifests"),
+    ("keda_proxy.state._manifests", "manifests"),
     ("keda_proxy.LoggingMiddleware", "LoggingMiddleware"),
     ("twisted.internet.base", "twisted"),
     ("stdout", "stdout"),

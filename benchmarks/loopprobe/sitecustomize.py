@@ -192,8 +192,8 @@ def _count_accepts(stats):
 
 def _wrap_proxy(stats, clock):
     try:
-        from keda_proxy import pool as poolmod
-        from keda_proxy import proxy
+        from keda_proxy.steps import _exchange as proxy
+        from keda_proxy.upstream._dial import _pool as poolmod
     except ImportError:
         return
     Exchange = proxy.Exchange

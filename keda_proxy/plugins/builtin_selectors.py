@@ -17,7 +17,7 @@ class _Builtin:
     factory: str
 
     def selector(self):
-        from keda_proxy import selection
+        from keda_proxy.steps import _selection as selection
 
         return getattr(selection, self.factory)()
 

@@ -13,8 +13,8 @@ from urllib.parse import unquote
 from twisted.logger import Logger
 from twisted.web import http
 
-from keda_proxy.model import Route, StaticResponse
-from keda_proxy.store import Snapshot
+from keda_proxy.state._model import Route, StaticResponse
+from keda_proxy.state._store import Snapshot
 
 log = Logger()
 

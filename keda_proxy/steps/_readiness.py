@@ -34,10 +34,10 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from keda_proxy.endpoints import join_host_port
 from keda_proxy.interfaces import IEndpointSelector, IHeldRequest
-from keda_proxy.selection import RandomSelector
-from keda_proxy.store import Snapshot, StateStore
+from keda_proxy.state._endpoints import join_host_port
+from keda_proxy.state._store import Snapshot, StateStore
+from keda_proxy.steps._selection import RandomSelector
 
 
 @define
@@ -90,7 +90,7 @@ class ReadinessGate:
     def wait(self, service_key: str, port_name: str = "", facts=None) -> Deferred:
         """A Deferred of C{(cold_start, pod_host)}; see the module doc.
 
-        @param facts: the request's L{keda_proxy.model.RequestFacts}, for
+        @param facts: the request's L{keda_proxy.state._model.RequestFacts}, for
             the selector.
         """
         if self.is_ready(service_key):

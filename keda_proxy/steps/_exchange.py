@@ -28,24 +28,24 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from keda_proxy.endpoints import join_host_port
-from keda_proxy.headers import COLD_START_KEY, request_head, upgrade_requested
-from keda_proxy.http1client import IResponseSink, UpstreamProtocolError
 from keda_proxy.interfaces import IHeldRequest, IRouter
-from keda_proxy.model import (
+from keda_proxy.ops._zaplog import log_request
+from keda_proxy.state._endpoints import join_host_port
+from keda_proxy.state._model import (
     MODE_ALWAYS,
     OVERFLOW_PLACEHOLDER,
     RequestFacts,
     Route,
     ServiceRef,
 )
-from keda_proxy.readiness import ReadinessGate
-from keda_proxy.responses import TOO_MANY_PENDING, write_error, write_static
-from keda_proxy.routing import normalize_host, rule_matches
-from keda_proxy.store import Snapshot, StateStore
-from keda_proxy.tunnel import Tunnel
-from keda_proxy.upstream import CONNECT_ERRORS, MAX_RETRY_DURATION
-from keda_proxy.zaplog import log_request
+from keda_proxy.state._routing import normalize_host, rule_matches
+from keda_proxy.state._store import Snapshot, StateStore
+from keda_proxy.steps._readiness import ReadinessGate
+from keda_proxy.steps._responses import TOO_MANY_PENDING, write_error, write_static
+from keda_proxy.steps._tunnel import Tunnel
+from keda_proxy.upstream._dial import CONNECT_ERRORS, MAX_RETRY_DURATION
+from keda_proxy.upstream._http1client import IResponseSink, UpstreamProtocolError
+from keda_proxy.wire._headers import COLD_START_KEY, request_head, upgrade_requested
 
 log = Logger()
 
@@ -57,7 +57,7 @@ _PICK = object()
 
 @define(frozen=True)
 class ProxySettings:
-    """The slice of L{keda_proxy.config.Config} the request path needs."""
+    """The slice of L{keda_proxy.ops._config.Config} the request path needs."""
 
     request_timeout: float = 0.0
     response_header_timeout: float = 300.0
@@ -189,7 +189,7 @@ class Pipeline:
     metrics: object = None
     #: C{KEDA_HTTP_LOG_REQUESTS}: one line per request (L{zaplog.log_request})
     log_requests: bool = False
-    #: a L{keda_proxy.tracing.Tracer} when tracing is on
+    #: a L{keda_proxy.ops._tracing.Tracer} when tracing is on
     tracer: object = None
     in_flight: InFlight = field(factory=InFlight)
     #: (id(ServiceRef), namespace) -> (ref, services, Target); see _service_target
@@ -251,7 +251,7 @@ class Exchange:
     _cold_start = None
     #: the pod it was sent to, as the endpoint selector was told
     _pod = None
-    #: its L{keda_proxy.tracing.RequestTrace}, when tracing is on
+    #: its L{keda_proxy.ops._tracing.RequestTrace}, when tracing is on
     _trace = None
 
     def __init__(self, p: Pipeline, request, route: Route, facts: RequestFacts,

@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - idna comes with twisted[tls]
     _idna = None
 
 from keda_proxy.interfaces import IRouter
-from keda_proxy.model import RequestFacts, Route, RoutingRule
+from keda_proxy.state._model import RequestFacts, Route, RoutingRule
 
 __all__ = ["RoutingTable", "host_to_ascii", "normalize_host", "normalize_path",
            "rule_matches"]

@@ -15,8 +15,8 @@ from twisted.plugin import getPlugins
 from zope.interface import implementer
 
 from keda_proxy.interfaces import IRouter, IRoutingPlugin
-from keda_proxy.model import RequestFacts, Route
-from keda_proxy.store import StateStore
+from keda_proxy.state._model import RequestFacts, Route
+from keda_proxy.state._store import StateStore
 
 log = Logger()
 

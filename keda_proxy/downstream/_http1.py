@@ -28,10 +28,10 @@ from twisted.web import http, server
 from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import INonQueuedRequestFactory
 
-from keda_proxy.eagerwrite import eager_write
-from keda_proxy.framing import ChunkedDecoder, ChunkedError, CountedDecoder, content_length
-from keda_proxy.headers import CANONICAL_NAMES, canonical_name, connection_tokens
-from keda_proxy.responses import status_text
+from keda_proxy.downstream._eagerwrite import eager_write
+from keda_proxy.steps._responses import status_text
+from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, CountedDecoder, content_length
+from keda_proxy.wire._headers import CANONICAL_NAMES, canonical_name, connection_tokens
 
 #: Whole request head (line + headers) limit, as Go's 1 MiB is too generous
 #: for a Python proxy; 64 KiB covers large cookies and JWTs.
@@ -507,7 +507,7 @@ class ProxyChannel(http.HTTPChannel):
         return peer
 
     def write(self, data):
-        """One C{send} when the socket takes it (see L{keda_proxy.eagerwrite})."""
+        """One C{send} when the socket takes it (see L{keda_proxy.downstream._eagerwrite})."""
         if self.transport is not None:
             eager_write(self.transport, data)
 
@@ -693,7 +693,7 @@ class ProxyChannel(http.HTTPChannel):
     def _choose_framing(self, name: bytes, value: bytes) -> bool:
         """The body's framing, from its one Content-Length or its one
         ``Transfer-Encoding: chunked`` (HTTP/1.1 only); anything else, or
-        both, is a 400 (see L{keda_proxy.framing})."""
+        both, is a 400 (see L{keda_proxy.wire._framing})."""
         if self._transferDecoder is not None:  # a second framing header
             self._respondToBadRequestAndDisconnect()
             return False

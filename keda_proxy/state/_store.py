@@ -17,9 +17,9 @@ from attrs import define, field, frozen
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from keda_proxy.endpoints import service_endpoints
 from keda_proxy.interfaces import IStateSink
-from keda_proxy.model import (
+from keda_proxy.state._endpoints import service_endpoints
+from keda_proxy.state._model import (
     ALL_KINDS,
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
@@ -32,7 +32,7 @@ from keda_proxy.model import (
     Service,
     ServiceEndpoints,
 )
-from keda_proxy.routing import RoutingTable
+from keda_proxy.state._routing import RoutingTable
 
 log = Logger()
 

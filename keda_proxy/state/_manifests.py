@@ -48,8 +48,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from keda_proxy.interfaces import IStateSource
-from keda_proxy.model import ALL_KINDS
-from keda_proxy.resources import SUPPORTED_TYPES, InvalidResource, expand_lists, parse_object
+from keda_proxy.state._model import ALL_KINDS
+from keda_proxy.state._resources import SUPPORTED_TYPES, InvalidResource, expand_lists, parse_object
 
 #: File name endings read from a folder.
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")

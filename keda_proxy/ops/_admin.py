@@ -10,7 +10,7 @@ from typing import Callable
 from twisted.web import http
 from twisted.web.resource import Resource
 
-from keda_proxy.counting import QueueCounter
+from keda_proxy.steps._counting import QueueCounter
 
 
 class _Leaf(Resource):

@@ -2,7 +2,7 @@
 Reaching upstreams: name resolution and dialling with retries.
 
 The proxy addresses an upstream as ``<service>.<namespace>:<port>`` (or a
-pod's ``ip:port``).  The pool (L{keda_proxy.pool}) keys connections on
+pod's ``ip:port``).  The pool (L{keda_proxy.upstream._pool}) keys connections on
 ``(scheme, host, port, server_name)``; L{UpstreamEndpoints} decides where
 the TCP connection actually goes:
 
@@ -33,8 +33,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from keda_proxy.memo import remember
-from keda_proxy.store import StateStore
+from keda_proxy.state._memo import remember
+from keda_proxy.state._store import StateStore
 
 #: Go's retry interval between dial attempts.
 RETRY_INTERVAL = 0.05
@@ -253,7 +253,7 @@ class UpstreamEndpoints:
     reactor: object
     resolver: IServiceResolver
     connect_timeout: float = 0.5
-    #: an L{IPolicyForHTTPS} (L{keda_proxy.tls.UpstreamTLS}) when upstreams
+    #: an L{IPolicyForHTTPS} (L{keda_proxy._tls.UpstreamTLS}) when upstreams
     #: are https; its creator for the key's server name wraps the dial
     tls: object = None
     gate: DialGate = None
@@ -301,7 +301,7 @@ class DirectEndpoint:
     read for the life of a pooled connection, and two Deferreds and a
     factory per dial.  Here the caller's protocol says so itself: it must
     have a C{connected_callback} attribute and call it, with itself, from
-    C{connectionMade} (L{keda_proxy.http1client.UpstreamConnection} does).
+    C{connectionMade} (L{keda_proxy.upstream._http1client.UpstreamConnection} does).
     With C{creator}, TLS is layered under it as C{wrapClientTLS} would.
     """
 

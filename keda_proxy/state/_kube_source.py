@@ -5,7 +5,7 @@ L{KubernetesSource} is a Service that owns one L{KindWatcher} daemon thread
 per watched kind.  The threads block on the API server and parse what it
 sends; everything they produce crosses to the reactor through
 C{reactor.callFromThread}, and only there does it touch the sink (the
-L{keda_proxy.store.StateStore}), which coalesces bursts and swaps
+L{keda_proxy.state._store.StateStore}), which coalesces bursts and swaps
 immutable snapshots.  So the reactor never waits on the API server, and
 readers never lock.
 
@@ -29,9 +29,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from keda_proxy.interfaces import IStateSource
-from keda_proxy.kube_client import KubeConfigError, load_api_client
-from keda_proxy.kube_watch import WATCHED_KINDS, KindWatcher, WatchedKind, WatchTiming
-from keda_proxy.resources import parse_object
+from keda_proxy.state._kube_client import KubeConfigError, load_api_client
+from keda_proxy.state._kube_watch import WATCHED_KINDS, KindWatcher, WatchedKind, WatchTiming
+from keda_proxy.state._resources import parse_object
 
 __all__ = ["KubeConfigError", "KubernetesSource", "WatchTiming", "load_api_client"]
 
@@ -82,7 +82,7 @@ class KubernetesSource(Service):
     @param clock: an C{IReactorTime} for the health/resync LoopingCall and
         the stop timeout.
     @param api_client: a C{kubernetes.client.ApiClient} (see
-        L{keda_proxy.kube_client.load_api_client}), used as a template:
+        L{keda_proxy.state._kube_client.load_api_client}), used as a template:
         each thread builds its own client from its configuration.
     @param namespace: watch only this namespace; "" watches all.
     @param timing: L{WatchTiming}.

@@ -3,7 +3,7 @@ One watched kind: a daemon thread that lists, then watches, forever.
 
 The thread does all the blocking and all the parsing; the reactor only
 receives finished model values (through a C{deliver} callable that the
-owning L{keda_proxy.kube_source.KubernetesSource} routes through
+owning L{keda_proxy.state._kube_source.KubernetesSource} routes through
 C{callFromThread}).  That keeps a 5,000-object re-list from ever stalling
 the proxy, and it keeps the reactor thread pool free for DNS.
 
@@ -44,9 +44,9 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from keda_proxy.kube_client import SocketTracker, interruptible_client
-from keda_proxy.kube_json import ITEM, iter_list
-from keda_proxy.model import (
+from keda_proxy.state._kube_client import SocketTracker, interruptible_client
+from keda_proxy.state._kube_json import ITEM, iter_list
+from keda_proxy.state._model import (
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
     KIND_HTTP_SCALED_OBJECT,
@@ -54,7 +54,7 @@ from keda_proxy.model import (
     KIND_SERVICE,
     object_key,
 )
-from keda_proxy.resources import RESPONSE_BODY_LABEL, InvalidResource, parse_object
+from keda_proxy.state._resources import RESPONSE_BODY_LABEL, InvalidResource, parse_object
 
 # -- what we watch ---------------------------------------------------------------
 
@@ -493,7 +493,7 @@ class KindWatcher:
         rvs: dict[str, str] = {}
         known = self._known or {}
         # Item by item, so that the GIL (and so the reactor) gets a turn
-        # between items; see keda_proxy.kube_json.
+        # between items; see keda_proxy.state._kube_json.
         for member, item in iter_list(body.decode("utf-8", errors="replace")):
             if member == "metadata" and isinstance(item, dict):
                 rv = str(item.get("resourceVersion") or "")

@@ -19,7 +19,7 @@ from typing import Any
 from attrs import field, fields, frozen
 from twisted.logger import Logger, LogLevel
 
-from keda_proxy.duration import parse_duration
+from keda_proxy.state._duration import parse_duration
 
 _log = Logger()
 
@@ -185,7 +185,7 @@ def _curves(text: str) -> tuple[str, ...]:
 
 def _check_group(name: str) -> None:
     """Go always has C{name}; our OpenSSL may not: refuse it at startup."""
-    from keda_proxy import tls  # lazily: OpenSSL, and tls imports this module
+    from keda_proxy import _tls as tls  # lazily: OpenSSL, and tls imports this module
 
     if not tls.group_supported(GO_CURVES[name]):
         raise ValueError(
@@ -594,7 +594,7 @@ def _check_ca_dirs(config: Config, sources: Mapping) -> None:
     is on, so that a bad folder or file stops startup with one line."""
     if not config.tls_ca_dirs:
         return
-    from keda_proxy.tls import ca_dir_certificates  # lazily: tls imports us
+    from keda_proxy._tls import ca_dir_certificates  # lazily: tls imports us
 
     try:
         ca_dir_certificates(config.tls_ca_dirs)

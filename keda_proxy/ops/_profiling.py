@@ -48,8 +48,8 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from keda_proxy.adminsite import AdminSite
-from keda_proxy.metrics import NotFound, plain_text
+from keda_proxy.ops._adminsite import AdminSite
+from keda_proxy.ops._metrics import NotFound, plain_text
 
 log = Logger()
 

@@ -120,7 +120,7 @@ class MetricsPusher(Service):
 
     def startService(self):
         super().startService()
-        from keda_proxy.tracing import resource
+        from keda_proxy.ops._tracing import resource
 
         self._resource = resource()
         self._start_ns = time.time_ns()

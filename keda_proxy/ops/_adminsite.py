@@ -23,7 +23,7 @@ from io import BytesIO
 
 from twisted.web import http, server
 
-from keda_proxy.responses import status_text
+from keda_proxy.steps._responses import status_text
 
 #: Request line plus headers; the scaler, probes and scrapers send a few
 #: hundred bytes.

@@ -31,10 +31,10 @@ from typing import Dict
 
 from attrs import define, field
 
-from keda_proxy.http1client import CLOSED
-from keda_proxy.pool import ConnectionPool, PoolKey
-from keda_proxy.readiness import ReadinessGate
-from keda_proxy.store import StateStore
+from keda_proxy.state._store import StateStore
+from keda_proxy.steps._readiness import ReadinessGate
+from keda_proxy.upstream._http1client import CLOSED
+from keda_proxy.upstream._pool import ConnectionPool, PoolKey
 
 
 @define

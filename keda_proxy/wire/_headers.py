@@ -10,7 +10,7 @@ from typing import FrozenSet
 
 from twisted.web.http_headers import Headers, _nameEncoder
 
-from keda_proxy.memo import remember
+from keda_proxy.state._memo import remember
 
 HOP_BY_HOP: FrozenSet[bytes] = frozenset({
     b"connection",
@@ -71,7 +71,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     address appended; ``X-Forwarded-Host`` and ``X-Forwarded-Proto`` are
     kept when the client (an outer proxy) set them, and set otherwise.
     ``TE: trailers`` survives, as in Go.  With tracing on, C{traceparent}
-    replaces the client's (L{keda_proxy.tracing}).  C{body_length} is the body's
+    replaces the client's (L{keda_proxy.ops._tracing}).  C{body_length} is the body's
     length, C{None} for a chunked body, or C{0} for none; the framing
     headers are ours, never the client's.
     """
@@ -123,7 +123,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
 
 
 #: header name as sent -> Twisted's canonical name, for names seen before;
-#: the request parser reads it directly (see L{keda_proxy.server})
+#: the request parser reads it directly (see L{keda_proxy.downstream._http1})
 CANONICAL_NAMES: dict = {}
 
 

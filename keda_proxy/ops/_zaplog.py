@@ -34,7 +34,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from keda_proxy.config import _quote
+from keda_proxy.ops._config import _quote
 
 # zap's level numbers
 DEBUG, INFO, WARN, ERROR, PANIC = -1, 0, 1, 2, 4
@@ -289,12 +289,12 @@ def _jsonable(value: Any):
 
 
 def logger_name(event) -> str:
-    """C{keda_proxy.manifests} -> C{manifests}; Twisted's own events
+    """C{keda_proxy.state._manifests} -> C{manifests}; Twisted's own events
     (C{twisted.*} and old-style C{twisted.python.log} ones) -> C{twisted};
     other namespaces whole."""
     namespace = event.get("log_namespace") or ""
     if namespace.startswith("keda_proxy."):
-        return namespace[len("keda_proxy."):]
+        return namespace.rpartition(".")[2].lstrip("_")
     if namespace == "log_legacy" or namespace.startswith("twisted."):
         return "twisted"
     return namespace or "interceptor"
@@ -427,7 +427,7 @@ def log_request(request, *, started: float, finished: float, route=None,
 
     @param started: epoch seconds when the request's head arrived.
     @param finished: epoch seconds when its response ended.
-    @param route: the matched L{keda_proxy.model.Route}, or None.
+    @param route: the matched L{keda_proxy.state._model.Route}, or None.
     """
     method = (request.method or b"").decode("latin-1")
     path = (getattr(request, "path", None) or b"").decode("latin-1")

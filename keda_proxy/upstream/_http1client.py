@@ -6,7 +6,7 @@ head as bytes, wants the response head as raw pairs, streams both bodies
 with backpressure, must tunnel a ``101 Switching Protocols`` (WebSockets),
 and runs on every request, where Agent's generality costs about half the
 throughput.  One L{UpstreamConnection} carries one exchange at a time; the
-pool (L{keda_proxy.pool}) reuses it when the response allows.
+pool (L{keda_proxy.upstream._pool}) reuses it when the response allows.
 
 The other side of a connection is an L{IResponseSink}, implemented by the
 proxy's per-request exchange.
@@ -23,10 +23,10 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import InvalidHeaderName
 from zope.interface import Attribute, Interface
 
-from keda_proxy.eagerwrite import eager_write
-from keda_proxy.framing import ChunkedDecoder, ChunkedError, content_length
-from keda_proxy.headers import _HOP_KEYS, CANONICAL_NAMES, canonical_name
-from keda_proxy.memo import remember
+from keda_proxy.downstream._eagerwrite import eager_write
+from keda_proxy.state._memo import remember
+from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, content_length
+from keda_proxy.wire._headers import _HOP_KEYS, CANONICAL_NAMES, canonical_name
 
 #: Largest response head accepted from an upstream (Go's default is 1 MiB).
 MAX_HEAD = 1 << 20
@@ -277,7 +277,7 @@ class UpstreamConnection(Protocol):
 
     owner: Optional[IConnectionOwner] = None
     #: called with this connection once connected (see
-    #: L{keda_proxy.upstream.DirectEndpoint}), then forgotten
+    #: L{keda_proxy.upstream._dial.DirectEndpoint}), then forgotten
     connected_callback = None
 
     def __init__(self, clock):

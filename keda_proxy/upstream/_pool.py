@@ -38,7 +38,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from keda_proxy.http1client import IConnectionOwner, UpstreamConnection
+from keda_proxy.upstream._http1client import IConnectionOwner, UpstreamConnection
 
 #: A connection idle for less than this may carry a request body.
 FRESH_ENOUGH = 1.0
@@ -84,7 +84,7 @@ class _ConnectionFactory(Factory):
 class ConnectionPool:
     """
     @ivar endpoint_for: C{endpoint_for(key, dial_budget)} returns the
-        C{IStreamClientEndpoint} to dial for a key (see L{keda_proxy.upstream}).
+        C{IStreamClientEndpoint} to dial for a key (see L{keda_proxy.upstream._dial}).
     """
 
     clock: object

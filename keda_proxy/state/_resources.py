@@ -22,8 +22,8 @@ from typing import Any
 
 from attrs import frozen
 
-from keda_proxy.duration import parse_duration
-from keda_proxy.model import (
+from keda_proxy.state._duration import parse_duration
+from keda_proxy.state._model import (
     KIND_CONFIG_MAP,
     KIND_ENDPOINT_SLICE,
     KIND_HTTP_SCALED_OBJECT,
@@ -50,7 +50,7 @@ from keda_proxy.model import (
     Timeouts,
     object_key,
 )
-from keda_proxy.routing import host_to_ascii
+from keda_proxy.state._routing import host_to_ascii
 
 API_INTERCEPTOR_ROUTE = "http.keda.sh/v1beta1"
 API_HTTP_SCALED_OBJECT = "http.keda.sh/v1alpha1"

@@ -62,7 +62,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
-from keda_proxy.counting import QueueCounter
+from keda_proxy.steps._counting import QueueCounter
 
 _STANDARD_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})

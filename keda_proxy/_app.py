@@ -19,21 +19,21 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from keda_proxy.admin import admin_root
-from keda_proxy.adminsite import AdminSite
-from keda_proxy.config import Config
-from keda_proxy.counting import QueueCounter
-from keda_proxy.metrics import ProxyMetrics, metrics_root
-from keda_proxy.pluginrouting import PluginRouter, discover_routing_plugins
-from keda_proxy.pool import ConnectionPool
-from keda_proxy.prewarm import PodWarmer
-from keda_proxy.proxy import Pipeline, ProxySettings, ReverseProxy
-from keda_proxy.readiness import ReadinessGate
-from keda_proxy.selection import selector_named
-from keda_proxy.server import StreamingSite
-from keda_proxy.store import StateStore
-from keda_proxy.tracing import SpanExporter, Tracer, exporter_for
-from keda_proxy.upstream import MAX_RETRY_DURATION, SnapshotResolver, UpstreamEndpoints
+from keda_proxy.downstream._http1 import StreamingSite
+from keda_proxy.ops._admin import admin_root
+from keda_proxy.ops._adminsite import AdminSite
+from keda_proxy.ops._config import Config
+from keda_proxy.ops._metrics import ProxyMetrics, metrics_root
+from keda_proxy.ops._tracing import SpanExporter, Tracer, exporter_for
+from keda_proxy.state._store import StateStore
+from keda_proxy.steps._counting import QueueCounter
+from keda_proxy.steps._exchange import Pipeline, ProxySettings, ReverseProxy
+from keda_proxy.steps._pluginrouting import PluginRouter, discover_routing_plugins
+from keda_proxy.steps._readiness import ReadinessGate
+from keda_proxy.steps._selection import selector_named
+from keda_proxy.upstream._dial import MAX_RETRY_DURATION, SnapshotResolver, UpstreamEndpoints
+from keda_proxy.upstream._pool import ConnectionPool
+from keda_proxy.upstream._prewarm import PodWarmer
 
 log = Logger()
 
@@ -83,7 +83,7 @@ class Interceptor:
               upstream_tls=None) -> "Interceptor":
         """Wire every component.
 
-        @param upstream_tls: a L{keda_proxy.tls.UpstreamTLS}, needed for the
+        @param upstream_tls: a L{keda_proxy._tls.UpstreamTLS}, needed for the
             TLS listener, whose requests go upstream over https (as in Go).
         """
         store = StateStore(clock=reactor, expected_kinds=frozenset(expected_kinds))
@@ -277,7 +277,7 @@ class Listener(Service):
         log.info("{name} listening on {addr}", name=self.name_, addr=port.getHost())
 
     def _listen(self, factory, interface: str):
-        from keda_proxy.server import listen_backlog  # the kernel's limit, as Go's
+        from keda_proxy.downstream._http1 import listen_backlog  # the kernel's limit, as Go's
 
         port = _Port(self.number, factory, backlog=listen_backlog(), interface=interface,
                      reactor=self.reactor)
@@ -366,11 +366,11 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
         Service (manifest files or the Kubernetes API).
     @param interface: the one address every listener takes; empty (or
         C{::}) for all IPv4 and IPv6 addresses (see L{Listener}).
-    @param server_tls: a L{keda_proxy.tls.ServerTLS}; with it, a second
+    @param server_tls: a L{keda_proxy._tls.ServerTLS}; with it, a second
         proxy listener serves TLS on C{proxy_tls_port}, and its certificate
         files are watched for rotation while the service runs.
     """
-    from keda_proxy.model import ALL_KINDS
+    from keda_proxy.state._model import ALL_KINDS
 
     ic = Interceptor.build(reactor, config, ALL_KINDS, upstream_tls=upstream_tls)
     ic.store.subscribe(_freeze_after_first_sync())
@@ -394,8 +394,8 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
         listener(config.prom_exporter_port, ic.metrics_site(), "metrics").setServiceParent(svc)
     if config.profiling_bind_address:
         # only where the variable says; ":6060" means the listeners' addresses
-        from keda_proxy.config import parse_bind_address
-        from keda_proxy.profiling import profiling_site
+        from keda_proxy.ops._config import parse_bind_address
+        from keda_proxy.ops._profiling import profiling_site
 
         host, port = parse_bind_address(config.profiling_bind_address)
         Listener(reactor, port, profiling_site(reactor), "profiling",
@@ -404,7 +404,7 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
         SpanExporter(ic.pipeline.tracer, exporter_for(config.otlp_traces_protocol),
                      reactor).setServiceParent(svc)
     if config.otlp_metrics_enabled:
-        from keda_proxy import otlpmetrics
+        from keda_proxy.ops import _otlpmetrics as otlpmetrics
 
         otlpmetrics.MetricsPusher(ic.metrics.registry, otlpmetrics.exporter_for(),
                                   reactor).setServiceParent(svc)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Dict, Iterable, List, Tuple
 
-from keda_proxy.model import Endpoint, EndpointSlice, ServiceEndpoints
+from keda_proxy.state._model import Endpoint, EndpointSlice, ServiceEndpoints
 
 
 def join_host_port(host: str, port: int) -> str:

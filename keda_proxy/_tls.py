@@ -35,13 +35,13 @@ without a server name is refused.
 
 Both sides share one L{TLSPolicy}: minimum and maximum TLS version, TLS 1.2
 cipher suites and key-exchange groups (``KEDA_HTTP_TLS_*``, or the
-deprecated ``KEDA_HTTP_PROXY_TLS_*`` names: L{keda_proxy.config} resolves
+deprecated ``KEDA_HTTP_PROXY_TLS_*`` names: L{keda_proxy.ops._config} resolves
 which one is in effect), as v0.16 applies one policy to its serving and its
 outbound C{tls.Config}.
 
 Nothing here is global: the entry point builds both objects from the
-L{keda_proxy.config.Config} and hands them to the listener and to
-L{keda_proxy.upstream.UpstreamEndpoints}.
+L{keda_proxy.ops._config.Config} and hands them to the listener and to
+L{keda_proxy.upstream._dial.UpstreamEndpoints}.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from keda_proxy.config import GO_CIPHER_SUITES, GO_CURVES
+from keda_proxy.ops._config import GO_CIPHER_SUITES, GO_CURVES
 
 _log = Logger()
 
