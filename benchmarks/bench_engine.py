@@ -114,7 +114,7 @@ def one_turn(clock):
 def cold_round(n, profiler=None, release=True):
     """One cold start of C{n} requests; returns the CPU seconds of the
     release (or only holds them, without C{release})."""
-    from keda_proxy.steps._exchange import ProxySettings
+    from keda_proxy.steps import ProxySettings
 
     # No idle or response-header timers: task.Clock sorts its whole list on
     # every callLater, which would make a thousand of them the main cost.

@@ -20,14 +20,15 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from keda_proxy.downstream._http1 import StreamingSite
+from keda_proxy.downstream._resource import ReverseProxy
 from keda_proxy.ops._admin import admin_root
 from keda_proxy.ops._adminsite import AdminSite
 from keda_proxy.ops._config import Config
 from keda_proxy.ops._metrics import ProxyMetrics, metrics_root
 from keda_proxy.ops._tracing import SpanExporter, Tracer, exporter_for
 from keda_proxy.state._store import StateStore
+from keda_proxy.steps import Pipeline, ProxySettings
 from keda_proxy.steps._counting import QueueCounter
-from keda_proxy.steps._exchange import Pipeline, ProxySettings, ReverseProxy
 from keda_proxy.steps._pluginrouting import PluginRouter, discover_routing_plugins
 from keda_proxy.steps._readiness import ReadinessGate
 from keda_proxy.steps._selection import selector_named

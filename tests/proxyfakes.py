@@ -14,9 +14,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from keda_proxy._app import ProxySite
+from keda_proxy.downstream._resource import ReverseProxy
 from keda_proxy.state._store import StateStore
+from keda_proxy.steps import Pipeline, ProxySettings
 from keda_proxy.steps._counting import QueueCounter
-from keda_proxy.steps._exchange import Pipeline, ProxySettings, ReverseProxy
 from keda_proxy.steps._pluginrouting import PluginRouter
 from keda_proxy.steps._readiness import ReadinessGate
 from keda_proxy.upstream._pool import ConnectionPool

@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 
 from keda_proxy.ops._metrics import ProxyMetrics
 from keda_proxy.state._model import OVERFLOW_PLACEHOLDER, StaticResponse, Timeouts
-from keda_proxy.steps._exchange import ProxySettings
+from keda_proxy.steps import ProxySettings
 from tests.builders import endpoint_slice, load, route, service
 from tests.proxyfakes import OK_5, Harness, response_body, response_headers, status_line
 

@@ -10,7 +10,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from keda_proxy.ops._metrics import WAIT_BUCKETS, MetricsResource, ProxyMetrics
 from keda_proxy.state._model import ServiceRef, Timeouts
-from keda_proxy.steps._exchange import ProxySettings
+from keda_proxy.steps import ProxySettings
 from tests.builders import endpoint_slice, load, route, service
 from tests.proxyfakes import OK_5, Harness, status_line
 

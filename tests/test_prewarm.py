@@ -4,7 +4,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 
 from keda_proxy.state._model import Endpoint, EndpointPort, EndpointSlice
-from keda_proxy.steps._exchange import ProxySettings
+from keda_proxy.steps import ProxySettings
 from keda_proxy.upstream._prewarm import PodWarmer
 from tests.builders import endpoint_slice, load, route, service
 from tests.proxyfakes import OK_5, Harness, response_body

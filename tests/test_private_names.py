@@ -68,7 +68,6 @@ ALLOWED = {
     ("keda_proxy.wire._headers", "_rawHeaders"): "twisted.web.http_headers.Headers",
     ("keda_proxy.wire._headers", "twisted.web.http_headers._nameEncoder"):
         "twisted.web.http_headers._nameEncoder",
-    ("keda_proxy.steps._exchange", "_rawHeaders"): "twisted.web.http_headers.Headers",
     ("keda_proxy.steps._responses", "_disconnected"): "twisted.web.http.Request",
     # the proxy's channel and request: twisted.web's HTTP/1.1 parser, reused
     ("keda_proxy.downstream._http1", "_HTTPChannel__first_line"): "twisted.web.http.HTTPChannel",

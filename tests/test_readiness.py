@@ -205,14 +205,14 @@ def test_wait_cancelled_after_waking_is_not_fired():
     assert all(d.result == (True, "127.0.0.1:8080") for d in waits[:-1])
 
 
-def test_the_proxys_exchange_and_the_deferred_waiter_are_held_requests():
+def test_the_await_steps_holds_and_the_deferred_waiter_are_held_requests():
     from zope.interface.verify import verifyClass
 
     from keda_proxy.interfaces import IHeldRequest
-    from keda_proxy.steps._exchange import Exchange
+    from keda_proxy.steps._await import _Held
     from keda_proxy.steps._readiness import _DeferredWaiter
 
-    assert verifyClass(IHeldRequest, Exchange)
+    assert verifyClass(IHeldRequest, _Held)
     assert verifyClass(IHeldRequest, _DeferredWaiter)
 
 

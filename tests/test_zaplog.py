@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from twisted.application.service import Application, IService, Service
-from twisted.internet.address import IPv4Address
 from twisted.logger import ILogObserver, Logger
 from twisted.logger._legacy import publishToNewObserver
 from twisted.python import log as legacy_log
@@ -411,22 +410,23 @@ def test_with_zap_flags_the_application_gets_the_zap_observer():
 
 # -- request logs -------------------------------------------------------
 
-class FakeRequest:
+class FakeDownstream:
+    """The parts of an IDownstreamExchange a request log line reads."""
+
     method = b"GET"
     path = b"/hello"
-    clientproto = b"HTTP/1.1"
-    client = IPv4Address("TCP", "10.0.0.7", 51234)
+    version = b"HTTP/1.1"
+    client_address = "10.0.0.7"
+    client_port = 51234
     code = 200
-    sentLength = 17
-
-    def getHeader(self, name):
-        return {b"user-agent": b"curl/8", b"referer": None}.get(name)
+    sent_bytes = 17
+    headers = {b"User-Agent": [b"curl/8"]}
 
 
 def test_request_log_fields():
     log, lines = observe(namespace="keda_proxy.LoggingMiddleware")
     route = Route(namespace="default", name="demo", target=ServiceRef(name="demo", port=80))
-    log_request(FakeRequest(), started=T, finished=T + 0.25, route=route, cold_start=True,
+    log_request(FakeDownstream(), started=T, finished=T + 0.25, route=route, cold_start=True,
                 logger=log)
     record = json.loads(lines()[0])
     assert record["logger"] == "LoggingMiddleware"
@@ -444,7 +444,7 @@ def test_request_log_fields():
 
 def test_request_log_without_a_route():
     log, lines = observe(namespace="keda_proxy.LoggingMiddleware")
-    request = FakeRequest()
+    request = FakeDownstream()
     request.code = 404
     log_request(request, started=T, finished=T, logger=log)
     record = json.loads(lines()[0])

@@ -192,7 +192,7 @@ def _count_accepts(stats):
 
 def _wrap_proxy(stats, clock):
     try:
-        from keda_proxy.steps import _exchange as proxy
+        from keda_proxy.steps import _forward as proxy
         from keda_proxy.upstream._dial import _pool as poolmod
     except ImportError:
         return

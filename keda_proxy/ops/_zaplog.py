@@ -412,7 +412,7 @@ requestLog = Logger(namespace="keda_proxy.LoggingMiddleware")
 _COMBINED_TIME = "%d/%b/%Y:%H:%M:%S %z"
 
 
-def log_request(request, *, started: float, finished: float, route=None,
+def log_request(downstream, *, started: float, finished: float, route=None,
                 cold_start: Optional[bool] = None, logger: Logger = requestLog) -> None:
     """One info event for a finished request (C{KEDA_HTTP_LOG_REQUESTS}).
 
@@ -425,20 +425,21 @@ def log_request(request, *, started: float, finished: float, route=None,
     route's target), C{bytes}, C{proto}, C{remote_addr}, C{referer} and
     C{user_agent}.
 
+    @param downstream: the L{keda_proxy.interfaces.IDownstreamExchange}.
     @param started: epoch seconds when the request's head arrived.
     @param finished: epoch seconds when its response ended.
     @param route: the matched L{keda_proxy.state._model.Route}, or None.
     """
-    method = (request.method or b"").decode("latin-1")
-    path = (getattr(request, "path", None) or b"").decode("latin-1")
-    proto = (request.clientproto or b"").decode("latin-1")
-    client = getattr(request, "client", None)
-    host = getattr(client, "host", None)
-    remote = f"{host}:{client.port}" if host is not None else "-"
-    referer = (request.getHeader(b"referer") or b"").decode("latin-1")
-    agent = (request.getHeader(b"user-agent") or b"").decode("latin-1")
-    status = request.code
-    size = getattr(request, "sentLength", 0)
+    method = (downstream.method or b"").decode("latin-1")
+    path = (downstream.path or b"").decode("latin-1")
+    proto = (downstream.version or b"").decode("latin-1")
+    host = downstream.client_address
+    remote = f"{host}:{downstream.client_port}" if host and host != "unknown" else "-"
+    headers = downstream.headers
+    referer = (headers.get(b"Referer") or (b"",))[0].decode("latin-1")
+    agent = (headers.get(b"User-Agent") or (b"",))[0].decode("latin-1")
+    status = downstream.code
+    size = downstream.sent_bytes
     when = datetime.fromtimestamp(started).astimezone().strftime(_COMBINED_TIME)
     line = (f'{remote} - - [{when}] "{method} {path} {proto}" {status} {size} '
             f'"{referer}" "{agent}"')

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
-from http import HTTPStatus
 from typing import Optional, Tuple
 from urllib.parse import unquote
 
@@ -15,6 +14,7 @@ from twisted.web import http
 
 from keda_proxy.state._model import Route, StaticResponse
 from keda_proxy.state._store import Snapshot
+from keda_proxy.wire._status import status_text
 
 log = Logger()
 
@@ -26,36 +26,14 @@ DEFAULT_CONFIGMAP_KEY = "index.html"
 TOO_MANY_PENDING = b"too many pending requests"
 
 
-def write_error(request, code: int, message: bytes = None) -> None:
+def write_error(downstream, code: int, message: bytes = None) -> None:
     """A plain-text error exactly like Go's ``http.Error``: C{message} (by
     default the status text) and a newline, ``nosniff``."""
-    if request.finished or request._disconnected:
+    if downstream.finished:
         return
-    phrase = status_text(code)
-    request.setResponseCode(code, phrase)
-    headers = request.responseHeaders
-    for name in (b"content-length", b"content-encoding", b"etag", b"last-modified"):
-        headers.removeHeader(name)
-    headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
-    headers.setRawHeaders(b"x-content-type-options", [b"nosniff"])
-    body = (phrase if message is None else message) + b"\n"
-    headers.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
-    request.write(body)
-    request.finish()
-
-
-_GO_PHRASES = {414: b"Request URI Too Long"}
-
-
-def status_text(code: int) -> bytes:
-    """The RFC 9110 reason phrase, as Go writes it ("Gateway Timeout",
-    where Twisted's table still says "Gateway Time-out")."""
-    if code in _GO_PHRASES:
-        return _GO_PHRASES[code]
-    try:
-        return HTTPStatus(code).phrase.encode("ascii")
-    except ValueError:
-        return http.RESPONSES.get(code, b"Unknown")
+    body = (status_text(code) if message is None else message) + b"\n"
+    downstream.answer(code, [(b"Content-Type", b"text/plain; charset=utf-8"),
+                             (b"X-Content-Type-Options", b"nosniff")], body)
 
 
 class BodyError(Exception):
@@ -98,29 +76,24 @@ def resolve_body(route: Route, response: StaticResponse, snapshot: Snapshot,
     return cm.data[key], content_type
 
 
-def write_static(request, route: Route, response: StaticResponse, snapshot: Snapshot,
+def write_static(downstream, route: Route, response: StaticResponse, snapshot: Snapshot,
                  path: str, default_code: int) -> None:
     """Serve a static route or placeholder response."""
     try:
         body, content_type = resolve_body(route, response, snapshot, path)
     except BodyError as e:
         log.error("static response for {route}: {error}", route=route.key, error=str(e))
-        write_error(request, http.INTERNAL_SERVER_ERROR)
+        write_error(downstream, http.INTERNAL_SERVER_ERROR)
         return
-    headers = request.responseHeaders
-    for name, value in response.headers:
-        headers.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
+    fields = [(name.encode("latin-1"), value.encode("latin-1"))
+              for name, value in response.headers
+              if name.lower() != "content-length"]
     data = body.encode("utf-8")
-    if not headers.hasHeader(b"content-type"):
+    if not any(name.lower() == b"content-type" for name, _ in fields):
         content_type = content_type or (sniff_content_type(data) if data else None)
         if content_type:
-            headers.setRawHeaders(b"content-type", [content_type.encode("ascii")])
-    code = response.status_code or default_code
-    request.setResponseCode(code, status_text(code))
-    headers.setRawHeaders(b"content-length", [str(len(data)).encode("ascii")])
-    if data:
-        request.write(data)
-    request.finish()
+            fields.append((b"Content-Type", content_type.encode("ascii")))
+    downstream.answer(response.status_code or default_code, fields, data)
 
 
 #: Go's DetectContentType HTML signatures (matched case-insensitively after

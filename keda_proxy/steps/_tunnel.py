@@ -2,8 +2,8 @@
 Byte tunnels for upgraded connections (WebSockets).
 
 After an upstream answers ``101 Switching Protocols``, HTTP is over on both
-legs: the proxy writes the 101 head to the client, takes the client's
-transport away from twisted.web's channel, and copies bytes both ways with
+legs: the proxy takes the client's transport over from its protocol,
+writes the 101 head to the client, and copies bytes both ways with
 flow control until either side closes, which closes the other.  The
 route's request stays counted in ``/queue`` for as long as the tunnel is
 open.
@@ -30,37 +30,30 @@ class _ClientSide(Protocol):
 
 
 class Tunnel:
-    def __init__(self, exchange, conn, client_transport):
-        self.exchange = exchange
+    def __init__(self, context, conn, client_transport):
+        self.context = context
         self.conn = conn
         self.client = client_transport
         self.closed = False
 
     @classmethod
-    def open(cls, exchange, conn, rest: bytes) -> "Tunnel":
-        req = exchange.request
-        channel = req.channel
-        transport = channel.transport
-        tunnel = cls(exchange, conn, transport)
+    def open(cls, context, head, conn, rest: bytes) -> "Tunnel":
+        """Take the client's connection over from its protocol, send it
+        the upstream's 101 with all its header lines (Upgrade and
+        Connection too), and copy bytes both ways."""
+        transport, pending = context.downstream.take_over()
+        tunnel = cls(context, conn, transport)
         conn.tunnel = tunnel
-        head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
-        for line in exchange._head.lines if exchange._head is not None else ():
-            head += (line, b"\r\n")  # all of them, Upgrade and Connection too
-        head.append(b"\r\n")
-        # Detach twisted.web: no more parsing, no idle timeout, no producer.
-        channel.setTimeout(None)
-        pending = b"".join(getattr(channel, "_dataBuffer", [])) + \
-            getattr(channel, "_buffer", b"")
-        channel._dataBuffer = []
-        channel.clearLineBuffer()
-        transport.unregisterProducer()
+        lines = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        for line in head.lines if head is not None else ():
+            lines += (line, b"\r\n")
+        lines.append(b"\r\n")
         side = _ClientSide(tunnel)
         if hasattr(transport, "wrappedProtocol"):  # TLS
             transport.wrappedProtocol = side
         else:
             transport.protocol = side
-        side.makeConnection = None  # the transport is already connected
-        transport.write(b"".join(head))
+        transport.write(b"".join(lines))
         if rest:
             transport.write(rest)
         # flow control, both ways
@@ -95,7 +88,5 @@ class Tunnel:
             self.conn.transport.loseConnection()
         if close_client:
             self.client.loseConnection()
-        # end the request's life: releases its /queue count, records metrics
-        req = self.exchange.request
-        if not req._disconnected:
-            req.connectionLost(reason)
+        # the exchange ends: its /queue count is released, metrics recorded
+        self.context.downstream.finish()

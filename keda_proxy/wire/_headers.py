@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import FrozenSet
 
-from twisted.web.http_headers import Headers, _nameEncoder
-
 from keda_proxy.state._memo import remember
 
 HOP_BY_HOP: FrozenSet[bytes] = frozenset({
@@ -25,17 +23,42 @@ HOP_BY_HOP: FrozenSet[bytes] = frozenset({
 })
 
 COLD_START_HEADER = b"X-KEDA-HTTP-Cold-Start"
-#: the same, as Twisted's Headers store keys it
-COLD_START_KEY = _nameEncoder.encode(COLD_START_HEADER)
 
 
-def connection_tokens(headers: Headers) -> FrozenSet[bytes]:
+class InvalidHeaderName(ValueError):
+    """A header name that is not an RFC 9110 token."""
+
+
+#: RFC 9110 token characters
+TOKEN_BYTES = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+               b"!#$%&'*+-.^_`|~")
+#: names whose usual spelling is not plain Header-Case (as twisted.web spells them)
+_CASE_MAPPINGS = {
+    b"Content-Md5": b"Content-MD5", b"Dnt": b"DNT", b"Etag": b"ETag", b"P3p": b"P3P",
+    b"Te": b"TE", b"Www-Authenticate": b"WWW-Authenticate",
+    b"X-Xss-Protection": b"X-XSS-Protection",
+}
+
+
+def _canonical(name: bytes) -> bytes:
+    if not name or name.translate(None, TOKEN_BYTES):
+        raise InvalidHeaderName(name)
+    result = b"-".join([word.capitalize() for word in name.split(b"-")])
+    return _CASE_MAPPINGS.get(result, result)
+
+
+#: the cold-start header in canonical form, as response_headers keys it
+COLD_START_KEY = _canonical(COLD_START_HEADER)
+
+
+def connection_tokens(headers: dict) -> FrozenSet[bytes]:
     """Header names listed in ``Connection``, which are hop-by-hop too.
 
-    (On the request path, headers are read straight from the Headers store
-    by their canonical names: C{getRawHeaders} would encode the name again.)
+    @param headers: a request's fields, canonical name -> values.
     """
-    values = headers._rawHeaders.get(b"Connection")
+    if not isinstance(headers, dict):  # TRANSITION: twisted.web Headers
+        headers = dict(headers.getAllRawHeaders())
+    values = headers.get(b"Connection")
     if not values:  # most requests
         return _NONE
     tokens = set()
@@ -47,18 +70,18 @@ def connection_tokens(headers: Headers) -> FrozenSet[bytes]:
     return frozenset(tokens)
 
 
-def upgrade_requested(headers: Headers, tokens: FrozenSet[bytes] = None):
+def upgrade_requested(headers: dict, tokens: FrozenSet[bytes] = None):
     """The protocol a request asks to switch to (its ``Upgrade`` values,
     when ``Connection`` lists ``upgrade``), or None."""
     if tokens is None:
         tokens = connection_tokens(headers)
     if b"upgrade" not in tokens:
         return None
-    values = headers.getRawHeaders(b"upgrade")
+    values = headers.get(b"Upgrade")
     return b", ".join(values) if values else None
 
 
-def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str,
+def request_head(method: bytes, target: bytes, incoming: dict, client_ip: str,
                  scheme: bytes, body_length, authority: bytes = None,
                  traceparent: bytes = None) -> bytes:
     """The upstream request head, as bytes, in one pass over the headers.
@@ -87,7 +110,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
         drop = _DROP_TRACED if drop is _DROP else drop | _TRACEPARENT
     xff = xfh = xfp = None
     te_trailers = False
-    for name, values in incoming._rawHeaders.items():  # not the generator
+    for name, values in incoming.items():
         lname = name.lower()
         if lname in drop:
             if lname == b"te":
@@ -105,7 +128,7 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     ip = client_ip.encode("ascii")
     parts += (b"X-Forwarded-For: ", b", ".join(xff + [ip]) if xff else ip, b"\r\n")
     if xfh is None:
-        host = [authority] if authority is not None else incoming._rawHeaders.get(b"Host")
+        host = [authority] if authority is not None else incoming.get(b"Host")
         if host:
             parts += (b"X-Forwarded-Host: ", host[0], b"\r\n")
     if xfp is None:
@@ -122,24 +145,23 @@ def request_head(method: bytes, target: bytes, incoming: Headers, client_ip: str
     return b"".join(parts)
 
 
-#: header name as sent -> Twisted's canonical name, for names seen before;
+#: header name as sent -> its canonical name, for names seen before;
 #: the request parser reads it directly (see L{keda_proxy.downstream._http1})
 CANONICAL_NAMES: dict = {}
 
 
 def canonical_name(name: bytes) -> bytes:
-    """Twisted's canonical form of a header name, worked out once per name
-    and remembered (encoding it on every request and response costs a call
-    per header).  Raises C{InvalidHeaderName} for a name that is not a
-    token."""
+    """The canonical form of a header name (Header-Case, as twisted.web
+    spells it), worked out once per name and remembered.  Raises
+    L{InvalidHeaderName} for a name that is not a token."""
     key = CANONICAL_NAMES.get(name)
     if key is None:
-        key = remember(CANONICAL_NAMES, name, _nameEncoder.encode(name))
+        key = remember(CANONICAL_NAMES, name, _canonical(name))
     return key
 
 
 #: L{HOP_BY_HOP} in canonical form: any spelling of those names maps here
-_HOP_KEYS = frozenset(_nameEncoder.encode(n) for n in HOP_BY_HOP)
+_HOP_KEYS = frozenset(_canonical(n) for n in HOP_BY_HOP)
 
 
 #: end-to-end headers that a ``Connection`` listing never removes: the

@@ -1,0 +1,57 @@
+"""
+Step 5: choose the endpoint, a ready pod or the Service.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from keda_proxy.interfaces import IRequestStep
+from keda_proxy.steps._responses import write_error
+from keda_proxy.steps._targets import RouteError, Target, switch_pod
+
+log = Logger()
+
+
+@implementer(IRequestStep)
+class SelectEndpoint:
+    """The route's target Service, or its fallback after a readiness
+    timeout; with direct-pod routing, one of the target's ready pods (the
+    one the gate picked on release, or one the endpoint selector picks
+    now), keeping the Service's TLS name, with the other ready pods and
+    then the Service to retry on.  A target that cannot be resolved is a
+    500."""
+
+    def __init__(self, gate, targets, settings, next):
+        self.gate = gate
+        self.targets = targets
+        self.settings = settings
+        self.next = next
+
+    def handle(self, context) -> None:
+        route = context.route
+        ref = route.fallback if context.fallback else route.target
+        try:
+            target = self.targets.target(ref, route.namespace, context.snapshot)
+        except RouteError as e:
+            log.error("{route}: {error}", route=route.key, error=str(e))
+            write_error(context.downstream, 500)
+            return
+        if self.settings.direct_pod_routing and not context.fallback:
+            pod = context.released_pod
+            if pod is None and not context.cold_start:
+                pod = self.gate.pick(route.service_key, target.port_name, context.facts)
+            if pod is None:
+                log.debug("{route}: no ready pod for port {port!r}; using the Service address",
+                          route=route.key, port=target.port_name)
+            else:
+                eps = context.snapshot.endpoints_for(route.service_key)
+                switch_pod(context, self.gate.selector, pod)
+                context.on_end(lambda gone: switch_pod(context, self.gate.selector, None))
+                target = Target(target.scheme, pod[0], pod[1], target.server_name,
+                                target.port_name,
+                                alternatives=eps.candidates.get(target.port_name, ()),
+                                service=target)
+        context.target = target
+        self.next.handle(context)
