@@ -43,12 +43,6 @@ import twisted
 #: pinned by its full dotted name.  Another change is removing server.py's
 #: and proxy.py's uses; cross them off here as they go.
 ALLOWED = {
-    # the admin port's channel is a ProxyChannel subclass, reusing its head checks
-    ("keda_proxy.ops._adminsite", "_command"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.ops._adminsite", "_handlingRequest"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.ops._adminsite", "_receivedHeaderSize"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.ops._adminsite", "_respondToBadRequestAndDisconnect"):
-        "twisted.web.http.HTTPChannel",
     # eager writes: the transport's write buffer and disconnect state
     ("keda_proxy.downstream._eagerwrite", "_tempDataBuffer"):
         "twisted.internet.abstract.FileDescriptor",

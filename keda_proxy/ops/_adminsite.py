@@ -1,29 +1,36 @@
 """
-The Site behind the admin and metrics ports.
+The Site behind the admin, metrics and profiling ports.
 
 Those ports serve a few small GET endpoints (KEDA's scaler polls
 ``/queue``, the kubelet probes ``/livez`` and ``/readyz``, Prometheus
 scrapes ``/metrics``).  A stock twisted.web Site would read any request
 body first, in memory and then in a temporary file past 100 kB, and would
-wait for a request head for as long as the client keeps trickling it.  So:
+wait for a request head for as long as the client keeps trickling it.  So
+each connection's bytes pass through a L{_HeadGuard} first, which hands
+twisted.web's channel whole request heads only:
 
- - L{AdminRequest} refuses a request with a body as soon as its head is
-   parsed (C{gotLength}): ``405`` with ``Allow: GET, HEAD`` for a method
-   other than GET and HEAD, ``413`` for a GET or HEAD, and the connection
-   closes without any of the body being read or kept;
- - L{AdminChannel} limits the head to L{MAX_HEAD_SIZE} (``414`` for a long
-   request line, ``431`` for the rest) and answers ``408`` and closes when a
-   head is not complete L{HEAD_TIMEOUT} seconds after it began; a silent
-   connection meets the factory's idle timeout.
+ - a request that announces a body (any non-zero Content-Length, or a
+   Transfer-Encoding) is refused as soon as its head is complete: ``405``
+   with ``Allow: GET, HEAD`` for a method other than GET and HEAD, ``413``
+   for a GET or HEAD, and the connection closes without any of the body
+   being read or kept;
+ - a head is limited to L{MAX_HEAD_SIZE} (``414`` for a long request line,
+   ``431`` for the rest) and answered ``408`` when it is not complete
+   L{HEAD_TIMEOUT} seconds after it began; a silent connection meets the
+   Site's idle timeout.
+
+Everything else (parsing, keep-alive, the resources) is twisted.web's,
+through its public API.
 """
 
 from __future__ import annotations
 
-from io import BytesIO
+import re
 
+from twisted.internet.protocol import Protocol
 from twisted.web import http, server
 
-from keda_proxy.steps._responses import status_text
+from keda_proxy.wire._status import status_text
 
 #: Request line plus headers; the scaler, probes and scrapers send a few
 #: hundred bytes.
@@ -33,95 +40,99 @@ HEAD_TIMEOUT = 30.0
 #: The only methods these ports answer (anything else is a 405).
 ALLOWED_METHODS = (b"GET", b"HEAD")
 
-
-def _discard(*args):
-    pass
-
-
-class AdminRequest(server.Request):
-    """A request that never has a body: one announced (any non-zero
-    Content-Length, or chunked) is refused before any of it is read."""
-
-    def gotLength(self, length):
-        if length == 0:
-            self.content = BytesIO()  # empty, for resources that read it
-            return
-        # no "100 Continue" for a body that is not wanted (the channel sends
-        # one after this call when the request expects it)
-        self.requestHeaders.removeHeader(b"expect")
-        self.channel.refuse_body()
-
-    def handleContentChunk(self, data):
-        """Body bytes are dropped, never stored (none arrive: the channel
-        stops reading when it refuses the body)."""
+#: the blank line that ends a head (twisted.web takes bare LF line ends too)
+_HEAD_END = re.compile(rb"\n\r?\n")
+#: a header that announces a body
+_BODY_HEADER = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r\n]*)",
+                          re.IGNORECASE)
 
 
-class AdminChannel(http.HTTPChannel):
-    """HTTPChannel with a small head limit, a head deadline, and a way to
-    answer a request it will not read and hang up."""
+def _size(head: bytes) -> int:
+    """A head's size without its line ends, as the limit counts it."""
+    return len(head) - head.count(b"\n") - head.count(b"\r")
 
-    totalHeadersSize = MAX_HEAD_SIZE
-    MAX_LENGTH = MAX_HEAD_SIZE
-    head_timeout = HEAD_TIMEOUT
-    #: the pending head deadline, or None when no head is being read
-    _head_timer = None
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def _fields_valid(head: bytes) -> bool:
+    """Every header line a token, a colon and a value (no folded lines)."""
+    for line in head.rstrip(b"\r\n").split(b"\n")[1:]:
+        name, sep, _ = line.rstrip(b"\r").partition(b":")
+        if not sep or not _TOKEN.match(name):
+            return False
+    return True
+
+
+class _HeadGuard(Protocol):
+    """Stands between the transport and twisted.web's C{HTTPChannel}: only
+    whole, bounded, bodiless request heads get through (see module doc)."""
+
+    _timer = None
+    _refused = False
+
+    def __init__(self, channel, clock, head_timeout: float = HEAD_TIMEOUT):
+        #: the twisted.web channel that parses and answers what gets through
+        self.channel = channel
+        self.clock = clock
+        self.head_timeout = head_timeout
+        self._buffer = b""
+
+    def makeConnection(self, transport):
+        Protocol.makeConnection(self, transport)
+        self.channel.makeConnection(transport)
 
     def connectionMade(self):
-        super().connectionMade()
-        self._arm_head_timer()  # the first head begins with the connection
+        self._arm()  # the first head begins with the connection
 
-    def dataReceived(self, data):
-        if self._head_timer is None and not self._handlingRequest:
-            # the first bytes of a kept-alive connection's next head: a
-            # connection idle between requests is the idle timeout's business
-            self._arm_head_timer()
-        super().dataReceived(data)
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # the rest of a refused request: dropped unread
+        if not self._buffer and self._timer is None:
+            self._arm()  # the first bytes of a kept-alive connection's next head
+        self.channel.resetTimeout()  # activity, for the idle timeout
+        buffer = self._buffer + data
+        while buffer:
+            end = _HEAD_END.search(buffer)
+            head = buffer if end is None else buffer[:end.end()]
+            if _size(head) > MAX_HEAD_SIZE:
+                line = head.find(b"\n")
+                self.refuse(414 if line < 0 or _size(head[:line]) > MAX_HEAD_SIZE else 431)
+                return
+            if end is None:
+                break
+            cut = end.end()
+            if not _fields_valid(head):
+                self.refuse(400)
+                return
+            if self._announces_body(head):
+                return
+            buffer = buffer[cut:]
+            self._cancel()
+            self.channel.dataReceived(head)
+            if buffer and not self._refused:
+                self._arm()
+        self._buffer = buffer
 
-    def _arm_head_timer(self):
-        if self.head_timeout:
-            self._head_timer = self.callLater(self.head_timeout, self._head_timed_out)
+    def _announces_body(self, head: bytes) -> bool:
+        """Refuse a request with a body: True when it was refused."""
+        for match in _BODY_HEADER.finditer(head):
+            name, value = match.group(1).lower(), match.group(2).strip()
+            if name == b"content-length" and value == b"0":
+                continue
+            method = head.lstrip(b"\r\n").split(b" ", 1)[0]
+            if method in ALLOWED_METHODS:
+                self.refuse(413, head_only=method == b"HEAD")
+            else:
+                self.refuse(405, extra=b"Allow: GET, HEAD\r\n")
+            return True
+        return False
 
-    def _cancel_head_timer(self):
-        timer, self._head_timer = self._head_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _head_timed_out(self):
-        self._head_timer = None
-        self.refuse(408)
-
-    def allHeadersReceived(self):
-        self._cancel_head_timer()
-        super().allHeadersReceived()
-
-    def lineReceived(self, line):
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self._refuse_oversized()
-            return
-        super().lineReceived(line)
-
-    def lineLengthExceeded(self, line):
-        self._refuse_oversized()
-
-    def _refuse_oversized(self):
-        # nothing counted yet: this is the request line
-        self.refuse(414 if self._receivedHeaderSize == 0 else 431)
-
-    def _respondToBadRequestAndDisconnect(self):
-        self.refuse(400)
-
-    def refuse_body(self):
-        """Refuse the request whose head was just parsed, for carrying a
-        body: 413 for GET and HEAD, 405 for any other method."""
-        method = self._command
-        if method in ALLOWED_METHODS:
-            self.refuse(413, head_only=method == b"HEAD")
-        else:
-            self.refuse(405, extra=b"Allow: GET, HEAD\r\n")
-
-    def refuse(self, code: int, extra: bytes = b"", head_only: bool = False):
+    def refuse(self, code: int, extra: bytes = b"", head_only: bool = False) -> None:
         """Answer C{code} and close, reading nothing more from the client."""
-        self._cancel_head_timer()
+        self._cancel()
+        self._refused = True
+        self._buffer = b""
         transport = self.transport
         if transport is None or transport.disconnecting:
             return
@@ -130,27 +141,36 @@ class AdminChannel(http.HTTPChannel):
             b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (code, status_text(code), extra, len(body), b"" if head_only else body))
-        # whatever else arrives (the rest of the body) is dropped unread
-        self.dataReceived = self.lineReceived = self.rawDataReceived = _discard
-        self.clearLineBuffer()
-        self.loseConnection()
+        transport.loseConnection()
 
-    def connectionLost(self, reason):
-        self._cancel_head_timer()
-        super().connectionLost(reason)
+    def _arm(self) -> None:
+        if self.head_timeout and self._timer is None:
+            self._timer = self.clock.callLater(self.head_timeout, self._timed_out)
+
+    def _cancel(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.refuse(408)
+
+    def connectionLost(self, reason=None):
+        self._cancel()
+        self.channel.connectionLost(reason)
 
 
 class AdminSite(server.Site):
-    """A Site for the admin and metrics ports: L{AdminChannel} and
-    L{AdminRequest}, and no access log."""
+    """A stock Site whose connections pass through a L{_HeadGuard}, and
+    no access log."""
 
-    protocol = AdminChannel
-    requestFactory = AdminRequest
     noisy = False
+    #: the HTTP/1.1 channel itself: these ports offer no HTTP/2
+    protocol = http.HTTPChannel
 
-    def __init__(self, resource, **kw):
-        kw.setdefault("requestFactory", AdminRequest)
-        super().__init__(resource, **kw)
+    def buildProtocol(self, addr):
+        return _HeadGuard(super().buildProtocol(addr), self.reactor)
 
     def log(self, request):
         pass
