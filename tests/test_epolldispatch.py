@@ -398,3 +398,55 @@ def test_the_suite_runs_on_the_reactor_asked_for(test_reactor):
     name, installed = test_reactor
     assert type(reactor) is installed
     assert installed is {"default": EPollReactor, "keda-epoll": LeanEPollReactor}[name]
+
+
+def test_a_write_goes_out_at_once_and_only_the_rest_is_queued(reactor, listener):
+    """A client transport of this reactor sends a write in the same call
+    when nothing is queued (no turn, no writability watch); what the socket
+    refuses is queued behind it in order, and later writes queue after it."""
+    factory = DialFactory()
+    reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory, timeout=5)
+    [(_, proto)] = factory.log
+    transport = proto.transport
+    accepted, _ = listener.accept()
+    with accepted:
+        transport.write(b"now")
+        assert reactor.getWriters() == []  # sent: nothing to watch for
+        accepted.settimeout(2)
+        assert accepted.recv(100) == b"now"
+        big = bytes(range(256)) * 40_000  # more than the socket takes at once
+        transport.write(big)
+        assert transport in reactor.getWriters()  # the rest waits for the reactor
+        transport.write(b"after")
+        got = bytearray()
+        accepted.setblocking(False)
+
+        def drained():
+            try:
+                got.extend(accepted.recv(1 << 20))
+            except BlockingIOError:
+                pass
+            return len(got) >= len(big) + 5
+
+        spin(reactor, drained)
+        assert bytes(got) == big + b"after"
+        transport.loseConnection()
+        spin(reactor, lambda: transport.disconnected)
+
+
+def test_accepted_connections_get_the_reactors_server_transport(reactor):
+    """Listeners that make their own transports ask the reactor for the
+    class: this reactor's writes at once, and reads inline like tcp.Server."""
+    from twisted.internet import tcp
+
+    from keda_proxy._app import _server
+    from keda_proxy.epolldispatch import _PLAIN_TCP
+
+    a, b = socket.socketpair()
+    with a, b:
+        transport = _server(a, Protocol(), ("127.0.0.1", 5), None, 1, reactor)
+        assert type(transport) is reactor.server_transport
+        assert isinstance(transport, tcp.Server) and type(transport) in _PLAIN_TCP
+        transport.connected = True
+        transport.write(b"x")
+        assert b.recv(10) == b"x"

@@ -43,11 +43,6 @@ import twisted
 #: pinned by its full dotted name.  Another change is removing server.py's
 #: and proxy.py's uses; cross them off here as they go.
 ALLOWED = {
-    # eager writes: the transport's write buffer and disconnect state
-    ("keda_proxy.downstream._eagerwrite", "_tempDataBuffer"):
-        "twisted.internet.abstract.FileDescriptor",
-    ("keda_proxy.downstream._eagerwrite", "_writeDisconnected"):
-        "twisted.internet.abstract.FileDescriptor",
     # the keda-epoll reactor: the dispatch step and the TCP client's set-up
     ("keda_proxy.epolldispatch", "_commonConnection"): "twisted.internet.tcp.BaseClient",
     ("keda_proxy.epolldispatch", "_disconnectSelectable"):
@@ -58,6 +53,10 @@ ALLOWED = {
     ("keda_proxy.epolldispatch", "_poller"): "twisted.internet.epollreactor.EPollReactor",
     ("keda_proxy.epolldispatch", "_requiresResolution"): "twisted.internet.tcp._BaseTCPClient",
     ("keda_proxy.epolldispatch", "_selectables"): "twisted.internet.epollreactor.EPollReactor",
+    # writes at once: the transport's write buffer and disconnect state
+    ("keda_proxy.epolldispatch", "_tempDataBuffer"): "twisted.internet.abstract.FileDescriptor",
+    ("keda_proxy.epolldispatch", "_writeDisconnected"):
+        "twisted.internet.abstract.FileDescriptor",
     # header stores read and written without Headers' per-call normalisation
     ("keda_proxy.wire._headers", "_rawHeaders"): "twisted.web.http_headers.Headers",
     ("keda_proxy.wire._headers", "twisted.web.http_headers._nameEncoder"):

@@ -22,7 +22,6 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
-from keda_proxy.downstream._eagerwrite import eager_write
 from keda_proxy.state._memo import remember
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, content_length
 from keda_proxy.wire._headers import _HOP_KEYS, CANONICAL_NAMES, InvalidHeaderName, canonical_name
@@ -400,19 +399,19 @@ class UpstreamConnection(Protocol):
         self.answered = False
         self._chunked_body = chunked_body
         self._request_complete = not has_body
-        eager_write(self.transport, head)
+        self.transport.write(head)
 
     def write_body(self, data: bytes) -> None:
         if self.state in (CLOSED, DONE) or not data:
             return
         if self._chunked_body:
             data = b"%x\r\n%s\r\n" % (len(data), data)
-        eager_write(self.transport, data)
+        self.transport.write(data)
 
     def end_body(self) -> None:
         self._request_complete = True
         if self._chunked_body and self.state not in (CLOSED, DONE):
-            eager_write(self.transport, b"0\r\n\r\n")
+            self.transport.write(b"0\r\n\r\n")
 
     def abort(self) -> None:
         """Drop the connection now, telling nobody (the client went away)."""
