@@ -19,8 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from keda_proxy.downstream._http1 import StreamingSite
-from keda_proxy.downstream._resource import ReverseProxy
+from keda_proxy.downstream import HTTP1ServerFactory
 from keda_proxy.ops._admin import admin_root
 from keda_proxy.ops._adminsite import AdminSite
 from keda_proxy.ops._config import Config
@@ -37,15 +36,6 @@ from keda_proxy.upstream._pool import ConnectionPool
 from keda_proxy.upstream._prewarm import PodWarmer
 
 log = Logger()
-
-
-class ProxySite(StreamingSite):
-    """The streaming Site, without twisted.web's access log: requests are
-    logged by the pipeline (``KEDA_HTTP_LOG_REQUESTS``), which also sees
-    those that end without a response."""
-
-    def log(self, request):
-        pass
 
 
 def settings_from_config(config: Config, dial_budget: float = MAX_RETRY_DURATION
@@ -128,14 +118,16 @@ class Interceptor:
     def is_ready(self) -> bool:
         return self.store.current.synced and not self.draining
 
-    def proxy_site(self) -> ProxySite:
-        return ProxySite(ReverseProxy(self.pipeline))
+    def proxy_site(self) -> HTTP1ServerFactory:
+        """The proxy listener's factory: each request goes down the pipeline
+        as soon as its head is in."""
+        return HTTP1ServerFactory(self.pipeline.serve, reactor=self.reactor)
 
-    def tls_proxy_site(self) -> ProxySite:
-        """The site behind the TLS listener: same state, https upstreams."""
+    def tls_proxy_site(self) -> HTTP1ServerFactory:
+        """The factory behind the TLS listener: same state, https upstreams."""
         settings = attrs.evolve(self.pipeline.settings, upstream_tls=True)
         pipeline = attrs.evolve(self.pipeline, settings=settings)
-        return ProxySite(ReverseProxy(pipeline))
+        return HTTP1ServerFactory(pipeline.serve, reactor=self.reactor)
 
     def admin_site(self) -> AdminSite:
         return AdminSite(admin_root(self.counter, self.is_ready), reactor=self.reactor)

@@ -1,5 +1,5 @@
 """
-In-memory harness for the proxy pipeline: the real Site and the real
+In-memory harness for the proxy pipeline: the real server protocol and the real
 upstream client protocol and pool, over C{StringTransport}s, on a
 C{MemoryReactorClock}.  Dialling is faked at the endpoint: each dial waits
 until the test lets it succeed or fail.
@@ -13,8 +13,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from keda_proxy._app import ProxySite
-from keda_proxy.downstream._resource import ReverseProxy
+from keda_proxy.downstream import HTTP1ServerFactory
 from keda_proxy.state._store import StateStore
 from keda_proxy.steps import Pipeline, ProxySettings
 from keda_proxy.steps._counting import QueueCounter
@@ -110,7 +109,15 @@ class Harness:
             router=PluginRouter.with_plugins(self.store, plugins),
             counter=self.counter, gate=self.gate, pool=self.pool,
             settings=settings)
-        self.site = ProxySite(ReverseProxy(self.pipeline), reactor=self.clock)
+        self.site = HTTP1ServerFactory(self.serve, reactor=self.clock)
+        #: the last request served (an L{keda_proxy.downstream.HTTP1Exchange})
+        self.exchange = None
+
+    def serve(self, downstream):
+        """The factory's handler: the pipeline of the moment (a test may
+        swap it)."""
+        self.exchange = downstream
+        self.pipeline.serve(downstream)
 
     @property
     def dials(self):

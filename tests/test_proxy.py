@@ -892,8 +892,7 @@ def test_plain_and_tls_pipelines_keep_their_own_upstream_scheme():
     warm(h)
     tls = attrs.evolve(h.pipeline, settings=attrs.evolve(h.pipeline.settings, upstream_tls=True))
     h.get()
-    h.pipeline = tls
-    h.site.resource.pipeline = tls
+    h.pipeline = tls  # the harness's handler serves the pipeline of the moment
     h.get()
     assert [d.key[0] for d in h.dials] == [b"http", b"https"]
 
@@ -911,12 +910,28 @@ def test_keep_alive_survives_responses_given_at_once():
     assert not t.disconnecting
 
 
-def test_continue_is_sent_before_an_immediate_answer():
+def test_no_continue_is_sent_for_an_immediate_answer():
+    """As Go: the client that waits for a 100 gets the answer instead, and
+    the connection closes after it, as the body it did not send is unread."""
     h, proto, t = warm_client()
     proto.dataReceived(b"POST / HTTP/1.1\r\nHost: nowhere.example\r\nContent-Length: 2\r\n"
                        b"Expect: 100-continue\r\n\r\n")
-    out = t.value()
-    assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found")
+    assert status_line(t) == b"HTTP/1.1 404 Not Found"
+    assert b"100 Continue" not in t.value()
+    assert t.disconnecting
+
+
+def test_continue_is_sent_once_a_request_is_forwarded():
+    h, proto, t = warm_client()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n"
+                       b"Expect: 100-continue\r\n\r\n")
+    assert t.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    up = h.upstream()
+    proto.dataReceived(b"hi")
+    assert up.sent().endswith(b"\r\n\r\nhi")
+    up.respond(OK_5)
+    assert t.value().count(b"HTTP/1.1 100 Continue") == 1
+    assert response_body(t).endswith(b"hello") and not t.disconnecting
 
 
 def test_whole_head_and_trickled_head_are_parsed_the_same():
@@ -997,32 +1012,44 @@ def test_connection_close_from_the_client_ends_the_connection_after_the_response
     assert not t.disconnecting
 
 
-def test_a_request_starts_with_the_state_twisted_web_gives_one():
-    """StreamingRequest sets up its state itself, without the constructor
-    chain: it must stay the state twisted.web's own constructor makes."""
-    from twisted.web import server as web_server
-
-    from keda_proxy.downstream._http1 import StreamingRequest
-
+def test_an_exchange_starts_with_the_request_as_sent_and_nothing_of_the_response():
+    seen = []
     h = Harness()
-    proto, _ = h.connect()
-    ours, theirs = StreamingRequest(proto), web_server.Request(proto)
-    assert sorted(vars(ours)) == sorted(vars(theirs))
-    for name in ("client", "host", "transport", "channel", "queued"):
-        assert getattr(ours, name) == getattr(theirs, name), name
-    assert ours.requestHeaders is not ours.responseHeaders
-    assert list(ours.requestHeaders.getAllRawHeaders()) == []
+    h.site.handler = seen.append
+    proto, t = h.connect()
+    proto.dataReceived(b"GET http://a.example/p?q=1 HTTP/1.1\r\nhost: a.example\r\n"
+                       b"x-multi: 1\r\nX-Multi: 2\r\n\r\n")
+    proto2, _ = h.connect()
+    proto2.dataReceived(b"GET /x HTTP/1.0\r\n\r\n")
+    first, second = seen
+    assert (first.method, first.target, first.path, first.version) == (
+        b"GET", b"http://a.example/p?q=1", b"http://a.example/p", b"HTTP/1.1")
+    assert first.headers == {b"Host": [b"a.example"], b"X-Multi": [b"1", b"2"]}
+    assert (first.client_address, first.client_port, first.scheme) == ("10.1.2.3", 5555, b"http")
+    assert first.body.length == 0 and first.body.done
+    assert (first.code, first.sent_bytes, first.finished) == (None, 0, False)
+    assert first.response_headers == {} and first.response_headers is not second.response_headers
+    assert (second.path, second.version, second.headers) == (b"/x", b"HTTP/1.0", {})
+    assert t.value() == b""
 
 
-def test_each_finished_request_reaches_the_sites_access_log_once():
+def test_each_finished_request_is_recorded_once():
+    class Metrics:
+        def __init__(self):
+            self.codes = []
+
+        def record(self, downstream, started, route):
+            self.codes.append(downstream.code)
+
     h = Harness()
     warm(h)
-    logged = []
-    h.site.log = logged.append
+    h.pipeline = attrs.evolve(h.pipeline, metrics=Metrics())
     _, t = h.get()
     h.upstream().respond(OK_5)
     h.send(b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n")
-    assert [r.code for r in logged] == [200, 404]
+    proto, _ = h.get()
+    proto.connectionLost(Failure(ConnectionLost()))  # gone before its answer
+    assert h.pipeline.metrics.codes == [200, 404, None]
     assert response_body(t) == b"hello"
 
 

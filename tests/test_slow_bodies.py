@@ -1,5 +1,5 @@
 """
-Request bodies that trickle in are cut (keda_proxy.downstream._http1.BODY_GRACE and
+Request bodies that trickle in are cut (keda_proxy.downstream.BODY_GRACE and
 BODY_MIN_RATE): a client must not hold a request, and the route's
 Concurrency that drives KEDA's scaling, open for as long as it likes.
 """
@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet.defer import gatherResults
 from twisted.python.failure import Failure
 
-from keda_proxy.downstream._http1 import BODY_GRACE, BODY_MIN_RATE, ProxyChannel
+from keda_proxy.downstream import BODY_GRACE, BODY_MIN_RATE, HTTP1ServerProtocol
 from tests.netsupport import RawClient, wait_for
 from tests.proxyfakes import Harness, status_line
 from tests.test_integration import Rig
@@ -66,7 +66,7 @@ def test_time_the_proxy_holds_the_client_back_does_not_count():
     h, proto, t = _upload(1000)
     h.upstream()
     proto.dataReceived(b"x")
-    body = proto.requests[0].body
+    body = h.exchange.body
     body.pauseProducing()  # the upstream's socket is full
     for _ in range(17):  # 170 s, past the 60 s idle timeout too
         h.clock.advance(10)
@@ -99,7 +99,7 @@ def test_a_finished_body_leaves_no_timer_behind():
 
 @pytest_twisted.inlineCallbacks
 def test_trickling_clients_over_real_sockets_are_cut_and_uncounted(monkeypatch):
-    monkeypatch.setattr(ProxyChannel, "body_grace", 0.3)
+    monkeypatch.setattr(HTTP1ServerProtocol, "body_grace", 0.3)
     rig = Rig().start()
     try:
         rig.load()
