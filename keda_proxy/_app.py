@@ -29,6 +29,7 @@ from keda_proxy.state._store import StateStore
 from keda_proxy.steps import Pipeline, ProxySettings
 from keda_proxy.steps._counting import QueueCounter
 from keda_proxy.steps._pluginrouting import PluginRouter, discover_routing_plugins
+from keda_proxy.steps._pluginsteps import request_steps_named
 from keda_proxy.steps._readiness import ReadinessGate
 from keda_proxy.steps._selection import selector_named
 from keda_proxy.upstream._dial import MAX_RETRY_DURATION, SnapshotResolver, UpstreamEndpoints
@@ -71,11 +72,13 @@ class Interceptor:
     @classmethod
     def build(cls, reactor, config: Config, expected_kinds, resolver=None,
               plugins=None, dial_budget: float = MAX_RETRY_DURATION,
-              upstream_tls=None) -> "Interceptor":
+              upstream_tls=None, request_steps=None) -> "Interceptor":
         """Wire every component.
 
         @param upstream_tls: a L{keda_proxy._tls.UpstreamTLS}, needed for the
             TLS listener, whose requests go upstream over https (as in Go).
+        @param request_steps: L{keda_proxy.interfaces.IRequestStepPlugin}s to
+            run, in order; None: those C{config.request_steps} names.
         """
         store = StateStore(clock=reactor, expected_kinds=frozenset(expected_kinds))
         counter = QueueCounter()
@@ -95,6 +98,10 @@ class Interceptor:
             plugins = discover_routing_plugins()
         for p in plugins:
             log.info("routing plugin {name} loaded", name=getattr(p, "name", repr(p)))
+        if request_steps is None:
+            request_steps = request_steps_named(config.request_steps)
+        for p in request_steps:
+            log.info("request step plugin {name} enabled", name=getattr(p, "name", repr(p)))
         if config.direct_pod_routing and config.direct_pod_warm_connections > 0:
             warmer = PodWarmer(reactor, store, gate, pool,
                                per_pod=config.direct_pod_warm_connections)
@@ -112,6 +119,7 @@ class Interceptor:
             metrics=metrics,
             log_requests=config.log_requests,
             tracer=Tracer() if config.otlp_traces_enabled else None,
+            request_steps=tuple(request_steps),
         )
         return cls(reactor, config, store, counter, gate, pool, pipeline, metrics, warmer)
 

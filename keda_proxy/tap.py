@@ -80,13 +80,14 @@ def makeService(options):
         except TLSConfigError as e:
             fail(str(e))
     prepare_descriptors()  # before any thread starts
+    from keda_proxy.steps._pluginsteps import UnknownRequestStep
     from keda_proxy.steps._selection import UnknownSelector
 
     try:
         service = build_service(reactor, config, _source_factory(reactor, config),
                                 interface=options["interface"], server_tls=server_tls,
                                 upstream_tls=upstream_tls)
-    except UnknownSelector as e:
+    except (UnknownSelector, UnknownRequestStep) as e:
         fail(str(e))
     # with a --zap-* flag, twistd logs zap lines to stdout (keda_proxy.ops._zaplog)
     return with_zap_logging(service, options)

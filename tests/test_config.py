@@ -80,6 +80,7 @@ def test_defaults_match_the_go_interceptor():
         "direct_pod_routing": True,  # v0.16's default
         "direct_pod_warm_connections": 0,  # an extension
         "endpoint_selector": "random",  # an extension
+        "request_steps": (),  # an extension
         "drain_timeout": 30.0,
         "shutdown_delay": 5.0,
         "prom_exporter_enabled": True,
@@ -733,6 +734,7 @@ SAMPLES = {
     "KEDA_HTTP_DIRECT_POD_ROUTING": ("false", False),
     "KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS": ("64", 64),  # an extension
     "KEDA_HTTP_ENDPOINT_SELECTOR": ("round-robin", "round-robin"),  # an extension
+    "KEDA_HTTP_REQUEST_STEPS": (" api-key, add-tenant ", ("api-key", "add-tenant")),
     "KEDA_HTTP_DRAIN_TIMEOUT": ("7s", 7.0),
     "KEDA_HTTP_SHUTDOWN_DELAY": ("8s", 8.0),
     "OTEL_PROM_EXPORTER_ENABLED": ("false", False),
@@ -811,3 +813,13 @@ def test_docs_mention_every_variable():
 def test_docs_table_is_generated_from_env_vars():
     """Edit ENV_VARS, then paste env_table_markdown() into the docs."""
     assert env_table_markdown() in DOCS.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("api-key,api-key", "api-key listed more than once"),
+    (" , ", "expected comma-separated plugin names"),
+    ("api key", "expected a plugin name"),
+])
+def test_request_steps_name_each_plugin_once(text, reason):
+    error = error_for({"KEDA_HTTP_REQUEST_STEPS": text})
+    assert error.name == "KEDA_HTTP_REQUEST_STEPS" and reason in str(error)

@@ -148,6 +148,17 @@ def _plugin_name(text: str) -> str:
     return text
 
 
+def _plugin_names(text: str) -> tuple[str, ...]:
+    """Comma-separated plugin names, each at most once."""
+    names = tuple(_plugin_name(name) for name in _names(text))
+    if text and not names:
+        raise ValueError("expected comma-separated plugin names")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} listed more than once")
+    return names
+
+
 def _optional_text(text: str) -> str | None:
     return text or None
 
@@ -383,6 +394,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "`random` (as Go), `round-robin`, `least-pending` (the fewer requests in "
            "flight of two pods drawn at random), or the name of an installed "
            "selector plugin; an unknown name stops start-up. An extension."),
+    EnvVar("KEDA_HTTP_REQUEST_STEPS", "request_steps", "", _plugin_names,
+           "Comma-separated names of installed request-step plugins, run in this order "
+           "on every routed request that no static route answers, before it is counted "
+           "in `/queue` or waits for a cold start: a request a step refuses neither "
+           "counts nor wakes its workload. Empty runs none; an unknown name stops "
+           "start-up. An extension."),
     EnvVar("KEDA_HTTP_DRAIN_TIMEOUT", "drain_timeout", "30s", _duration,
            "How long in-flight requests may finish after the proxy stops listening "
            "at shutdown; 0 waits indefinitely."),
@@ -475,6 +492,7 @@ class Config:
     direct_pod_routing: bool = _default("direct_pod_routing")
     direct_pod_warm_connections: int = _default("direct_pod_warm_connections")
     endpoint_selector: str = _default("endpoint_selector")
+    request_steps: tuple[str, ...] = _default("request_steps")
     drain_timeout: float = _default("drain_timeout")
     shutdown_delay: float = _default("shutdown_delay")
     prom_exporter_enabled: bool = _default("prom_exporter_enabled")
