@@ -222,8 +222,8 @@ class IRouter(Interface):
 
     def route(request):
         """
-        @param request: a L{keda_proxy.state._model.RequestFacts}.
-        @return: the matching L{keda_proxy.state._model.Route}, or L{None}.
+        @param request: a L{keda_proxy.state.RequestFacts}.
+        @return: the matching L{keda_proxy.state.Route}, or L{None}.
         """
 
 
@@ -242,10 +242,10 @@ class IRoutingPlugin(Interface):
 
     def route(request, snapshot):
         """
-        @param request: a L{keda_proxy.state._model.RequestFacts}.
-        @param snapshot: the current L{keda_proxy.state._store.Snapshot}; its
+        @param request: a L{keda_proxy.state.RequestFacts}.
+        @param snapshot: the current L{keda_proxy.state.Snapshot}; its
             C{routes} maps C{namespace/name} to every known route.
-        @return: a L{keda_proxy.state._model.Route} (normally one of
+        @return: a L{keda_proxy.state.Route} (normally one of
             C{snapshot.routes}), or L{None} to let the next step decide.
         """
 
@@ -259,7 +259,7 @@ class IEndpointSelector(Interface):
     def select(candidates, request):
         """
         @param candidates: a non-empty sequence of C{(ip, port)} pairs.
-        @param request: the L{keda_proxy.state._model.RequestFacts}.
+        @param request: the L{keda_proxy.state.RequestFacts}.
         @return: one of C{candidates}.
         """
 

@@ -123,3 +123,19 @@ def test_settings_come_by_their_variable_names():
     h.flush()
     h.clock.advance(2)
     assert h.result_of(d).code == 504
+
+
+def test_the_example_in_the_plugin_docs_passes():
+    """docs/plugins.md's "Testing a plugin" example, run as written."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    section = docs.split("# Testing a plugin", 1)[1].split("\n# ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    tests = [fn for name, fn in namespace.items() if name.startswith("test_")]
+    assert tests
+    for test in tests:
+        test()

@@ -20,7 +20,7 @@ class RequestContext:
     route = None
     #: the L{keda_proxy.state.Snapshot} the request is served from
     snapshot = None
-    #: its L{keda_proxy.model.RequestFacts}: what routing sees
+    #: its L{keda_proxy.state.RequestFacts}: what routing sees
     facts = None
     #: a static route ``WhenUnavailable`` whose target is available: the
     #: request goes to it uncounted and unheld, as in Go
