@@ -9,8 +9,10 @@ from functools import partial
 from typing import Optional
 
 from attrs import define, field
+from twisted.logger import Logger
+from zope.interface import implementer
 
-from keda_proxy.interfaces import IRouter
+from keda_proxy.interfaces import IRequestStep, IRouter
 from keda_proxy.ops._zaplog import log_request
 from keda_proxy.state._store import StateStore
 from keda_proxy.steps._admit import Admit
@@ -18,11 +20,14 @@ from keda_proxy.steps._await import AwaitReadiness
 from keda_proxy.steps._context import RequestContext
 from keda_proxy.steps._forward import Forward
 from keda_proxy.steps._readiness import ReadinessGate
+from keda_proxy.steps._responses import write_error
 from keda_proxy.steps._route import RouteRequest
 from keda_proxy.steps._select import SelectEndpoint
 from keda_proxy.steps._static import ServeStatic
 from keda_proxy.steps._targets import ServiceTargets
 from keda_proxy.upstream._dial import MAX_RETRY_DURATION
+
+log = Logger()
 
 
 @define(frozen=True)
@@ -69,12 +74,33 @@ def build_request_path(p: "Pipeline"):
     return _chain(
         partial(RouteRequest, p.router, p.store),
         partial(ServeStatic, gate),
-        *(plugin.step for plugin in p.request_steps),
+        *(partial(_guarded, plugin) for plugin in p.request_steps),
         partial(Admit, p.counter, gate, settings, p.metrics),
         partial(AwaitReadiness, gate, targets, settings, p.metrics, p.tracer),
         partial(SelectEndpoint, gate, targets, settings),
         partial(Forward, p.pool, gate.selector, settings, p.tracer),
     )
+
+
+def _guarded(plugin, next):
+    """A plugin's step, made to pass on to C{next}, that cannot break the
+    request path: an exception escaping it is logged and answered 500."""
+    return _Guarded(getattr(plugin, "name", repr(plugin)), plugin.step(next))
+
+
+@implementer(IRequestStep)
+class _Guarded:
+    def __init__(self, name: str, step):
+        self.name = name
+        self.step = step
+
+    def handle(self, context) -> None:
+        try:
+            self.step.handle(context)
+        except Exception:
+            log.failure("request step {name} failed", name=self.name)
+            if not context.over:
+                write_error(context.downstream, 500)
 
 
 def _chain(*makers):
