@@ -72,7 +72,9 @@ def makeService(options):
         fail(str(e))
     server_tls = upstream_tls = None
     if config.proxy_tls_enabled:
-        from keda_proxy._tls import ServerTLS, TLSConfigError, UpstreamTLS
+        from keda_proxy._tls import TLSConfigError
+        from keda_proxy.downstream._tls import ServerTLS
+        from keda_proxy.upstream._tls import UpstreamTLS
 
         try:
             server_tls = ServerTLS.from_config(config)

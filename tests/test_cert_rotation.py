@@ -32,7 +32,8 @@ from zope.interface import implementer
 
 from keda_proxy import _tls as tls
 from keda_proxy._app import build_service
-from keda_proxy._tls import RELOAD_INTERVAL, CertificateWatcher, ServerTLS
+from keda_proxy.downstream import _tls as listener_tls
+from keda_proxy.downstream._tls import RELOAD_INTERVAL, CertificateWatcher, ServerTLS
 from tests.netsupport import wait_for
 from tests.test_tls import ProbeClient, capture, config, handshake
 
@@ -234,8 +235,8 @@ def test_watcher_keeps_looking_after_an_unexpected_error(main, monkeypatch):
 def test_nothing_is_read_while_nothing_changes(main, monkeypatch):
     server_tls, cert_path, key_path, events = main
     reads = []
-    real = tls.load_pair
-    monkeypatch.setattr(tls, "load_pair", lambda *a: reads.append(a) or real(*a))
+    real = listener_tls.load_pair
+    monkeypatch.setattr(listener_tls, "load_pair", lambda *a: reads.append(a) or real(*a))
     for _ in range(3):
         assert not server_tls.reload()
     assert reads == []
@@ -321,10 +322,10 @@ def test_half_written_chain_is_refused(main):
 def test_files_changing_while_read_are_read_again_quietly(main, ca, monkeypatch):
     server_tls, cert_path, key_path, events = main
     new = ca.issue_cert("new.example")
-    real = tls.load_pair
+    real = listener_tls.load_pair
 
     def interrupted(*args):
-        monkeypatch.setattr(tls, "load_pair", real)
+        monkeypatch.setattr(listener_tls, "load_pair", real)
         pair = None
         try:
             pair = real(*args)  # the new certificate with the old key: a mismatch
@@ -333,7 +334,7 @@ def test_files_changing_while_read_are_read_again_quietly(main, ca, monkeypatch)
         return pair
 
     put(cert_path, chain_pem(new))
-    monkeypatch.setattr(tls, "load_pair", interrupted)
+    monkeypatch.setattr(listener_tls, "load_pair", interrupted)
     assert not server_tls.reload()
     assert errors(events) == []  # half a rotation is not reported
     assert tls._san_names(served(server_tls)) == ("old.example",)

@@ -40,15 +40,11 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from keda_proxy import _tls as tls
-from keda_proxy._tls import (
-    MissingServerName,
-    ServerTLS,
-    TLSConfigError,
-    TLSPolicy,
-    UpstreamTLS,
-)
+from keda_proxy._tls import TLSConfigError, TLSPolicy
+from keda_proxy.downstream._tls import ServerTLS, sni_lookup
 from keda_proxy.ops._config import Config
 from keda_proxy.upstream._dial import StaticResolver, UpstreamEndpoints
+from keda_proxy.upstream._tls import CREATOR_CACHE_SIZE, MissingServerName, UpstreamTLS
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -320,7 +316,7 @@ def test_dial_without_server_name_is_refused(trusting, name):
         skipping.creatorForNetloc(name, 443)
 
 
-def test_one_creator_per_server_name_sharing_one_context(trusting):
+def test_one_creator_and_context_per_server_name(trusting):
     upstream = UpstreamTLS.from_config(trusting())
     web = upstream.creatorForNetloc(b"web.default", 443)
     assert upstream.creatorForNetloc(b"web.default", 443) is web
@@ -328,7 +324,7 @@ def test_one_creator_per_server_name_sharing_one_context(trusting):
     fallback = upstream.creatorForNetloc(b"fallback.default", 443)
     assert fallback is not web
     assert fallback.server_name == "fallback.default"
-    assert web.options is fallback.options is upstream.options
+    assert web.context is not fallback.context  # optionsForClientTLS per name
 
 
 def test_upstream_tls_is_a_policy_for_https(trusting):
@@ -340,8 +336,8 @@ def test_upstream_tls_is_a_policy_for_https(trusting):
 def test_creator_cache_keeps_the_most_recently_used_names(trusting):
     """Bounded at CREATOR_CACHE_SIZE names: the N+1th evicts the oldest."""
     upstream = UpstreamTLS.from_config(trusting())
-    size = tls.CREATOR_CACHE_SIZE
-    assert upstream.cache_size == size == 1024
+    size = CREATOR_CACHE_SIZE
+    assert upstream.cache_size == size == 256
     names = [f"svc{i}.default".encode() for i in range(size + 1)]
     first = [upstream.creatorForNetloc(name, 443) for name in names]
     for name, creator in zip(names[1:], first[1:], strict=True):  # hits: nothing evicted
@@ -645,12 +641,12 @@ def test_policy_from_config():
 
 def test_sni_lookup_prefers_exact_names():
     table = {"a.example": 1, "*.example": 2, "*.b.example": 3}
-    assert tls.sni_lookup(table, "a.example") == 1
-    assert tls.sni_lookup(table, "z.example.") == 2
-    assert tls.sni_lookup(table, "x.b.example") == 3
-    assert tls.sni_lookup(table, "x.y.b.example") is None  # one label only
-    assert tls.sni_lookup(table, "example") is None
-    assert tls.sni_lookup(table, "") is None
+    assert sni_lookup(table, "a.example") == 1
+    assert sni_lookup(table, "z.example.") == 2
+    assert sni_lookup(table, "x.b.example") == 3
+    assert sni_lookup(table, "x.y.b.example") is None  # one label only
+    assert sni_lookup(table, "example") is None
+    assert sni_lookup(table, "") is None
 
 
 def test_san_names_cover_dns_and_ip(ca):

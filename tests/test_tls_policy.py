@@ -21,8 +21,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
 
 from keda_proxy import _tls as tls
-from keda_proxy._tls import ServerTLS, TLSConfigError, TLSPolicy, UpstreamTLS
+from keda_proxy._tls import TLSConfigError, TLSPolicy
+from keda_proxy.downstream._tls import ServerTLS
 from keda_proxy.ops._config import ConfigError, load_config
+from keda_proxy.upstream._tls import UpstreamTLS
 from tests.test_tls import ProbeClient, handshake, handshake_error, write_pair
 from tests.test_tls import pod as pod  # noqa: F401 - fixtures
 from tests.test_tls import ports as ports  # noqa: F401

@@ -15,9 +15,10 @@ from twisted.internet import reactor, ssl
 from twisted.web import resource, server
 
 from keda_proxy._app import Interceptor
-from keda_proxy._tls import ServerTLS, UpstreamTLS
+from keda_proxy.downstream._tls import ServerTLS
 from keda_proxy.state._model import ALL_KINDS, ServiceRef
 from keda_proxy.upstream._dial import StaticResolver
+from keda_proxy.upstream._tls import UpstreamTLS
 from tests.builders import endpoint_slice, load, route, service
 from tests.netsupport import RawClient, wait_for
 from tests.test_tls import config, write_pair

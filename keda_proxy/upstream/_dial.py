@@ -253,7 +253,7 @@ class UpstreamEndpoints:
     reactor: object
     resolver: IServiceResolver
     connect_timeout: float = 0.5
-    #: an L{IPolicyForHTTPS} (L{keda_proxy._tls.UpstreamTLS}) when upstreams
+    #: an L{IPolicyForHTTPS} (L{keda_proxy.upstream._tls.UpstreamTLS}) when upstreams
     #: are https; its creator for the key's server name wraps the dial
     tls: object = None
     gate: DialGate = None
