@@ -1101,3 +1101,31 @@ def test_an_http10_request_without_keep_alive_is_closed_as_before(connection):
     assert b"connection" not in response_headers(t)  # Go sends none to 1.0 either
     assert response_body(t) == b"hello"
     assert t.disconnecting
+
+
+@pytest.mark.parametrize("response", [OK_5, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                             b"5\r\nhello\r\n0\r\n\r\n"])
+def test_a_finished_request_leaves_nothing_for_the_garbage_collector(response):
+    """Reference counting alone frees a request's objects: a cycle per
+    request fills the heap between collections, and each full collection
+    then stalls every connection (p99 grew from 6 to 107 ms at 32
+    connections)."""
+    import gc
+
+    h = Harness()
+    warm(h)
+    proto, t = h.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    up = h.upstream()
+    up.respond(response)  # a first request: the connections and caches exist now
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            up.transport.clear()
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            up.respond(response)
+        assert t.value().count(b"hello") == 21
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

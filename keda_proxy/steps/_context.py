@@ -93,5 +93,11 @@ class RequestContext:
         for timer in self._timers:
             if timer.active():
                 timer.cancel()
-        for fn in reversed(self._cleanups):
+        cleanups = self._cleanups
+        # the steps' per-request objects refer back to the context: drop
+        # them, so that reference counting frees it all without the
+        # collector
+        self._cleanups = self._timers = ()
+        self.on_deadline = None
+        for fn in reversed(cleanups):
             fn(gone)
