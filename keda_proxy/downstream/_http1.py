@@ -257,7 +257,7 @@ class HTTP1Exchange:
             return
         self.code = code
         self._head = None
-        self._chunked = False
+        self._chunked = self._bodiless = False
         parts = [self.version, b" %d " % code, status_text(code), b"\r\n",
                  _date_line(self._channel.now())]
         for name, value in fields:
@@ -511,7 +511,7 @@ class HTTP1ServerProtocol(Protocol):
             self._watch_body(body)
         exchange = self._exchange = HTTP1Exchange(
             self, method, target, version, headers, body, keep_alive, close_asked)
-        self._pending = rest
+        self._pending = rest + self._pending
         try:
             self._handler(exchange)
         except Exception:
@@ -541,7 +541,7 @@ class HTTP1ServerProtocol(Protocol):
         body, self._body = self._body, None
         self._cancel_body_timer()
         self._state = _WAIT
-        self._pending = rest
+        self._pending = rest + self._pending
         if body.paused:  # nothing more to hold back
             body.paused = False
             self._resume_reading(_BODY_HELD)
@@ -705,12 +705,11 @@ class HTTP1ServerProtocol(Protocol):
 
     def hand_over(self):
         """For L{HTTP1Exchange.take_over}: the transport and what is unread."""
+        pending = self._pending
         self._closing()
         self._state = _TAKEN
         self._producer = None
         self._read_paused = 0
-        pending = self._pending
-        self._pending = b""
         self.transport.unregisterProducer()
         return self.transport, pending
 
