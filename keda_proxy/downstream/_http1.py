@@ -702,6 +702,10 @@ class HTTP1ServerProtocol(Protocol):
         timer, self._idle_timer = self._idle_timer, None
         if timer is not None and timer.active():
             timer.cancel()
+        if self.transport is not None:
+            # no flow control is left to do; and a TLS transport closes only
+            # once no producer is registered
+            self.transport.unregisterProducer()
 
     def hand_over(self):
         """For L{HTTP1Exchange.take_over}: the transport and what is unread."""
