@@ -374,6 +374,9 @@ class HTTP1ServerProtocol(Protocol):
     _write_paused = False
     _producer = None
     _pull_producer = False
+    #: whether this protocol (or a pull producer in its place) is registered
+    #: with the transport
+    _registered = False
     _idle_timer = None
     _abort_timer = None
     _body_timer = None
@@ -400,6 +403,7 @@ class HTTP1ServerProtocol(Protocol):
         if ISSLTransport.providedBy(transport):
             self.scheme = b"https"
         transport.registerProducer(self, True)
+        self._registered = True
         if self.idle_timeout:
             self._idle_timer = self._clock.callLater(self.idle_timeout, self._idle_check)
 
@@ -655,7 +659,7 @@ class HTTP1ServerProtocol(Protocol):
         self._producer = None
         if self._pull_producer:
             self._pull_producer = False
-            if self._state < _CLOSED:
+            if self._registered:
                 self.transport.unregisterProducer()
                 self.transport.registerProducer(self, True)
 
@@ -702,9 +706,10 @@ class HTTP1ServerProtocol(Protocol):
         timer, self._idle_timer = self._idle_timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        if self.transport is not None:
+        if self._registered:
             # no flow control is left to do; and a TLS transport closes only
             # once no producer is registered
+            self._registered = False
             self.transport.unregisterProducer()
 
     def hand_over(self):
@@ -714,7 +719,6 @@ class HTTP1ServerProtocol(Protocol):
         self._state = _TAKEN
         self._producer = None
         self._read_paused = 0
-        self.transport.unregisterProducer()
         return self.transport, pending
 
     def _refuse(self, code: int) -> None:
