@@ -64,9 +64,10 @@ class _WritesAtOnce:
     queued (see module doc)."""
 
     def write(self, data):
-        if (data and self.connected and not self.disconnecting
-                and not self._writeDisconnected and not self._tempDataBuffer
-                and len(self.dataBuffer) == self.offset):
+        fd = self  # FileDescriptor's private buffer state, read as Twisted's
+        if (data and fd.connected and not fd.disconnecting
+                and not fd._writeDisconnected and not fd._tempDataBuffer
+                and len(fd.dataBuffer) == fd.offset):
             # the socket itself: writeSomeData adds a memoryview, a size cap
             # for old Windows and an EINTR loop, which Python already does
             try:

@@ -40,8 +40,7 @@ import twisted
 
 #: (keda_proxy module, private name) -> where the installed Twisted defines
 #: it: "module.Class", or the module for a module-level name; an import is
-#: pinned by its full dotted name.  Another change is removing server.py's
-#: and proxy.py's uses; cross them off here as they go.
+#: pinned by its full dotted name.  Only the opt-in reactor may have any.
 ALLOWED = {
     # the keda-epoll reactor: the dispatch step and the TCP client's set-up
     ("keda_proxy.epolldispatch", "_commonConnection"): "twisted.internet.tcp.BaseClient",
@@ -57,15 +56,6 @@ ALLOWED = {
     ("keda_proxy.epolldispatch", "_tempDataBuffer"): "twisted.internet.abstract.FileDescriptor",
     ("keda_proxy.epolldispatch", "_writeDisconnected"):
         "twisted.internet.abstract.FileDescriptor",
-    # header stores read and written without Headers' per-call normalisation
-    ("keda_proxy.wire._headers", "_rawHeaders"): "twisted.web.http_headers.Headers",
-    ("keda_proxy.wire._headers", "twisted.web.http_headers._nameEncoder"):
-        "twisted.web.http_headers._nameEncoder",
-    ("keda_proxy.steps._responses", "_disconnected"): "twisted.web.http.Request",
-    # an upgrade takes over the channel's socket and the bytes it buffered
-    ("keda_proxy.steps._tunnel", "_buffer"): "twisted.protocols.basic.LineReceiver",
-    ("keda_proxy.steps._tunnel", "_dataBuffer"): "twisted.web.http.HTTPChannel",
-    ("keda_proxy.steps._tunnel", "_disconnected"): "twisted.web.http.Request",
 }
 
 #: uses that only share a name with one of Twisted's (not on self), each
@@ -315,3 +305,8 @@ def poke(channel, headers, other):
         "_handlingRequest", "_buffer")}
     assert maybe == {("m", name) for name in (
         "_rawHeaders", "_HTTPChannel__first_line", "_state")}
+
+
+def test_only_the_opt_in_reactor_uses_private_twisted_names():
+    """Everything but C{twistd -r keda-epoll} runs on Twisted's public API."""
+    assert {module for module, _ in ALLOWED} == {"keda_proxy.epolldispatch"}
