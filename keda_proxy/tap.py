@@ -13,8 +13,8 @@ import sys
 
 from twisted.python import usage
 
+from keda_proxy.ops._descriptors import prepare_descriptors
 from keda_proxy.ops._zaplog import ZapFlagError, ZapFlagOptions, with_zap_logging
-from keda_proxy.state._descriptors import prepare_descriptors
 
 
 def _port(text):

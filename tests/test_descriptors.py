@@ -1,15 +1,15 @@
-"""Tests for keda_proxy.state._descriptors: room for many connections."""
+"""Tests for keda_proxy.ops._descriptors: room for many connections."""
 
 import subprocess
 import sys
 
 import pytest
 
-from keda_proxy.state._descriptors import RESERVED_SLOTS
+from keda_proxy.ops._descriptors import RESERVED_SLOTS
 
 PROBE = """
 import resource, sys
-from keda_proxy.state import _descriptors as descriptors
+from keda_proxy.ops import _descriptors as descriptors
 
 def fdsize():
     for line in open("/proc/self/status"):

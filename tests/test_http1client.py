@@ -2,7 +2,6 @@
 
 import pytest
 
-from keda_proxy.state._memo import LIMIT as _LINES_MAX
 from keda_proxy.upstream._http1client import (
     _HEAD_KEPT_MAX,
     _HEADS,
@@ -12,6 +11,7 @@ from keda_proxy.upstream._http1client import (
     UpstreamProtocolError,
     parse_head,
 )
+from keda_proxy.wire._memo import LIMIT as _LINES_MAX
 
 
 def test_status_line_and_end_to_end_headers_in_order():

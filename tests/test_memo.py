@@ -1,6 +1,6 @@
-"""Tests for keda_proxy.state._memo: bounded memo tables."""
+"""Tests for keda_proxy.wire._memo: bounded memo tables."""
 
-from keda_proxy.state._memo import remember
+from keda_proxy.wire._memo import remember
 
 
 def test_a_full_table_is_emptied_before_the_next_entry():

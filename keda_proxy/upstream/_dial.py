@@ -33,8 +33,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from keda_proxy.state._memo import remember
 from keda_proxy.state._store import StateStore
+from keda_proxy.wire._memo import remember
 
 #: Go's retry interval between dial attempts.
 RETRY_INTERVAL = 0.05

@@ -22,9 +22,9 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
-from keda_proxy.state._memo import remember
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, content_length
 from keda_proxy.wire._headers import _HOP_KEYS, CANONICAL_NAMES, InvalidHeaderName, canonical_name
+from keda_proxy.wire._memo import remember
 
 #: Largest response head accepted from an upstream (Go's default is 1 MiB).
 MAX_HEAD = 1 << 20

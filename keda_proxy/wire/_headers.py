@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import FrozenSet
 
-from keda_proxy.state._memo import remember
+from keda_proxy.wire._memo import remember
 
 HOP_BY_HOP: FrozenSet[bytes] = frozenset({
     b"connection",
