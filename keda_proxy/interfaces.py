@@ -329,3 +329,10 @@ class IStateSource(Interface):
     """A producer of cluster objects (manifest files, the Kubernetes API)."""
 
     kinds = Attribute("The kinds this source feeds; /readyz waits for all.")
+
+
+__all__ = [
+    "IBodyConsumer", "IDownstreamExchange", "IEndpointSelector", "IEndpointSelectorPlugin",
+    "IHeldRequest", "IRequestBody", "IRequestStep", "IRequestStepPlugin", "IResponseSink",
+    "IRouter", "IRoutingPlugin", "IStateSink", "IStateSource", "IUpstreamExchange",
+]

@@ -116,3 +116,6 @@ def _source_factory(reactor, config):
     return lambda store: KubernetesSource(
         sink=store, reactor=reactor, clock=reactor, api_client=api_client,
         namespace=config.watch_namespace, resync_period=config.resync_period)
+
+
+__all__ = ["Options", "makeService"]

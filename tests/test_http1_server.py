@@ -19,16 +19,10 @@ from zope.interface import alsoProvides
 from zope.interface.verify import verifyObject
 
 import keda_proxy.downstream._http1 as http1
-from keda_proxy.downstream import (
-    BODY_GRACE,
-    BODY_HIGH_WATER,
-    HEAD_TIMEOUT,
-    IDLE_TIMEOUT,
-    MAX_HEAD_SIZE,
-    HeadError,
-    HTTP1ServerFactory,
-    parse_head,
-)
+from keda_proxy.downstream import HTTP1ServerFactory
+from keda_proxy.downstream._body import BODY_HIGH_WATER
+from keda_proxy.downstream._head import MAX_HEAD_SIZE, HeadError, parse_head
+from keda_proxy.downstream._http1 import BODY_GRACE, HEAD_TIMEOUT, IDLE_TIMEOUT
 from keda_proxy.interfaces import IDownstreamExchange, IRequestBody
 from keda_proxy.upstream._http1client import parse_head as parse_response_head
 

@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet.defer import gatherResults
 from twisted.python.failure import Failure
 
-from keda_proxy.downstream import BODY_GRACE, BODY_MIN_RATE, HTTP1ServerProtocol
+from keda_proxy.downstream._http1 import BODY_GRACE, BODY_MIN_RATE, HTTP1ServerProtocol
 from tests.netsupport import RawClient, wait_for
 from tests.proxyfakes import Harness, status_line
 from tests.test_integration import Rig

@@ -1,33 +1,14 @@
 """
-The proxy's side facing clients: an HTTP/1.1 server whose requests stream
-(L{HTTP1ServerFactory}), each an L{keda_proxy.interfaces.IDownstreamExchange}.
+The proxy's side facing clients.  Each request becomes an
+L{keda_proxy.interfaces.IDownstreamExchange} handed to the request path:
+
+ - L{HTTP1ServerFactory}: the interceptor's own HTTP/1.1 server, whose
+   request bodies stream as they arrive;
+ - L{ReverseProxy}: the request path as a twisted.web resource, to embed it
+   in any Twisted web application (L{keda_proxy.embedding}).
 """
 
-from keda_proxy.downstream._body import BODY_HIGH_WATER, RequestBody
-from keda_proxy.downstream._head import MAX_HEAD_SIZE, HeadError, parse_head
-from keda_proxy.downstream._http1 import (
-    BODY_GRACE,
-    BODY_MIN_RATE,
-    HEAD_TIMEOUT,
-    IDLE_TIMEOUT,
-    HTTP1Exchange,
-    HTTP1ServerFactory,
-    HTTP1ServerProtocol,
-    listen_backlog,
-)
+from keda_proxy.downstream._http1 import HTTP1ServerFactory, listen_backlog
+from keda_proxy.downstream._resource import ReverseProxy
 
-__all__ = [
-    "BODY_GRACE",
-    "BODY_HIGH_WATER",
-    "BODY_MIN_RATE",
-    "HEAD_TIMEOUT",
-    "IDLE_TIMEOUT",
-    "MAX_HEAD_SIZE",
-    "HTTP1Exchange",
-    "HTTP1ServerFactory",
-    "HTTP1ServerProtocol",
-    "HeadError",
-    "RequestBody",
-    "listen_backlog",
-    "parse_head",
-]
+__all__ = ["HTTP1ServerFactory", "ReverseProxy", "listen_backlog"]

@@ -25,3 +25,5 @@ class _Builtin:
 random = _Builtin("random", "RandomSelector")
 roundRobin = _Builtin("round-robin", "RoundRobinSelector")
 leastPending = _Builtin("least-pending", "LeastPendingSelector")
+
+__all__ = ["leastPending", "random", "roundRobin"]
