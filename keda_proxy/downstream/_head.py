@@ -21,6 +21,7 @@ from typing import Optional
 
 from keda_proxy.wire._framing import content_length
 from keda_proxy.wire._headers import CANONICAL_NAMES, InvalidHeaderName, canonical_name
+from keda_proxy.wire._memo import remember
 
 #: Whole request head (line and headers, line ends not counted) limit, as
 #: Go's 1 MiB is too generous for a Python proxy; 64 KiB covers large
@@ -79,6 +80,27 @@ def _other_target_form(method: bytes, target: bytes) -> bool:
     return _ABSOLUTE_FORM(target) is not None
 
 
+def _request_line(line: bytes):
+    """C{(method, target, version)} of a request line that is in an
+    allowed form, remembered for lines seen again; raises L{HeadError}."""
+    try:
+        method, target, version = parse_request_line(line)
+    except ValueError:
+        raise HeadError(400) from None
+    if target[:1] != b"/" and not _other_target_form(method, target):
+        raise HeadError(400)
+    parts = (method, target, version)
+    if len(line) <= _LINE_KEPT_MAX:
+        remember(_REQUEST_LINES, line, parts)
+    return parts
+
+
+#: request line -> its parts, for lines seen before (the same few paths
+#: come again and again); long lines, unlikely to repeat, are not kept
+_REQUEST_LINES: dict = {}
+_LINE_KEPT_MAX = 256
+
+
 def parse_head(head: bytes):
     """The parts of a request head: C{(method, target, version, headers,
     length)}.
@@ -95,22 +117,19 @@ def parse_head(head: bytes):
     size = len(head) - 2 * breaks
     if size > MAX_HEAD_SIZE:
         raise HeadError(414 if len(lines[0]) > MAX_HEAD_SIZE else 431)
-    if breaks > MAX_HEADERS:
+    if breaks > MAX_HEADERS or len(head.translate(None, _CONTROL)) != size:
+        # too many fields; control characters, a bare CR or LF
         raise HeadError(400)
-    if len(head.translate(None, _CONTROL)) != size \
-            or head.find(b"\r\n ") >= 0 or head.find(b"\r\n\t") >= 0:
-        # control characters, a bare CR or LF, a folded line (obs-fold)
-        raise HeadError(400)
-    try:
-        method, target, version = parse_request_line(lines[0])
-    except ValueError:
-        raise HeadError(400) from None
-    if target[:1] != b"/" and not _other_target_form(method, target):
-        raise HeadError(400)
+    line = lines[0]
+    parts = _REQUEST_LINES.get(line)
+    method, target, version = parts if parts is not None else _request_line(line)
+    del lines[0]
     headers: dict = {}
     known = CANONICAL_NAMES
-    for i in range(1, breaks + 1):
-        name, sep, value = lines[i].partition(b":")
+    for line in lines:
+        # a folded line (obs-fold) starts with a space or a tab, which no
+        # name has: it is refused with the names that are not tokens
+        name, sep, value = line.partition(b":")
         key = known.get(name)
         if key is None or not sep:
             if not sep:
@@ -124,7 +143,9 @@ def parse_head(head: bytes):
             headers[key] = [value.strip(b" \t")]
         else:
             values.append(value.strip(b" \t"))
-    return method, target, version, headers, _framing(headers, version)
+    if b"Content-Length" in headers or b"Transfer-Encoding" in headers:
+        return method, target, version, headers, _framing(headers, version)
+    return method, target, version, headers, 0
 
 
 def _framing(headers: dict, version: bytes) -> Optional[int]:

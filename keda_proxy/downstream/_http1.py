@@ -419,6 +419,17 @@ class HTTP1ServerProtocol(Protocol):
                 # arrive: no timer per request
                 self._refuse(408)
                 return
+            if not self._pending and self._head_buf is None and not self._busy:
+                end = data.find(b"\r\n\r\n")
+                if end > 0:  # the usual case: a whole head, alone, in one read
+                    self._busy = True
+                    try:
+                        self._start_request(data[:end], data[end + 4:])
+                    finally:
+                        self._busy = False
+                    if self._pending or self._read_paused & _PIPELINED:
+                        self._run()
+                    return
         elif state == _CLOSING or state == _CLOSED:
             return
         if self._pending:
