@@ -258,12 +258,16 @@ def test_headers_over_the_head_limit_are_431(trickle):
     assert t.disconnecting and s.exchanges == []
 
 
-def test_a_head_just_within_the_limit_is_served():
-    s = Server()
+@pytest.mark.parametrize("trickle", [False, True], ids=["whole", "byte-by-byte"])
+def test_a_head_just_within_the_limit_is_served_and_one_byte_more_is_not(trickle):
     line = b"GET / HTTP/1.1"
     filler = MAX_HEAD_SIZE - len(line) - len(b"X-Fill: ")
-    s.send(line + b"\r\nX-Fill: " + b"f" * filler + b"\r\n\r\n")
+    s = Server()
+    s.send(line + b"\r\nX-Fill: " + b"f" * filler + b"\r\n\r\n", trickle)
     assert len(s.exchanges) == 1
+    s = Server()
+    _, t = s.send(line + b"\r\nX-Fill: " + b"f" * (filler + 1) + b"\r\n\r\n", trickle)
+    assert status_lines(t) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
 
 
 def test_a_slow_head_is_408_when_its_next_bytes_come_past_the_deadline():
