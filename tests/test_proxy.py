@@ -1129,3 +1129,28 @@ def test_a_finished_request_leaves_nothing_for_the_garbage_collector(response):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_held_released_and_abandoned_requests_leave_nothing_for_the_collector():
+    """The cold-start paths too: a request held then released, and one whose
+    client leaves while held, are freed by reference counting alone."""
+    import gc
+
+    h = Harness(settings=ProxySettings(readiness_timeout=60, request_timeout=120))
+    load(h.store, routes=[route()], services=[service()])
+    proto, _ = h.get()
+    proto.connectionLost(Failure(ConnectionLost()))  # warm the caches
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):  # held, then abandoned
+            proto, _ = h.get()
+            proto.connectionLost(Failure(ConnectionLost()))
+        _, t = h.get()  # held, then released and answered
+        load(h.store, routes=[route()], services=[service()], slices=[endpoint_slice()])
+        h.upstream().respond(OK_5)
+        assert response_body(t) == b"hello"
+        assert h.gate.waiting() == 0
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
