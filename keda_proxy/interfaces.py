@@ -159,6 +159,28 @@ class IResponseSink(Interface):
         already arrived past the response head."""
 
 
+class IConnectionOwner(Interface):
+    """The pool's side of an upstream connection."""
+
+    key = Attribute("The pool key this connection belongs to.")
+
+    def connection_reusable(connection):
+        """The exchange ended cleanly and the connection may be reused."""
+
+    def connection_lost(connection):
+        """The connection is gone (idle or not)."""
+
+
+class IServiceResolver(Interface):
+    """Maps an upstream host name to an IP address without blocking."""
+
+    def resolve(host):
+        """
+        @param host: a host name such as C{"svc.ns"}.
+        @return: an IP address string, or None to fall back to DNS.
+        """
+
+
 class IUpstreamExchange(IBodyConsumer):
     """The upstream's side of one exchange: a request sent on a pooled
     connection (HTTP/1.1: the connection itself, one request at a time),
@@ -332,7 +354,9 @@ class IStateSource(Interface):
 
 
 __all__ = [
-    "IBodyConsumer", "IDownstreamExchange", "IEndpointSelector", "IEndpointSelectorPlugin",
+    "IBodyConsumer", "IConnectionOwner", "IDownstreamExchange", "IEndpointSelector",
+    "IEndpointSelectorPlugin",
     "IHeldRequest", "IRequestBody", "IRequestStep", "IRequestStepPlugin", "IResponseSink",
-    "IRouter", "IRoutingPlugin", "IStateSink", "IStateSource", "IUpstreamExchange",
+    "IRouter", "IRoutingPlugin", "IServiceResolver", "IStateSink", "IStateSource",
+    "IUpstreamExchange",
 ]

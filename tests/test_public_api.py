@@ -11,13 +11,16 @@ import pkgutil
 import pytest
 
 import keda_proxy
+import keda_proxy.interfaces
 
 PUBLIC = {
     "keda_proxy": ["__version__"],
     "keda_proxy.interfaces": [
-        "IBodyConsumer", "IDownstreamExchange", "IEndpointSelector", "IEndpointSelectorPlugin",
+        "IBodyConsumer", "IConnectionOwner", "IDownstreamExchange", "IEndpointSelector",
+        "IEndpointSelectorPlugin",
         "IHeldRequest", "IRequestBody", "IRequestStep", "IRequestStepPlugin", "IResponseSink",
-        "IRouter", "IRoutingPlugin", "IStateSink", "IStateSource", "IUpstreamExchange"],
+        "IRouter", "IRoutingPlugin", "IServiceResolver", "IStateSink", "IStateSource",
+        "IUpstreamExchange"],
     "keda_proxy.steps": ["InFlight", "Pipeline", "ProxySettings", "RequestContext",
                          "build_request_path", "write_error"],
     "keda_proxy.downstream": ["HTTP1ServerFactory", "ReverseProxy", "listen_backlog"],
@@ -55,3 +58,20 @@ def test_a_public_module_exports_exactly_its_pinned_names(name):
     assert sorted(module.__all__) == sorted(PUBLIC[name])
     for attribute in module.__all__:
         assert hasattr(module, attribute), f"{name}.{attribute}"
+
+
+def test_every_interface_is_declared_in_keda_proxy_interfaces():
+    """One place to read every replaceable part."""
+    import inspect
+
+    from zope.interface.interface import InterfaceClass
+
+    elsewhere = []
+    for info in pkgutil.walk_packages(keda_proxy.__path__, "keda_proxy."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, InterfaceClass) and value.__module__ == info.name \
+                    and info.name != "keda_proxy.interfaces":
+                elsewhere.append(f"{info.name}.{name}")
+    assert elsewhere == []
+    assert inspect.getmodule(keda_proxy.interfaces.IRequestStep) is keda_proxy.interfaces

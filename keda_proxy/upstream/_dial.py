@@ -31,8 +31,9 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
+from keda_proxy.interfaces import IServiceResolver
 from keda_proxy.state._store import StateStore
 from keda_proxy.wire._memo import remember
 
@@ -40,16 +41,6 @@ from keda_proxy.wire._memo import remember
 RETRY_INTERVAL = 0.05
 #: Go's cap on dial retries when the request has no deadline.
 MAX_RETRY_DURATION = 60.0
-
-
-class IServiceResolver(Interface):
-    """Maps an upstream host name to an IP address without blocking."""
-
-    def resolve(host):
-        """
-        @param host: a host name such as C{"svc.ns"}.
-        @return: an IP address string, or L{None} to fall back to DNS.
-        """
 
 
 def ip_version(host: str) -> Optional[int]:

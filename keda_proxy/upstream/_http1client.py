@@ -20,8 +20,8 @@ from typing import NamedTuple, Optional
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface
 
+from keda_proxy.interfaces import IConnectionOwner, IResponseSink
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, content_length
 from keda_proxy.wire._headers import _HOP_KEYS, CANONICAL_NAMES, InvalidHeaderName, canonical_name
 from keda_proxy.wire._memo import remember
@@ -37,51 +37,6 @@ IDLE, SENT, HEAD, BODY, DONE, TUNNEL, CLOSED = range(7)
 
 class UpstreamProtocolError(Exception):
     """The upstream sent something that is not HTTP/1.1."""
-
-
-class IResponseSink(Interface):
-    """Receives one upstream response, in this order: C{response_head},
-    C{response_data}*, then exactly one of C{response_done} /
-    C{response_failed} (or C{response_upgraded} for a 101); or only
-    C{response_whole}."""
-
-    def response_head(head):
-        """@param head: the L{ResponseHead}."""
-
-    def response_data(data):
-        pass
-
-    def response_done():
-        pass
-
-    def response_whole(head, body):
-        """C{response_head}, C{response_data} and C{response_done} at once:
-        a counted body that arrived with its head, in one read."""
-
-    def response_failed(reason, response_started):
-        """The connection broke.  C{response_started} tells whether any of
-        the response had arrived (if not, and nothing was sent by the
-        client yet, the request may be retried)."""
-
-    def response_informational(head):
-        """A 1xx other than 100 and 101 (103 Early Hints) arrived ahead of
-        the final response."""
-
-    def response_upgraded(connection, rest):
-        """A 101: the connection is now a byte tunnel; C{rest} is what
-        already arrived past the response head."""
-
-
-class IConnectionOwner(Interface):
-    """The pool side of a connection."""
-
-    def connection_reusable(connection):
-        """The exchange ended cleanly and the connection may be reused."""
-
-    def connection_lost(connection):
-        """The connection is gone (idle or not)."""
-
-    key = Attribute("The pool key this connection belongs to.")
 
 
 class ResponseHead(NamedTuple):

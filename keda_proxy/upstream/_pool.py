@@ -38,7 +38,8 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from keda_proxy.upstream._http1client import IConnectionOwner, UpstreamConnection
+from keda_proxy.interfaces import IConnectionOwner
+from keda_proxy.upstream._http1client import UpstreamConnection
 
 #: A connection idle for less than this may carry a request body.
 FRESH_ENOUGH = 1.0
