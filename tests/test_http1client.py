@@ -320,3 +320,21 @@ def test_a_crlf_head_never_takes_the_lenient_bare_lf_pass(monkeypatch):
     monkeypatch.setattr(client, "_LENIENT_END", None)
     log, _ = _exchange([b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 4\r\n\r\n\n\nx\n"])
     assert log[-1] == ("whole", 200, b"\n\nx\n")
+
+
+def test_a_chunked_request_body_ends_with_its_trailers():
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from keda_proxy.upstream._http1client import UpstreamConnection
+
+    log = []
+    conn = UpstreamConnection(Clock())
+    conn.owner = _Owner(log)
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    conn.send(b"POST", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", _Sink(log),
+              chunked_body=True, has_body=True)
+    conn.write_body(b"abc")
+    conn.end_body([(b"Grpc-Status", b"0"), (b"X-Sum", b"9")])
+    assert transport.value().endswith(b"3\r\nabc\r\n0\r\nGrpc-Status: 0\r\nX-Sum: 9\r\n\r\n")

@@ -88,3 +88,30 @@ def test_the_random_selector_picks_every_candidate_and_the_only_one():
     pods = (("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80))
     assert {selector.select(pods, None) for _ in range(200)} == set(pods)
     assert selector.select(pods[:1], None) == pods[0]
+
+
+def test_both_sides_of_an_exchange_provide_their_interfaces():
+    from zope.interface.verify import verifyClass
+
+    from keda_proxy.downstream._body import RequestBody
+    from keda_proxy.downstream._http1 import HTTP1Exchange
+    from keda_proxy.downstream._resource import _BufferedBody, _WebExchange
+    from keda_proxy.interfaces import (
+        IDownstreamExchange,
+        IRequestBody,
+        IRequestStep,
+        IResponseSink,
+        IUpstreamExchange,
+    )
+    from keda_proxy.steps import _admit, _await, _forward, _route, _select, _static
+    from keda_proxy.upstream import UpstreamConnection
+
+    assert verifyClass(IDownstreamExchange, HTTP1Exchange)
+    assert verifyClass(IDownstreamExchange, _WebExchange)
+    assert verifyClass(IRequestBody, RequestBody)
+    assert verifyClass(IRequestBody, _BufferedBody)
+    assert verifyClass(IUpstreamExchange, UpstreamConnection)
+    assert verifyClass(IResponseSink, _forward._Attempt)
+    for step in (_route.RouteRequest, _static.ServeStatic, _admit.Admit,
+                 _await.AwaitReadiness, _select.SelectEndpoint, _forward.Forward):
+        assert verifyClass(IRequestStep, step)

@@ -20,8 +20,9 @@ from typing import NamedTuple, Optional
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from keda_proxy.interfaces import IConnectionOwner, IResponseSink
+from keda_proxy.interfaces import IConnectionOwner, IResponseSink, IUpstreamExchange
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, content_length
 from keda_proxy.wire._headers import _HOP_KEYS, CANONICAL_NAMES, InvalidHeaderName, canonical_name
 from keda_proxy.wire._memo import remember
@@ -225,6 +226,7 @@ _new_tuple = tuple.__new__
 _SPECIAL_KEYS = _HOP_KEYS | {b"Content-Length", b"Date"}
 
 
+@implementer(IUpstreamExchange)
 class UpstreamConnection(Protocol):
     """One keep-alive connection to an upstream."""
 
@@ -363,10 +365,13 @@ class UpstreamConnection(Protocol):
             data = b"%x\r\n%s\r\n" % (len(data), data)
         self.transport.write(data)
 
-    def end_body(self) -> None:
+    def end_body(self, trailers=None) -> None:
+        """The request body is complete; a chunked one ends with its
+        trailer fields, if any (a counted body has no room for them)."""
         self._request_complete = True
         if self._chunked_body and self.state not in (CLOSED, DONE):
-            self.transport.write(b"0\r\n\r\n")
+            fields = b"".join(b"%s: %s\r\n" % field for field in trailers or ())
+            self.transport.write(b"0\r\n%s\r\n" % fields)
 
     def abort(self) -> None:
         """Drop the connection now, telling nobody (the client went away)."""
