@@ -347,7 +347,7 @@ class _BodyWriter:
         self.conn.write_body(data)
 
     def end_body(self, trailers=None) -> None:
-        self.conn.end_body()
+        self.conn.end_body(trailers)
         self.close()
 
     def close(self) -> None:
