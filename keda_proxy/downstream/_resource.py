@@ -17,6 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from keda_proxy.interfaces import IDownstreamExchange, IRequestBody
+from keda_proxy.wire._status import status_text
 
 #: how much of a buffered body is handed on per write
 _CHUNK = 64 * 1024
@@ -84,7 +85,7 @@ class _WebExchange:
         self.version = request.clientproto
         self.headers = {name: list(values)
                         for name, values in request.requestHeaders.getAllRawHeaders()}
-        self.body = getattr(request, "body", None) or _BufferedBody(request.content)  # TRANSITION
+        self.body = _BufferedBody(request.content)
         self.scheme = b"https" if request.isSecure() else b"http"
         peer = request.getClientAddress()
         self.client_address = getattr(peer, "host", None) or "unknown"
@@ -102,9 +103,6 @@ class _WebExchange:
             self._gone = True
             callback(reason)
 
-        if hasattr(type(self._request), "on_done"):  # TRANSITION
-            self._request.on_done = lambda r: callback(None) if r is None else gone(r)
-            return
         self._request.notifyFinish().addCallbacks(lambda _: callback(None), gone)
 
     def _head(self, code: int, phrase: bytes, fields) -> None:
@@ -129,8 +127,6 @@ class _WebExchange:
         """twisted.web's Request has no way to send a 1xx: dropped."""
 
     def answer(self, code: int, fields, body: bytes) -> None:
-        from keda_proxy.wire._status import status_text
-
         self._head(code, status_text(code),
                    [*fields, (b"Content-Length", b"%d" % len(body))])
         self.write(body)

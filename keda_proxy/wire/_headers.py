@@ -56,8 +56,6 @@ def connection_tokens(headers: dict) -> FrozenSet[bytes]:
 
     @param headers: a request's fields, canonical name -> values.
     """
-    if not isinstance(headers, dict):  # TRANSITION: twisted.web Headers
-        headers = dict(headers.getAllRawHeaders())
     values = headers.get(b"Connection")
     if not values:  # most requests
         return _NONE
