@@ -194,13 +194,12 @@ def _server(skt, protocol, client, port, sessionno, reactor):
     dual-stack socket is named by its IPv4 address, as Go names it, not as
     C{::ffff:a.b.c.d}: X-Forwarded-For and the access log read the same as
     on an IPv4 socket.  (The peer stays an C{IPv6Address}, as the socket's
-    own address is; and the transport a plain L{tcp.Server}, or the one the
-    reactor offers for accepted connections, as C{keda-epoll} does.)"""
+    own address is; and the transport a plain L{tcp.Server}, the type the
+    lean reactor reads inline.)"""
     host = client[0]
     if host.startswith("::ffff:") and "." in host:
         client = (host[7:], *client[1:])
-    transport = getattr(reactor, "server_transport", tcp.Server)
-    return transport(skt, protocol, client, port, sessionno, reactor)
+    return tcp.Server(skt, protocol, client, port, sessionno, reactor)
 
 
 class _Port(tcp.Port):

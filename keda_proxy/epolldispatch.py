@@ -1,6 +1,6 @@
 """
 The epoll reactor, dispatching each event without the legacy log context,
-writing at once, and dialling IPv4 literals at once.
+and dialling IPv4 literals at once.
 
 For every ready socket, Twisted's epoll reactor asks the selectable for its
 log prefix, copies the legacy log context dictionary with it, and calls
@@ -22,15 +22,6 @@ handshake that is already over when C{connect} returns, as it is to a pod
 on the same host, is finished in the same call, so the request goes out
 in the turn that released it.
 
-Twisted's C{transport.write} always queues and asks the reactor to watch
-the socket for writability: two C{epoll_ctl} calls and one more trip round
-the reactor for every message, which for a proxy's small messages costs
-about as much as the rest of the request.  This reactor's TCP transports
-(the accepted ones, through L{LeanEPollReactor.server_transport}, and its
-clients) send at once when nothing is queued already, which keeps the byte
-order; whatever the socket does not take goes through the normal path,
-flow control included.
-
 It is opt-in, a Twisted reactor plugin: C{twistd -r keda-epoll
 keda-interceptor} (see C{twisted/plugins/keda_reactors.py}) calls
 L{install}.  Nothing here changes a reactor that is already running; on
@@ -40,7 +31,7 @@ any other reactor the proxy works the same, through C{connectTCP}.
 from __future__ import annotations
 
 import sys
-from errno import EAGAIN, EALREADY, EINPROGRESS, EISCONN, ENOBUFS, EWOULDBLOCK
+from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
 from select import EPOLLIN
 from socket import AF_INET
@@ -56,38 +47,7 @@ _log = Logger()
 _IN_PROGRESS = (EINPROGRESS, EWOULDBLOCK, EALREADY)
 
 
-_WOULD_BLOCK = (EAGAIN, EWOULDBLOCK, ENOBUFS)
-
-
-class _WritesAtOnce:
-    """A TCP transport's C{write} that sends at once when nothing is
-    queued (see module doc)."""
-
-    def write(self, data):
-        fd = self  # FileDescriptor's private buffer state, read as Twisted's
-        if (data and fd.connected and not fd.disconnecting
-                and not fd._writeDisconnected and not fd._tempDataBuffer
-                and len(fd.dataBuffer) == fd.offset):
-            # the socket itself: writeSomeData adds a memoryview, a size cap
-            # for old Windows and an EINTR loop, which Python already does
-            try:
-                sent = self.socket.send(data)
-            except OSError as e:
-                # a full buffer: queue it all; a lost connection: leave it to
-                # the reactor, which will notice
-                sent = 0 if e.errno in _WOULD_BLOCK else None
-            if sent is not None:
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        super().write(data)
-
-
-class _Server(_WritesAtOnce, Server):
-    """An accepted connection that writes at once."""
-
-
-class _EagerClient(_WritesAtOnce, Client):
+class _EagerClient(Client):
     """A TCP client that makes its first connect attempt while it is set
     up, for an IPv4 literal.  Only "in progress" is acted on here; an
     attempt that ends at once, either way, is reported a turn later, as
@@ -137,16 +97,11 @@ class _EagerConnector(Connector):
 #: the transports whose reads take the inlined path (exactly these types:
 #: a subclass may read differently), once connected (a client's C{doRead}
 #: finishes its connect until then)
-_PLAIN_TCP = (Server, Client, _Server, _EagerClient)
+_PLAIN_TCP = (Server, Client, _EagerClient)
 
 
 class LeanEPollReactor(EPollReactor):
-    """L{EPollReactor} with a direct dispatch loop, writes at once and
-    eager IPv4 dials."""
-
-    #: the transport class for accepted TCP connections, for listeners that
-    #: make their own transports (L{keda_proxy.downstream.Listener})
-    server_transport = _Server
+    """L{EPollReactor} with a direct dispatch loop and eager IPv4 dials."""
 
     def doPoll(self, timeout):
         if timeout is None:

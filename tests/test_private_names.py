@@ -52,10 +52,6 @@ ALLOWED = {
     ("keda_proxy.epolldispatch", "_poller"): "twisted.internet.epollreactor.EPollReactor",
     ("keda_proxy.epolldispatch", "_requiresResolution"): "twisted.internet.tcp._BaseTCPClient",
     ("keda_proxy.epolldispatch", "_selectables"): "twisted.internet.epollreactor.EPollReactor",
-    # writes at once: the transport's write buffer and disconnect state
-    ("keda_proxy.epolldispatch", "_tempDataBuffer"): "twisted.internet.abstract.FileDescriptor",
-    ("keda_proxy.epolldispatch", "_writeDisconnected"):
-        "twisted.internet.abstract.FileDescriptor",
 }
 
 #: uses that only share a name with one of Twisted's (not on self), each

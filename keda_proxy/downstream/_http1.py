@@ -40,6 +40,7 @@ from keda_proxy.downstream._head import (
 )
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, CountedDecoder
+from keda_proxy.wire._sendnow import SendNow
 from keda_proxy.wire._status import status_text
 
 __all__ = [
@@ -216,7 +217,7 @@ class HTTP1Exchange:
             self._head = None
             self.response_started = True
             if self._bodiless or not data:
-                self._channel.transport.write(head)
+                self._channel.send(head)
                 return
         elif self._bodiless or not data:
             return
@@ -225,7 +226,7 @@ class HTTP1Exchange:
         self.sent_bytes += len(data)
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
-        self._channel.transport.write(data if head is None else head + data)
+        self._channel.send(data if head is None else head + data)
 
     def finish(self, trailers=None) -> None:
         if self.finished:
@@ -244,7 +245,7 @@ class HTTP1Exchange:
         if self._chunked:
             out += b"0\r\n%s\r\n" % _field_lines(trailers) if trailers else b"0\r\n\r\n"
         if out:
-            self._channel.transport.write(out)
+            self._channel.send(out)
         self._channel.response_done(self)
 
     def answer(self, code: int, fields, body: bytes) -> None:
@@ -273,14 +274,14 @@ class HTTP1Exchange:
             parts.append(body)
             self.sent_bytes = len(body)
         self.response_started = True
-        self._channel.transport.write(b"".join(parts))
+        self._channel.send(b"".join(parts))
         self._channel.response_done(self)
 
     def informational(self, head) -> None:
         """A 1xx (103 Early Hints) ahead of the response, to HTTP/1.1
         clients only (RFC 9110 §15.2)."""
         if self.code is None and not self.finished and self.version == b"HTTP/1.1":
-            self._channel.transport.write(
+            self._channel.send(
                 b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.code, head.phrase, head.block))
 
     def abort(self) -> None:
@@ -394,6 +395,11 @@ class HTTP1ServerProtocol(Protocol):
         self.now = factory.reactor.seconds
         self.idle_timeout = factory.idle_timeout
 
+    def send(self, data: bytes) -> None:
+        """Write to the client; once connected, at once while nothing is
+        queued (L{SendNow})."""
+        self.transport.write(data)
+
     def connectionMade(self):
         transport = self.transport
         self._active_at = self._head_started = self.now()
@@ -402,6 +408,7 @@ class HTTP1ServerProtocol(Protocol):
         self.client_port = getattr(peer, "port", None) or 0
         if ISSLTransport.providedBy(transport):
             self.scheme = b"https"
+        self.send = SendNow(transport).write
         transport.registerProducer(self, True)
         self._registered = True
         if self.idle_timeout:
@@ -541,7 +548,7 @@ class HTTP1ServerProtocol(Protocol):
             expect = headers.get(b"Expect")
             if expect and expect[0].lower() == b"100-continue":
                 # only now: a request answered at once gets no 100
-                self.transport.write(_CONTINUE)
+                self.send(_CONTINUE)
 
     # -- the request body ---------------------------------------------------------
 

@@ -26,6 +26,7 @@ from keda_proxy.interfaces import IConnectionOwner, IResponseSink, IUpstreamExch
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, content_length
 from keda_proxy.wire._headers import _HOP_KEYS, CANONICAL_NAMES, InvalidHeaderName, canonical_name
 from keda_proxy.wire._memo import remember
+from keda_proxy.wire._sendnow import SendNow
 
 #: Largest response head accepted from an upstream (Go's default is 1 MiB).
 MAX_HEAD = 1 << 20
@@ -261,6 +262,10 @@ class UpstreamConnection(Protocol):
 
     # -- lifecycle ----------------------------------------------------------
 
+    def _send(self, data: bytes) -> None:
+        """Until connected; then the connection's L{SendNow} takes over."""
+        self.transport.write(data)
+
     def connectionMade(self):
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
@@ -268,6 +273,7 @@ class UpstreamConnection(Protocol):
                 set_nodelay(True)
             except OSError:  # pragma: no cover - not a TCP socket
                 pass
+        self._send = SendNow(self.transport).write
         self.idle_since = self.clock.seconds()
         callback = self.connected_callback
         if callback is not None:
@@ -356,14 +362,14 @@ class UpstreamConnection(Protocol):
         self.answered = False
         self._chunked_body = chunked_body
         self._request_complete = not has_body
-        self.transport.write(head)
+        self._send(head)
 
     def write_body(self, data: bytes) -> None:
         if self.state in (CLOSED, DONE) or not data:
             return
         if self._chunked_body:
             data = b"%x\r\n%s\r\n" % (len(data), data)
-        self.transport.write(data)
+        self._send(data)
 
     def end_body(self, trailers=None) -> None:
         """The request body is complete; a chunked one ends with its
@@ -371,7 +377,7 @@ class UpstreamConnection(Protocol):
         self._request_complete = True
         if self._chunked_body and self.state not in (CLOSED, DONE):
             fields = b"".join(b"%s: %s\r\n" % field for field in trailers or ())
-            self.transport.write(b"0\r\n%s\r\n" % fields)
+            self._send(b"0\r\n%s\r\n" % fields)
 
     def abort(self) -> None:
         """Drop the connection now, telling nobody (the client went away)."""
