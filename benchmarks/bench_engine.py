@@ -119,7 +119,8 @@ def cold_round(n, profiler=None, release=True):
     # No idle or response-header timers: task.Clock sorts its whole list on
     # every callLater, which would make a thousand of them the main cost.
     h = Harness(settings=ProxySettings(direct_pod_routing=True, response_header_timeout=0))
-    h.site.timeOut = None
+    h.site.timeOut = None  # a twisted.web Site (older trees)
+    h.site.idle_timeout = 0  # the proxy's own HTTP/1.1 server
     h.pipeline.metrics = ProxyMetrics(h.clock, h.counter)
     rs = bench_routes()
     load(h.store, routes=rs, services=[service()], slices=[endpoint_slice(ready=False)])
