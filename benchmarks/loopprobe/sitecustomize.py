@@ -11,7 +11,7 @@ from the outside, and SIGUSR2 appends one JSON line of statistics to FILE
 - reactor turns: how long each turn's work took (poll return to the next
   poll call: dispatch plus timed calls), how many events each served, and
   of which kind (accepts, client reads, upstream reads, writes, other);
-- per request (``Exchange``): how far into its turn it was started (the
+- per request (from the request path's entry to its end): how far into its turn it was started (the
   time it waited behind other work of the same turn), the time until it
   had an upstream connection, the upstream's time until its response
   arrived, and the time from that to the response's end;
@@ -192,32 +192,36 @@ def _count_accepts(stats):
 
 def _wrap_proxy(stats, clock):
     try:
-        from keda_proxy.steps import _forward as proxy
-        from keda_proxy.upstream._dial import _pool as poolmod
+        from keda_proxy.steps import _forward, _path, _route
+        from keda_proxy.upstream import _pool as poolmod
     except ImportError:
         return
-    Exchange = proxy.Exchange
-    start, connected = Exchange.start, Exchange._connected
-    whole, head, finished = Exchange.response_whole, Exchange.response_head, Exchange._finished
+    # the first step and the end, looked up per request (the listeners hold
+    # Pipeline.serve itself, bound before the reactor starts)
+    Route, Pipeline, Attempt = _route.RouteRequest, _path.Pipeline, _forward._Attempt
+    route, finished = Route.handle, Pipeline._finished
+    connected, whole, head = Attempt._connected, Attempt.response_whole, Attempt.response_head
+    #: id(downstream) -> [start, turn start, connected, upstream answered]
+    marks = {}
 
-    def p_start(self):
-        self._p_t0 = t = clock()
-        self._p_turn = stats.turn_start
+    def p_route(self, context):
+        t = clock()
+        marks[id(context.downstream)] = [t, stats.turn_start, None, None]
         stats.req_pos.append(t - stats.turn_start)
-        return start(self)
+        return route(self, context)
 
     def p_connected(self, conn, target):
-        t0 = getattr(self, "_p_t0", None)
-        if t0 is not None:
-            self._p_t1 = t = clock()
-            stats.req_pool.append(t - t0)
+        m = marks.get(id(self.downstream))
+        if m is not None and m[2] is None:
+            m[2] = t = clock()
+            stats.req_pool.append(t - m[0])
         return connected(self, conn, target)
 
     def mark_upstream(self):
-        t1 = getattr(self, "_p_t1", None)
-        if t1 is not None and getattr(self, "_p_t2", None) is None:
-            self._p_t2 = t = clock()
-            stats.req_upstream.append(t - t1)
+        m = marks.get(id(self.downstream))
+        if m is not None and m[2] is not None and m[3] is None:
+            m[3] = t = clock()
+            stats.req_upstream.append(t - m[2])
 
     def p_whole(self, h, body):
         mark_upstream(self)
@@ -227,17 +231,17 @@ def _wrap_proxy(stats, clock):
         mark_upstream(self)
         return head(self, h)
 
-    def p_finished(self, result):
-        t2 = getattr(self, "_p_t2", None)
-        if t2 is not None and result is None:
+    def p_finished(self, context, result):
+        m = marks.pop(id(context.downstream), None)
+        if m is not None and m[3] is not None and result is None:
             t = clock()
-            stats.req_write.append(t - t2)
-            stats.req_total.append(t - self._p_turn)
-        return finished(self, result)
+            stats.req_write.append(t - m[3])
+            stats.req_total.append(t - m[1])
+        return finished(self, context, result)
 
-    Exchange.start, Exchange._connected = p_start, p_connected
-    Exchange.response_whole, Exchange.response_head = p_whole, p_head
-    Exchange._finished = p_finished
+    Route.handle, Pipeline._finished = p_route, p_finished
+    Attempt._connected, Attempt.response_whole, Attempt.response_head = \
+        p_connected, p_whole, p_head
 
     Pool = poolmod.ConnectionPool
     take, connect, release, close = Pool.take_idle, Pool.connect, Pool._release, \
