@@ -136,3 +136,19 @@ class RawClient(Protocol):
     def connect(cls, port, host="127.0.0.1"):
         ep = TCP4ClientEndpoint(reactor, host, port)
         return connectProtocol(ep, cls())
+
+
+def discovered_with(code: str, pythonpath) -> list:
+    """Run C{code} in a fresh Python with C{pythonpath} (plugin discovery
+    reads sys.path as it starts) from the repository's root; the JSON it
+    prints last."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, pythonpath)))
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])

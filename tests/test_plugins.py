@@ -3,10 +3,6 @@ Third-party routing plugins: discovered through the Twisted plugin system
 from a separate folder on the path, and consulted before the table.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from twisted.plugin import IPlugin
@@ -17,6 +13,7 @@ from keda_proxy.state._routing import RoutingTable
 from keda_proxy.steps._pluginrouting import PluginRouter
 from keda_proxy.steps._selection import RandomSelector
 from tests.builders import endpoint_slice, load, route, service
+from tests.netsupport import discovered_with
 from tests.proxyfakes import Harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +27,7 @@ print(json.dumps([[p.name, type(p).__module__] for p in discover_routing_plugins
 
 
 def discover_with(pythonpath):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, pythonpath)))
-    out = subprocess.run([sys.executable, "-c", DISCOVER], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=True, timeout=120)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return discovered_with(DISCOVER, pythonpath)
 
 
 def test_example_plugin_is_discovered_from_a_separate_folder():

@@ -7,7 +7,6 @@ example plugin, discovered from its own folder and run by twistd.
 import json
 import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,6 +22,7 @@ from keda_proxy.steps import write_error
 from keda_proxy.steps._pluginsteps import UnknownRequestStep, request_steps_named
 from keda_proxy.testing import ProxyHarness, simple_route
 from tests.builders import route_yaml
+from tests.netsupport import discovered_with
 from tests.test_twistd import TWISTD, backend, run  # noqa: F401 -- fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,10 +165,7 @@ print(json.dumps(sorted([n, type(p).__module__] for n, p in discover_request_ste
 
 
 def discover_with(pythonpath):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, pythonpath)))
-    out = subprocess.run([sys.executable, "-c", DISCOVER], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=True, timeout=120)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return discovered_with(DISCOVER, pythonpath)
 
 
 def test_example_plugin_is_discovered_from_a_separate_folder():
