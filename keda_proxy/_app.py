@@ -75,7 +75,7 @@ class Interceptor:
               upstream_tls=None, request_steps=None) -> "Interceptor":
         """Wire every component.
 
-        @param upstream_tls: a L{keda_proxy._tls.UpstreamTLS}, needed for the
+        @param upstream_tls: a L{keda_proxy.upstream.UpstreamTLS}, needed for the
             TLS listener, whose requests go upstream over https (as in Go).
         @param request_steps: L{keda_proxy.interfaces.IRequestStepPlugin}s to
             run, in order; None: those C{config.request_steps} names.
@@ -367,7 +367,7 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
         Service (manifest files or the Kubernetes API).
     @param interface: the one address every listener takes; empty (or
         C{::}) for all IPv4 and IPv6 addresses (see L{Listener}).
-    @param server_tls: a L{keda_proxy._tls.ServerTLS}; with it, a second
+    @param server_tls: a L{keda_proxy.downstream._tls.ServerTLS}; with it, a second
         proxy listener serves TLS on C{proxy_tls_port}, and its certificate
         files are watched for rotation while the service runs.
     """

@@ -23,7 +23,7 @@ DEFAULT_FALLBACK_READINESS = 30.0
 @implementer(IRequestStep)
 class AwaitReadiness:
     """Pass a request on at once when its target is ready; otherwise hold
-    it in the L{keda_proxy.steps.ReadinessGate} until an EndpointSlice says
+    it in the L{keda_proxy.steps._readiness.ReadinessGate} until an EndpointSlice says
     a pod is ready, the readiness timeout passes (504, or the fallback
     Service), or the client leaves."""
 

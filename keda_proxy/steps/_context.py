@@ -16,7 +16,7 @@ class RequestContext:
     paths (a cold start, a timeout, a retry).
     """
 
-    #: the route the request matched (L{keda_proxy.steps.RouteRequest})
+    #: the route the request matched (L{keda_proxy.steps._route.RouteRequest})
     route = None
     #: the L{keda_proxy.state.Snapshot} the request is served from
     snapshot = None
@@ -43,7 +43,7 @@ class RequestContext:
     target = None
     #: the pod it was sent to, as the endpoint selector was told
     pod = None
-    #: its L{keda_proxy.ops.RequestTrace}, when tracing is on
+    #: its L{keda_proxy.ops._tracing.RequestTrace}, when tracing is on
     trace = None
     #: the request deadline passed
     timed_out = False

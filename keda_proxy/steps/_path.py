@@ -133,7 +133,7 @@ class Pipeline:
     metrics: object = None
     #: C{KEDA_HTTP_LOG_REQUESTS}: one line per request (L{log_request})
     log_requests: bool = False
-    #: a L{keda_proxy.ops.Tracer} when tracing is on
+    #: a L{keda_proxy.ops._tracing.Tracer} when tracing is on
     tracer: object = None
     in_flight: InFlight = field(factory=InFlight)
     #: L{keda_proxy.interfaces.IRequestStepPlugin}s, in order
