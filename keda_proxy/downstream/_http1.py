@@ -40,6 +40,7 @@ from keda_proxy.downstream._head import (
 )
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, CountedDecoder
+from keda_proxy.wire._headers import connection_tokens
 from keda_proxy.wire._sendnow import SendNow
 from keda_proxy.wire._status import status_text
 
@@ -103,14 +104,6 @@ def _date_line(now: float) -> bytes:
         _date_cache[1] = b"Date: " + datetimeToString(second) + b"\r\n"
         _date_cache[0] = second
     return _date_cache[1]
-
-
-def _tokens(values) -> frozenset:
-    """The lower-cased tokens of ``Connection`` values, comma-separated
-    wherever they are, as Go reads them."""
-    if not values:
-        return frozenset()
-    return frozenset(t.strip().lower() for v in values for t in v.split(b","))
 
 
 def _field_lines(fields) -> bytes:
@@ -512,13 +505,13 @@ class HTTP1ServerProtocol(Protocol):
         close_asked = False
         if version == b"HTTP/1.1":
             keep_alive = True
-            if b"Connection" in headers and b"close" in _tokens(headers[b"Connection"]):
+            if b"Connection" in headers and b"close" in connection_tokens(headers):
                 keep_alive = False
                 close_asked = True
         else:
             # HTTP/1.0: kept only when asked for (``ab -k``, some load
             # balancers' checks), and only if the response's length is known
-            tokens = _tokens(headers.get(b"Connection"))
+            tokens = connection_tokens(headers)
             keep_alive = b"keep-alive" in tokens and b"close" not in tokens
         if length == 0:
             body = NO_BODY
