@@ -42,7 +42,7 @@ from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, CountedDecoder
 from keda_proxy.wire._headers import connection_tokens
 from keda_proxy.wire._sendnow import SendNow
-from keda_proxy.wire._status import status_text
+from keda_proxy.wire._status import refusal, status_text
 
 __all__ = [
     "BODY_GRACE", "BODY_HIGH_WATER", "BODY_MIN_RATE", "HEAD_TIMEOUT", "IDLE_TIMEOUT",
@@ -740,12 +740,7 @@ class HTTP1ServerProtocol(Protocol):
         self._closing()
         transport = self.transport
         if not transport.disconnecting:
-            phrase = status_text(code)
-            body = phrase + b"\n"
-            transport.write(
-                b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (code, phrase, len(body), body))
+            transport.write(refusal(code))
             transport.loseConnection()
         if exchange is not None:
             exchange.end(Failure(ConnectionAborted(f"request refused with {code}")))

@@ -30,7 +30,7 @@ import re
 from twisted.internet.protocol import Protocol
 from twisted.web import http, server
 
-from keda_proxy.wire._status import status_text
+from keda_proxy.wire._status import refusal
 
 #: Request line plus headers; the scaler, probes and scrapers send a few
 #: hundred bytes.
@@ -136,11 +136,7 @@ class _HeadGuard(Protocol):
         transport = self.transport
         if transport is None or transport.disconnecting:
             return
-        body = status_text(code) + b"\n"
-        transport.write(
-            b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (code, status_text(code), extra, len(body), b"" if head_only else body))
+        transport.write(refusal(code, extra, head_only))
         transport.loseConnection()
 
     def _arm(self) -> None:

@@ -1,4 +1,4 @@
-"""Reason phrases, as Go writes them."""
+"""Reason phrases, and the closing refusal, as Go writes them."""
 
 from http import HTTPStatus
 
@@ -14,3 +14,14 @@ def status_text(code: int) -> bytes:
         return HTTPStatus(code).phrase.encode("ascii")
     except ValueError:
         return b"Unknown"
+
+
+def refusal(code: int, extra: bytes = b"", head_only: bool = False) -> bytes:
+    """A whole response to a request the server will not read: Go's plain
+    text (the reason and a newline), and the connection closes after it.
+    C{extra}: more header lines; C{head_only}: the answer to a HEAD."""
+    phrase = status_text(code)
+    body = phrase + b"\n"
+    return (b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, phrase, extra, len(body), b"" if head_only else body))
