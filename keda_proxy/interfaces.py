@@ -138,8 +138,11 @@ class IResponseSink(Interface):
     def response_data(data):
         """One chunk of the response body."""
 
-    def response_done():
-        """The response is complete."""
+    def response_done(trailers=None):
+        """The response is complete.  C{trailers}: the trailer fields that
+        followed its body (HTTP/1.1 chunked trailers, HTTP/2 trailing
+        HEADERS: gRPC's C{grpc-status}), a list of C{(name, value)} byte
+        pairs, or None."""
 
     def response_whole(head, body):
         """C{response_head}, C{response_data} and C{response_done} at once:

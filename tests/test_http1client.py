@@ -218,7 +218,7 @@ class _Sink:
     def response_data(self, data):
         self.log.append(("data", data))
 
-    def response_done(self):
+    def response_done(self, trailers=None):
         self.log.append(("done",))
 
     def response_failed(self, reason, started):

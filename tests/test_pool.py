@@ -43,7 +43,7 @@ def finished_exchange(conn: UpstreamConnection):
         def response_data(self, data):
             pass
 
-        def response_done(self):
+        def response_done(self, trailers=None):
             pass
 
     conn.send(b"GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Sink())

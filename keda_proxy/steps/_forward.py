@@ -214,7 +214,7 @@ class _Attempt:
         downstream.write(body)
         downstream.finish()
 
-    def response_done(self) -> None:
+    def response_done(self, trailers=None) -> None:
         if self._body_writer is not None:
             self._release_body()
         self._conn = None
@@ -223,7 +223,7 @@ class _Attempt:
         if self._producing:
             self._producing = False
             self.downstream.unregisterProducer()
-        self.downstream.finish()
+        self.downstream.finish(trailers)
 
     def response_failed(self, reason, response_started: bool) -> None:
         conn, self._conn = self._conn, None
