@@ -45,8 +45,10 @@ MAX_VERSION_VAR = "KEDA_HTTP_TLS_MAX_VERSION"
 SKIP_VERIFY_VAR = "KEDA_HTTP_TLS_SKIP_VERIFY"
 CA_DIRS_VAR = "KEDA_HTTP_TLS_CA_DIRS"
 
-#: The only application protocol offered, on both sides.
+#: The application protocols: HTTP/1.1, and HTTP/2 (``h2``), which both
+#: sides prefer when the peer offers it.
 ALPN = b"http/1.1"
+ALPN_H2 = b"h2"
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _TWISTED_VERSIONS = {

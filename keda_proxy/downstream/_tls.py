@@ -16,8 +16,8 @@ L{ServerTLS} is the listener's connection creator:
    whole and served to new handshakes, while a file that cannot be used
    keeps the previous certificate served and is logged once
    (L{ServerTLS.reload}, run by L{CertificateWatcher});
- - it advertises ALPN ``http/1.1`` only: requests are forwarded with an
-   HTTP/1.1 client, and the Go interceptor's h2 listener is not offered.
+ - it offers ALPN ``h2`` and ``http/1.1``, preferring ``h2`` as Go's
+   listener does; a client that offers neither gets HTTP/1.1.
 
 Behaviour follows the Go interceptor (``interceptor/tls_config.go``); the
 versions, suites and groups are the shared L{keda_proxy._tls.TLSPolicy}.
@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from keda_proxy._tls import (
     ALPN,
+    ALPN_H2,
     CERT_PATH_VAR,
     KEY_PATH_VAR,
     STORE_VAR,
@@ -57,6 +58,8 @@ _log = Logger()
 
 
 def _select_alpn(conn: SSL.Connection, offered: list) -> bytes:
+    if ALPN_H2 in offered:
+        return ALPN_H2
     return ALPN if ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
