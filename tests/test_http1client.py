@@ -219,13 +219,16 @@ class _Sink:
         self.log.append(("data", data))
 
     def response_done(self, trailers=None):
-        self.log.append(("done",))
+        self.log.append(("done",) if trailers is None else ("done", trailers))
 
     def response_failed(self, reason, started):
         self.log.append(("failed", started))
 
     def response_whole(self, head, body):
         self.log.append(("whole", head.code, body))
+
+    def response_informational(self, head):
+        self.log.append(("informational", head.code))
 
 
 class _Owner:
@@ -308,6 +311,18 @@ def test_whole_responses_are_pooled_only_when_safe(raw, method, has_body, expect
     assert conn.transport.disconnecting == (("pooled",) not in expected)
 
 
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\nX-A: 1\nContent-Length: 2\n\nhi",  # bare LFs, read leniently
+    b"HTTP/1.1 103 Early Hints\r\nLink: <a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+])
+def test_a_head_split_anywhere_across_reads_is_read_whole(raw):
+    for cut in range(1, len(raw)):
+        log, _ = _exchange([raw[:cut], raw[cut:]])
+        assert log[-1] in (("done",), ("whole", 200, b"hi")), (cut, log)
+        assert b"".join(e[1] for e in log if e[0] == "data") in (b"", b"hi"), (cut, log)
+
+
 def test_a_crlf_head_never_takes_the_lenient_bare_lf_pass(monkeypatch):
     """The lenient pass (bare LF line ends) is for broken upstreams only: a
     well-formed head, whatever its body holds, is split by the fast path."""
@@ -338,3 +353,124 @@ def test_a_chunked_request_body_ends_with_its_trailers():
     conn.write_body(b"abc")
     conn.end_body([(b"Grpc-Status", b"0"), (b"X-Sum", b"9")])
     assert transport.value().endswith(b"3\r\nabc\r\n0\r\nGrpc-Status: 0\r\nX-Sum: 9\r\n\r\n")
+
+
+# -- trailers ---------------------------------------------------------------
+
+_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_chunked_responses_trailers_reach_the_sink_as_canonical_pairs():
+    log, conn = _exchange([_CHUNKED + b"2\r\nhi\r\n0\r\ngrpc-status:  0 \t\r\n"
+                           b"X-Sum:9\r\nx-sum: 10\r\n\r\n"])
+    assert log == [("head", 200), ("data", b"hi"), ("pooled",),
+                   ("done", [(b"Grpc-Status", b"0"), (b"X-Sum", b"9"), (b"X-Sum", b"10")])]
+    assert not conn.transport.disconnecting
+
+
+def test_trailers_split_across_reads_arrive_whole():
+    raw = _CHUNKED + b"2\r\nhi\r\n0\r\nX-A: 1\r\nX-B: 2\r\n\r\n"
+    log, _ = _exchange([raw[i:i + 3] for i in range(0, len(raw), 3)])
+    assert log[-1] == ("done", [(b"X-A", b"1"), (b"X-B", b"2")])
+
+
+@pytest.mark.parametrize("name", [
+    b"Content-Length", b"transfer-encoding", b"Host", b"Trailer", b"Connection", b"TE",
+    b"Keep-Alive", b"Proxy-Connection", b"Upgrade", b"Proxy-Authenticate",
+    b"Proxy-Authorization", b"Content-Type", b"Content-Encoding", b"Content-Range",
+    b"Authorization", b"WWW-Authenticate",
+])
+def test_fields_that_must_not_be_trailers_are_dropped(name):
+    log, conn = _exchange([_CHUNKED + b"0\r\n" + name + b": 5\r\nX-Kept: 1\r\n\r\n"])
+    assert log[-1] == ("done", [(b"X-Kept", b"1")])
+    assert ("pooled",) in log  # a dropped field is no fault of the connection
+
+
+def test_no_trailer_left_is_no_trailers():
+    log, _ = _exchange([_CHUNKED + b"0\r\nContent-Length: 5\r\n\r\n"])
+    assert log[-1] == ("done",)
+
+
+@pytest.mark.parametrize("line", [
+    b"no colon here",
+    b": empty name",
+    b"X-A : space before the colon",
+    b"X(A): not a token",
+    b"X-A: a\x00b",          # NUL
+    b"X-A: a\rb",            # bare CR (the decoder's refusal)
+    b" X-A: folded",          # obsolete folding (likewise)
+])
+def test_malformed_trailers_refuse_the_response_as_a_head_would(line):
+    log, conn = _exchange([_CHUNKED + b"2\r\nhi\r\n0\r\nX-Good: 1\r\n" + line + b"\r\n\r\n"])
+    assert log == [("head", 200), ("data", b"hi"), ("failed", True)]
+    assert conn.transport.disconnected  # aborted, never pooled
+
+
+def test_trailer_fields_rules():
+    from keda_proxy.upstream._http1client import trailer_fields
+
+    assert trailer_fields([b"x-a:1", b"Host: h", b"X-A:\t 2 "]) == [(b"X-A", b"1"),
+                                                                 (b"X-A", b"2")]
+    assert trailer_fields([b"Content-Length: 1"]) is None
+    assert trailer_fields([]) is None
+    for bad in (b"X-A\n: 1", b"X-A: 1\r", b"X-A", b"X A: 1", b"X-A: \x00"):
+        with pytest.raises(UpstreamProtocolError):
+            trailer_fields([bad])
+
+
+def test_a_chunked_response_announces_its_trailers_again():
+    head = parse_head(b"HTTP/1.1 200 OK\r\nTrailer: grpc-status, x-sum\r\nX-A: 1\r\n"
+                      b"Transfer-Encoding: chunked\r\ntrailer: Content-Length,  ,x(y), "
+                      b"Grpc-Status ,Host, x-more")
+    assert head.chunked
+    # one line, canonical names once each, none that cannot be a trailer
+    assert head.block == b"X-A: 1\r\nTrailer: Grpc-Status, X-Sum, X-More\r\n"
+
+
+def test_connection_naming_trailer_still_leaves_the_announcement():
+    head = parse_head(b"HTTP/1.1 200 OK\r\nConnection: trailer\r\nTrailer: X-Sum\r\n"
+                      b"Transfer-Encoding: chunked")
+    assert head.block == b"Trailer: X-Sum\r\n"
+
+
+@pytest.mark.parametrize("raw", [
+    # a counted body has no trailers to announce
+    b"HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nContent-Length: 2",
+    # nor one that ends with the connection
+    b"HTTP/1.1 200 OK\r\nTrailer: X-Sum",
+    # HTTP/1.0 has no chunks
+    b"HTTP/1.0 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked",
+    # nothing that may be a trailer
+    b"HTTP/1.1 200 OK\r\nTrailer: Content-Length, Trailer\r\nTransfer-Encoding: chunked",
+])
+def test_a_trailer_announcement_without_trailers_to_come_is_dropped(raw):
+    assert b"Trailer" not in parse_head(raw).block
+
+
+def _chunked_request(trailers):
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from keda_proxy.upstream._http1client import UpstreamConnection
+
+    conn = UpstreamConnection(Clock())
+    conn.makeConnection(StringTransport())
+    conn.send(b"POST", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", _Sink([]),
+              chunked_body=True, has_body=True)
+    conn.transport.clear()
+    conn.end_body(trailers)
+    return conn.transport.value()
+
+
+def test_request_trailers_that_cannot_be_trailers_or_are_malformed_are_not_sent():
+    sent = _chunked_request([
+        (b"grpc-status", b"0"), (b"Content-Length", b"5"), (b"host", b"evil"),
+        (b"Transfer-Encoding", b"chunked"), (b"X(Y)", b"1"), (b"X Y", b"1"), (b"", b"1"),
+        (b"X-Split", b"a\r\nHost: evil"), (b"X-Nul", b"a\x00"), (b"X-Sum", b"9"),
+    ])
+    assert sent == b"0\r\nGrpc-Status: 0\r\nX-Sum: 9\r\n\r\n"
+
+
+def test_request_without_trailers_ends_with_the_last_chunk():
+    assert _chunked_request(None) == b"0\r\n\r\n"
+    assert _chunked_request([(b"Host", b"x")]) == b"0\r\n\r\n"

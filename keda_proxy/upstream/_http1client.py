@@ -10,6 +10,15 @@ pool (L{keda_proxy.upstream._pool}) reuses it when the response allows.
 
 The other side of a connection is an L{IResponseSink}, implemented by the
 proxy's per-request exchange.
+
+Trailers, as Go's ReverseProxy passes them, whatever the client's ``TE``:
+a chunked response's trailer fields reach the sink's C{response_done} as
+C{(name, value)} pairs (L{trailer_fields}), and its ``Trailer`` header is
+announced again, in the head, for them (L{parse_head}).  A client gets
+them only where its response is chunked too (an HTTP/1.1 client): a
+counted body, or one that ends with the connection, has no room for them.
+The request's own trailers go the other way, after a chunked request body
+(L{UpstreamConnection.end_body}).
 """
 
 from __future__ import annotations
@@ -73,6 +82,12 @@ def parse_head(head: bytes) -> ResponseHead:
     share one loop over the lines, which yields the bytes to send on: the
     response's headers are never stored and serialised again.
 
+    ``Trailer`` is hop-by-hop, but a chunked response announces its
+    trailers again, in one ``Trailer`` line of the names that may be
+    trailers (L{NOT_TRAILERS} left out), as Go's ReverseProxy does; the
+    announcement of a body that is not chunked is dropped, as it has no
+    trailers to announce.
+
     A head seen before, byte for byte, gets the same (immutable) answer
     from L{_HEADS} without any of that.
     """
@@ -96,7 +111,7 @@ def parse_head(head: bytes) -> ResponseHead:
     parts = []
     known = CANONICAL_NAMES
     cache = _LINES
-    length_value = named = codings = None
+    length_value = named = codings = announced = None
     close = has_date = conflict = False
     del lines[0]
     for line in lines:
@@ -138,6 +153,8 @@ def parse_head(head: bytes) -> ResponseHead:
             parts.append(b"Date: %s\r\n" % value)
         elif key == b"Transfer-Encoding":
             codings = value if codings is None else codings + b"," + value
+        elif key == b"Trailer":
+            announced = value if announced is None else announced + b"," + value
         elif key == b"Connection":
             value = value.lower()
             if value == b"keep-alive":
@@ -158,6 +175,10 @@ def parse_head(head: bytes) -> ResponseHead:
     if named:  # headers the Connection header made hop-by-hop
         parts = [p for p in parts if p[:p.index(b":")].lower() not in named]
         has_date = has_date and b"date" not in named
+    if announced is not None and chunked:
+        names = _trailer_names(announced)
+        if names:
+            parts.append(b"Trailer: %s\r\n" % names)
     length = None
     if length_value is not None and not chunked:  # framing is ours, whatever Connection says
         if conflict:
@@ -186,6 +207,76 @@ def _is_chunked(codings: bytes) -> bool:
     if tokens == [b"chunked"]:
         return True
     raise UpstreamProtocolError(f"unsupported Transfer-Encoding {codings[:80]!r}")
+
+
+#: fields that never pass as trailers (RFC 9110 §6.5.1), in canonical
+#: form: the framing and routing ones, the hop-by-hop ones, those that say
+#: how to read the content, and authentication.  A recipient must not merge
+#: a trailer into the head, but one that does should not meet these.
+NOT_TRAILERS = _HOP_KEYS | frozenset(canonical_name(name) for name in (
+    b"content-length", b"transfer-encoding", b"trailer", b"host",
+    b"content-encoding", b"content-type", b"content-range",
+    b"authorization", b"www-authenticate",
+))
+
+
+def trailer_fields(lines) -> Optional[list]:
+    """A chunked response's trailer lines (as L{ChunkedDecoder.trailers}
+    keeps them) as C{(canonical name, value)} pairs, or None when none is
+    left.
+
+    The head's rules, and its answer: a line with a bare CR or LF, a NUL,
+    no colon, or a name that is not a token refuses the whole response
+    with L{UpstreamProtocolError}, as Go's reader does; the client then
+    sees its response cut.  Well-formed fields that must not be trailers
+    (L{NOT_TRAILERS}) are dropped.
+    """
+    fields = []
+    for line in lines:
+        if 0 in line or 10 in line or 13 in line:
+            raise UpstreamProtocolError("bare CR, LF or NUL in a trailer")
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise UpstreamProtocolError(f"bad trailer line {line[:80]!r}")
+        try:
+            key = canonical_name(name)
+        except InvalidHeaderName:
+            raise UpstreamProtocolError(f"bad trailer name {name[:80]!r}") from None
+        if key not in NOT_TRAILERS:
+            fields.append((key, value.strip(b" \t")))
+    return fields or None
+
+
+def _trailer_names(announced: bytes) -> bytes:
+    """A ``Trailer`` value (every line, joined by commas) to announce
+    again: canonical names, once each, those that may be trailers only;
+    what is not a token is left out."""
+    names = []
+    for token in announced.split(b","):
+        try:
+            key = canonical_name(token.strip(b" \t"))
+        except InvalidHeaderName:
+            continue
+        if key not in NOT_TRAILERS and key not in names:
+            names.append(key)
+    return b", ".join(names)
+
+
+def _request_trailers(fields) -> bytes:
+    """Request trailer fields, as lines to send after the last chunk: those
+    that may be trailers (L{NOT_TRAILERS}), with a token for a name and a
+    value without CR, LF or NUL; the rest are dropped, whatever the
+    client's side let through."""
+    lines = []
+    for name, value in fields or ():
+        try:
+            key = canonical_name(name)
+        except InvalidHeaderName:
+            continue
+        if key in NOT_TRAILERS or 0 in value or 10 in value or 13 in value:
+            continue
+        lines.append(b"%s: %s\r\n" % (key, value))
+    return b"".join(lines)
 
 
 #: the end of a response head, bare LFs allowed (as Go's reader allows
@@ -373,10 +464,11 @@ class UpstreamConnection(Protocol):
 
     def end_body(self, trailers=None) -> None:
         """The request body is complete; a chunked one ends with its
-        trailer fields, if any (a counted body has no room for them)."""
+        trailer fields, if any (a counted body has no room for them),
+        those that may be trailers only (L{_request_trailers})."""
         self._request_complete = True
         if self._chunked_body and self.state not in (CLOSED, DONE):
-            fields = b"".join(b"%s: %s\r\n" % field for field in trailers or ())
+            fields = _request_trailers(trailers) if trailers else b""
             self._send(b"0\r\n%s\r\n" % fields)
 
     def abort(self) -> None:
@@ -423,13 +515,15 @@ class UpstreamConnection(Protocol):
         while self.state == HEAD:
             buffer = self._buffer
             end = buffer.find(b"\r\n\r\n")
-            try:
-                # parse_head refuses any bare LF, so a head it takes has no
-                # bare-LF end inside it that should have ended it sooner
-                parsed = parse_head(buffer[:end]) if end >= 0 else None
-                self._buffer = buffer[end + 4:]
-            except UpstreamProtocolError:
-                parsed = None
+            parsed = None
+            if end >= 0:
+                try:
+                    # parse_head refuses any bare LF, so a head it takes has
+                    # no bare-LF end inside it that should have ended it sooner
+                    parsed = parse_head(buffer[:end])
+                    self._buffer = buffer[end + 4:]
+                except UpstreamProtocolError:
+                    pass
             if parsed is None:  # no CRLF end, or lines that end in bare LFs
                 match = _LENIENT_END.search(buffer)
                 if match is None:
@@ -538,9 +632,19 @@ class UpstreamConnection(Protocol):
             self.sink.response_data(data)
 
     def _chunked_done(self, extra: bytes) -> None:
-        self._finish(reusable=self._keep_alive and not extra)
+        """The last chunk and its trailers are in; malformed trailers
+        refuse the response (L{trailer_fields})."""
+        trailers = None
+        lines = self._decoder.trailers
+        if lines:
+            try:
+                trailers = trailer_fields(lines)
+            except UpstreamProtocolError as e:
+                self._protocol_error(e)
+                return
+        self._finish(reusable=self._keep_alive and not extra, trailers=trailers)
 
-    def _finish(self, reusable: bool) -> None:
+    def _finish(self, reusable: bool, trailers=None) -> None:
         self._decoder = None
         self._remaining = None
         self.more_expected = True
@@ -550,7 +654,10 @@ class UpstreamConnection(Protocol):
             reusable = False
         self._end_exchange(reusable)
         if sink is not None:
-            sink.response_done()
+            if trailers:
+                sink.response_done(trailers)
+            else:
+                sink.response_done()
 
     def _end_exchange(self, reusable: bool) -> None:
         """Back to the pool, or closed, before the sink hears that the
