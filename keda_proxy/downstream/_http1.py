@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 from zope.interface import implementer
 
+from keda_proxy._tls import ALPN_H2
 from keda_proxy.downstream._body import BODY_HIGH_WATER, NO_BODY, RequestBody
 from keda_proxy.downstream._head import (
     MAX_HEAD_SIZE,
@@ -38,6 +39,7 @@ from keda_proxy.downstream._head import (
     parse_head,
     parse_request_line,
 )
+from keda_proxy.downstream._http2 import H2_PREFACE, HTTP2ServerConnection
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, CountedDecoder
 from keda_proxy.wire._headers import connection_tokens
@@ -380,6 +382,8 @@ class HTTP1ServerProtocol(Protocol):
     scheme = b"http"
     client_address = "unknown"
     client_port = 0
+    #: the start of what might be h2c's preface
+    _sniffed = b""
 
     def __init__(self, factory: "HTTP1ServerFactory"):
         self.factory = factory
@@ -406,6 +410,35 @@ class HTTP1ServerProtocol(Protocol):
         self._registered = True
         if self.idle_timeout:
             self._idle_timer = self._clock.callLater(self.idle_timeout, self._idle_check)
+        self.dataReceived = self._first_bytes  # until the protocol is known
+
+    def _first_bytes(self, data: bytes) -> None:
+        """A connection's first bytes tell its protocol: HTTP/2 when TLS
+        negotiated ``h2`` or when they are h2c's preface (prior knowledge,
+        on the same port), else HTTP/1.1."""
+        seen = self._sniffed + data
+        if self.scheme == b"http" and len(seen) < len(H2_PREFACE) \
+                and H2_PREFACE.startswith(seen):
+            self._sniffed = seen
+            return
+        self._sniffed = b""
+        del self.dataReceived
+        if seen.startswith(H2_PREFACE) if self.scheme == b"http" \
+                else getattr(self.transport, "negotiatedProtocol", None) == ALPN_H2:
+            self._to_http2(seen)
+        else:
+            self.dataReceived(seen)
+
+    def _to_http2(self, data: bytes) -> None:
+        """Hand the connection to an L{HTTP2ServerConnection}, which from
+        now on gets its bytes and its end."""
+        transport, _ = self.hand_over()
+        connection = HTTP2ServerConnection(
+            self.factory, transport, self.scheme, self.client_address, self.client_port)
+        self.dataReceived = connection.dataReceived
+        self.connectionLost = connection.connectionLost
+        connection.attach()
+        connection.dataReceived(data)
 
     # -- reading ----------------------------------------------------------------
 
@@ -796,9 +829,7 @@ class HTTP1ServerFactory(ServerFactory):
 
     protocol = HTTP1ServerProtocol
     noisy = False
-    #: set when the interceptor drains: each response then closes its
-    #: connection (``Connection: close``), so clients move elsewhere
-    draining = False
+    _draining = False
 
     def __init__(self, handler, reactor=None, idle_timeout: float = IDLE_TIMEOUT):
         if reactor is None:
@@ -806,6 +837,23 @@ class HTTP1ServerFactory(ServerFactory):
         self.handler = handler
         self.reactor = reactor
         self.idle_timeout = idle_timeout
+        #: the connections speaking HTTP/2, to send GOAWAY when draining
+        self.h2_connections = set()
+
+    @property
+    def draining(self) -> bool:
+        """Set when the interceptor drains: each HTTP/1.1 response then
+        closes its connection (``Connection: close``), and each HTTP/2
+        connection gets GOAWAY and closes once its streams finish, so
+        clients move elsewhere."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        if value:
+            for connection in list(self.h2_connections):
+                connection.drain()
 
     def buildProtocol(self, addr) -> HTTP1ServerProtocol:
         return HTTP1ServerProtocol(self)

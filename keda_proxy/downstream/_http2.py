@@ -1,0 +1,804 @@
+"""
+The proxy's HTTP/2 server: h2 by ALPN on the TLS listener, h2c with prior
+knowledge on the plain one (the HTTP/1.1 protocol hands a connection over
+when it sees the preface, L{H2_PREFACE}).
+
+The protocol state machine is the C{h2} library's (sans-IO); the
+connection, its streams and their flow control are the project's own, as
+for HTTP/1.1.  twisted.web's HTTP/2 channel is not used: it buffers whole
+request bodies, and a gRPC stream cannot wait for its end.
+
+Each stream is one L{HTTP2Exchange} (an L{IDownstreamExchange}) handed to
+the request path as soon as its HEADERS arrive, so each is one request in
+``/queue``, the metrics and the cold-start hold.  Flow control runs end to
+end:
+
+ - a request body the upstream reads slowly is paused (L{RequestBody}),
+   and a paused stream stops acknowledging what it receives: the client's
+   window closes;
+ - a response the client reads slowly stays queued here, within its
+   stream's window, up to L{RESPONSE_HIGH_WATER}; beyond that the
+   upstream producing it is paused, as is every stream's upstream while
+   the client's TCP connection itself is backed up.
+
+Abuse is bounded per connection (CVE-2023-44487 "rapid reset", and the
+ping, settings and empty-frame floods): see L{FrameBudget}.  A connection
+that overdraws one is sent GOAWAY (ENHANCE_YOUR_CALM) and closed; others
+are not affected.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    UnknownFrameReceived,
+    WindowUpdated,
+)
+from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
+from zope.interface import implementer
+
+from keda_proxy.downstream._body import NO_BODY, RequestBody
+from keda_proxy.interfaces import IDownstreamExchange
+from keda_proxy.wire._headers import InvalidHeaderName, canonical_name
+from keda_proxy.wire._memo import remember
+from keda_proxy.wire._status import status_text
+
+__all__ = [
+    "H2_PREFACE", "MAX_CONCURRENT_STREAMS", "MAX_HEADER_LIST_SIZE", "FrameBudget",
+    "HTTP2Exchange", "HTTP2ServerConnection",
+]
+
+log = Logger()
+
+#: What an h2c client with prior knowledge sends first (RFC 9113 §3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+#: Streams a client may have open at once (Go's HTTP/2 server default).
+MAX_CONCURRENT_STREAMS = 250
+#: Largest request header list, decoded (Go's C{DefaultMaxHeaderBytes});
+#: the header block itself is bounded by the C{h2} library's limit on
+#: CONTINUATION frames (64 of at most 16 KiB each).
+MAX_HEADER_LIST_SIZE = 1 << 20
+#: The request-body window per stream, and for the whole connection: what
+#: a client may send before the proxy acknowledges it.
+STREAM_WINDOW = 1 << 20
+CONNECTION_WINDOW = 8 << 20
+#: Response bytes queued per stream (beyond its window) before the
+#: upstream producing them is paused.
+RESPONSE_HIGH_WATER = 256 * 1024
+#: Per connection: frames that cost the proxy work but carry no request
+#: (PING, SETTINGS, PRIORITY, empty DATA, unknown types), as a burst and a
+#: refill rate per second; and streams the client resets.
+CONTROL_BURST, CONTROL_RATE = 1000, 100.0
+RESET_BURST, RESET_RATE = 500, 100.0
+#: After a GOAWAY that closes a connection, how long the client has to
+#: read it before the connection is cut.
+CLOSE_GRACE = 5.0
+
+_CONNECTION_SPECIFIC = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+})
+#: trailer fields that must not travel as trailers (RFC 9110 §6.5.1)
+_NOT_TRAILERS = _CONNECTION_SPECIFIC | frozenset({
+    b"content-length", b"host", b"trailer", b"te", b"content-type", b"authorization",
+})
+
+_date_cache = [None, b""]
+
+
+def _date(now: float) -> bytes:
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache[1] = datetimeToString(second)
+        _date_cache[0] = second
+    return _date_cache[1]
+
+
+_FIELDS: dict = {}
+
+
+def response_fields(block: bytes) -> tuple:
+    """The header lines of an upstream response head (canonical names,
+    CRLF after each) as HTTP/2 fields: lowercase names, and nothing that
+    is connection-specific.  Remembered per block: most repeat."""
+    fields = _FIELDS.get(block)
+    if fields is None:
+        out = []
+        for line in block.split(b"\r\n"):
+            if not line:
+                continue
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name not in _CONNECTION_SPECIFIC:
+                out.append((name, value.strip(b" \t")))
+        fields = remember(_FIELDS, block, tuple(out))
+    return fields
+
+
+def _lower_fields(fields) -> list:
+    return [(name.lower(), value) for name, value in fields
+            if name.lower() not in _CONNECTION_SPECIFIC]
+
+
+class FrameBudget:
+    """A token bucket: C{burst} frames at once, C{rate} more per second.
+    L{spend} says whether the connection may go on."""
+
+    __slots__ = ("burst", "rate", "tokens", "at", "now")
+
+    def __init__(self, burst: int, rate: float, now):
+        self.burst = burst
+        self.rate = rate
+        self.tokens = float(burst)
+        self.now = now
+        self.at = now()
+
+    def spend(self) -> bool:
+        now = self.now()
+        tokens = min(self.burst, self.tokens + (now - self.at) * self.rate) - 1
+        self.at = now
+        self.tokens = tokens
+        return tokens >= 0
+
+
+# -- one stream ------------------------------------------------------------
+
+
+@implementer(IDownstreamExchange)
+class HTTP2Exchange:
+    """One stream: its request, and the response going back on it.
+
+    The response HEADERS wait for the first body bytes or the end, so that
+    a response without a body is one HEADERS frame with END_STREAM.
+    """
+
+    version = b"HTTP/2"
+    code = None
+    sent_bytes = 0
+    finished = False
+    response_started = False
+    #: the response's HEADERS, waiting for the first body bytes
+    _head = None
+    #: response bytes waiting for the stream's window
+    _queued = 0
+    #: after finish(): the trailers to send once the queue is out (or ())
+    _ending = None
+    _producer = None
+    _producer_paused = False
+    _on_done = None
+    _result = None
+    _over = False
+    #: the client has sent its whole request (half-closed, remote)
+    _request_done = False
+    #: request bytes received while the body was paused, not acknowledged
+    _unacked = 0
+    _reading_paused = False
+    #: the request's trailers, until its end
+    _trailers = None
+
+    def __init__(self, connection: "HTTP2ServerConnection", stream_id: int, method: bytes,
+                 target: bytes, headers: dict, length):
+        self._connection = connection
+        self.stream_id = stream_id
+        self.method = method
+        self.target = target
+        self.path = target.partition(b"?")[0]
+        self.headers = headers
+        self.scheme = connection.scheme
+        self.client_address = connection.client_address
+        self.client_port = connection.client_port
+        self.response_headers = {}
+        self._out = []
+        if length == 0:
+            self.body = NO_BODY
+            self._request_done = True
+        else:
+            self.body = RequestBody(length, self._pause_reading, self._resume_reading)
+
+    # -- the request body ----------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        unacked, self._unacked = self._unacked, 0
+        if unacked and not self._over:
+            self._connection.acknowledge(self.stream_id, unacked)
+
+    def data_received(self, data: bytes, flow_length: int) -> None:
+        if data and self.body is not NO_BODY:
+            self.body.data_received(data)
+        if self._reading_paused:
+            self._unacked += flow_length
+        elif flow_length:
+            self._connection.acknowledge(self.stream_id, flow_length)
+
+    # -- the response --------------------------------------------------------
+
+    def respond(self, head) -> None:
+        if self.finished:
+            return
+        if self.response_started or self._head is not None:
+            raise RuntimeError("the response head is already out")
+        self.code = head.code
+        fields = [(b":status", b"%d" % head.code)]
+        fields += response_fields(head.block)
+        if not head.has_date:
+            fields.append((b"date", _date(self._connection.now())))
+        self._extra_fields(fields)
+        self._head = fields
+
+    def _extra_fields(self, fields: list) -> None:
+        for name, values in self.response_headers.items():
+            name = name.lower()
+            for value in values:
+                fields.append((name, value))
+
+    def _send_head(self, end: bool) -> None:
+        head, self._head = self._head, None
+        self.response_started = True
+        self._connection.send_headers(self.stream_id, head, end)
+
+    def write(self, data: bytes) -> None:
+        if self.finished or not data:
+            if not self.finished and self._head is not None:
+                self._send_head(False)
+            return
+        if self._head is not None:
+            self._send_head(False)
+        elif not self.response_started:
+            raise RuntimeError("write() before respond()")
+        if self.method == b"HEAD" or self.code in (204, 304):
+            return
+        self.sent_bytes += len(data)
+        self._out.append(data)
+        self._queued += len(data)
+        self._connection.send_queued(self)
+
+    def finish(self, trailers=None) -> None:
+        if self.finished or self._ending is not None:
+            return
+        if self._head is not None:
+            if not self._out and not trailers:
+                self._send_head(True)
+                self._done()
+                return
+            self._send_head(False)
+        elif not self.response_started:
+            raise RuntimeError("finish() before respond()")
+        self._ending = _lower_trailers(trailers) if trailers else ()
+        self._connection.send_queued(self)
+
+    def answer(self, code: int, fields, body: bytes) -> None:
+        """A whole response, with Content-Length; once a response has
+        begun, only a reset is left."""
+        if self.finished:
+            return
+        if self.response_started:
+            self.abort()
+            return
+        self.code = code
+        head = [(b":status", b"%d" % code), (b"date", _date(self._connection.now()))]
+        head += _lower_fields(fields)
+        self._extra_fields(head)
+        if code in (204, 304) or self.method == b"HEAD":
+            body = b""
+        if code not in (204, 304):
+            head.append((b"content-length", b"%d" % len(body)))
+        self._head = head
+        if body:
+            self.write(body)
+        self.finish()
+
+    def informational(self, head) -> None:
+        """A 1xx (103 Early Hints) ahead of the final response."""
+        if self.code is None and self._head is None and not self.finished:
+            fields = [(b":status", b"%d" % head.code)] + list(response_fields(head.block))
+            self._connection.send_headers(self.stream_id, fields, False)
+
+    def abort(self) -> None:
+        """Reset the stream: the client sees the response cut short."""
+        if self.finished:
+            return
+        self._connection.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+        self.end(Failure(ConnectionAborted("stream reset")))
+
+    def take_over(self):
+        raise NotImplementedError("HTTP/2 has no 101 upgrades; WebSockets use HTTP/1.1")
+
+    # -- sending within the window, called by the connection -------------------
+
+    def pull(self, window: int, frame: int):
+        """The next DATA chunk that fits C{window} and C{frame}, or None."""
+        out = self._out
+        if not out or window <= 0:
+            return None
+        first = out[0]
+        size = min(window, frame)
+        if len(first) <= size:
+            out.pop(0)
+            chunk = first
+        else:
+            chunk = first[:size]
+            out[0] = first[size:]
+        self._queued -= len(chunk)
+        return chunk
+
+    def drained(self) -> None:
+        """The queue went out as far as the window allows."""
+        if self._ending is not None and not self._out:
+            self._connection.end_stream(self.stream_id, self._ending or None)
+            self._done()
+            return
+        self.update_producer()
+
+    def update_producer(self) -> None:
+        """Pause or resume the upstream by how much is queued here and
+        whether the client's connection is backed up."""
+        producer = self._producer
+        if producer is None:
+            return
+        hold = self._queued > RESPONSE_HIGH_WATER or self._connection.write_paused
+        if hold and not self._producer_paused:
+            self._producer_paused = True
+            producer.pauseProducing()
+        elif not hold and self._producer_paused:
+            self._producer_paused = False
+            producer.resumeProducing()
+
+    # -- the exchange's end -----------------------------------------------------
+
+    def _done(self) -> None:
+        """The response went out whole."""
+        if not self._request_done:
+            # RFC 9113 §8.1: the rest of the request is not wanted
+            self._connection.reset(self.stream_id, ErrorCodes.NO_ERROR)
+        self.end(None)
+
+    def notify_done(self, callback) -> None:
+        if self._over:
+            callback(self._result)
+        else:
+            self._on_done = callback
+
+    def end(self, result) -> None:
+        """The exchange is over; only the first call counts."""
+        if self._over:
+            return
+        self._over = self.finished = True
+        self._result = result
+        self._out = []
+        self._producer = None
+        if result is not None and self.body is not NO_BODY and not self.body.done:
+            self.body.detach()
+        self._connection.stream_over(self)
+        callback, self._on_done = self._on_done, None
+        if callback is not None:
+            callback(result)
+
+    # -- IConsumer: the upstream produces the response body -----------------------
+
+    def registerProducer(self, producer, streaming) -> None:
+        if self.finished:
+            return
+        self._producer = producer
+        self._producer_paused = False
+        self.update_producer()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._producer_paused = False
+
+
+def _lower_trailers(trailers) -> list:
+    return [(name.lower(), value) for name, value in trailers
+            if name.lower() not in _NOT_TRAILERS]
+
+
+# -- the connection ----------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class HTTP2ServerConnection:
+    """One client connection speaking HTTP/2, taken over from the
+    HTTP/1.1 protocol that accepted it (see L{attach}).
+
+    It is the transport's producer: a client that stops reading pauses
+    every stream's upstream.
+    """
+
+    max_concurrent_streams = MAX_CONCURRENT_STREAMS
+    max_header_list_size = MAX_HEADER_LIST_SIZE
+    stream_window = STREAM_WINDOW
+    connection_window = CONNECTION_WINDOW
+    control_burst, control_rate = CONTROL_BURST, CONTROL_RATE
+    reset_burst, reset_rate = RESET_BURST, RESET_RATE
+    close_grace = CLOSE_GRACE
+
+    write_paused = False
+    _closing = False
+    _closed = False
+    _in_receive = False
+    _flush_call = None
+    _idle_timer = None
+    _close_timer = None
+
+    def __init__(self, factory, transport, scheme: bytes, client_address: str,
+                 client_port: int):
+        self.factory = factory
+        self.transport = transport
+        self.scheme = scheme
+        self.client_address = client_address
+        self.client_port = client_port
+        self._clock = factory.reactor
+        self.now = factory.reactor.seconds
+        self._handler = factory.handler
+        self.streams: Dict[int, HTTP2Exchange] = {}
+        self._highest = 0
+        self._control = FrameBudget(self.control_burst, self.control_rate, self.now)
+        self._resets = FrameBudget(self.reset_burst, self.reset_rate, self.now)
+        h2 = self._h2 = H2Connection(H2Configuration(
+            client_side=False, header_encoding=None,
+            validate_outbound_headers=False, normalize_outbound_headers=False))
+        h2.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: self.stream_window,
+            SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        h2.decoder.max_header_list_size = self.max_header_list_size
+        h2.initiate_connection()
+        h2.increment_flow_control_window(self.connection_window - 65535)
+
+    def attach(self) -> None:
+        """Start serving on the transport: it is now this connection's."""
+        self.transport.registerProducer(self, True)
+        self.factory.h2_connections.add(self)
+        if self.factory.draining:
+            self.drain()
+        self._arm_idle()
+        self._flush()
+
+    # -- reading ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._in_receive = True
+        try:
+            try:
+                events = self._h2.receive_data(data)
+            except ProtocolError as e:
+                # h2 queued a GOAWAY with the error's code
+                log.info("HTTP/2 client {client}: {error}", client=self.client_address,
+                         error=type(e).__name__)
+                self._shut(None)
+                return
+            for event in events:
+                handler = _DISPATCH.get(type(event))
+                if handler is not None:
+                    handler(self, event)
+                if self._closed:
+                    return
+        finally:
+            self._in_receive = False
+        self._flush()
+
+    def _request(self, event: RequestReceived) -> None:
+        stream_id = event.stream_id
+        self._highest = stream_id
+        if self._closing:
+            self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        method = target = authority = None
+        headers: dict = {}
+        cookies = []
+        try:
+            for name, value in event.headers:
+                if name[:1] == b":":
+                    if name == b":method":
+                        method = value
+                    elif name == b":path":
+                        target = value
+                    elif name == b":authority":
+                        authority = value
+                    elif name != b":scheme":  # :protocol: no extended CONNECT
+                        raise InvalidHeaderName(name)
+                elif name == b"cookie":
+                    cookies.append(value)
+                else:
+                    key = canonical_name(name)
+                    values = headers.get(key)
+                    if values is None:
+                        headers[key] = [value]
+                    else:
+                        values.append(value)
+        except InvalidHeaderName:
+            self._h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        if cookies:  # RFC 9113 §8.2.3: crumbs joined again for HTTP/1.1
+            headers[b"Cookie"] = [b"; ".join(cookies)]
+        if authority is not None:
+            headers[b"Host"] = [authority]
+        length = None
+        if event.stream_ended is not None:
+            length = 0
+        else:
+            declared = headers.get(b"Content-Length")
+            if declared and len(declared) == 1 and declared[0].isdigit():
+                length = int(declared[0])
+                if length == 0:
+                    length = None  # DATA may still come: let its end tell
+        exchange = HTTP2Exchange(self, stream_id, method, target or b"", headers, length)
+        self.streams[stream_id] = exchange
+        self._disarm_idle()
+        if method == b"CONNECT" or target is None or (
+                target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS")):
+            exchange.answer(400 if method != b"CONNECT" else 405,
+                            [(b"content-type", b"text/plain; charset=utf-8")],
+                            status_text(400 if method != b"CONNECT" else 405) + b"\n")
+            return
+        try:
+            self._handler(exchange)
+        except Exception:
+            log.failure("the request handler failed")
+            if exchange.response_started:
+                exchange.abort()
+            else:
+                exchange.answer(500, [(b"content-type", b"text/plain; charset=utf-8")],
+                                b"Internal Server Error\n")
+
+    def _data(self, event: DataReceived) -> None:
+        if not event.data and event.stream_ended is None and not self._control.spend():
+            self._calm("empty DATA frames")
+            return
+        exchange = self.streams.get(event.stream_id)
+        if exchange is None or exchange.finished:
+            # the response is over: count the bytes, want no more
+            self.acknowledge(event.stream_id, event.flow_controlled_length)
+            return
+        exchange.data_received(event.data, event.flow_controlled_length)
+
+    def _trailers(self, event: TrailersReceived) -> None:
+        exchange = self.streams.get(event.stream_id)
+        if exchange is not None:
+            exchange._trailers = [(canonical_name(n), v) for n, v in event.headers
+                                  if n[:1] != b":"]
+
+    def _ended(self, event: StreamEnded) -> None:
+        exchange = self.streams.get(event.stream_id)
+        if exchange is None:
+            return
+        exchange._request_done = True
+        body = exchange.body
+        if body is not NO_BODY and not body.done:
+            body.end(exchange._trailers)
+
+    def _reset(self, event: StreamReset) -> None:
+        if event.remote_reset and not self._resets.spend():
+            self._calm("stream resets")
+            return
+        exchange = self.streams.get(event.stream_id)
+        if exchange is not None:
+            exchange.end(Failure(ConnectionLost("the client reset the stream")))
+
+    def _window(self, event: WindowUpdated) -> None:
+        if event.stream_id:
+            exchange = self.streams.get(event.stream_id)
+            if exchange is not None:
+                self.send_queued(exchange)
+        else:
+            for exchange in list(self.streams.values()):
+                self.send_queued(exchange)
+
+    def _settings(self, event: RemoteSettingsChanged) -> None:
+        if not self._control.spend():
+            self._calm("SETTINGS frames")
+            return
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for exchange in list(self.streams.values()):
+                self.send_queued(exchange)
+
+    def _control_frame(self, event) -> None:
+        if not self._control.spend():
+            self._calm(type(event).__name__)
+
+    def _terminated(self, event: ConnectionTerminated) -> None:
+        """The client sent GOAWAY: it opens no more streams."""
+        self._closing = True
+        if not self.streams:
+            self._shut(None)
+
+    # -- writing ------------------------------------------------------------------
+
+    def send_headers(self, stream_id: int, fields, end: bool) -> None:
+        try:
+            self._h2.send_headers(stream_id, fields, end_stream=end)
+        except (StreamClosedError, ProtocolError):
+            return
+        self._flush_soon()
+
+    def send_queued(self, exchange: HTTP2Exchange) -> None:
+        """Send what the stream's window and the connection's allow."""
+        h2 = self._h2
+        stream_id = exchange.stream_id
+        if exchange._out:
+            frame = h2.max_outbound_frame_size
+            try:
+                while True:
+                    window = h2.local_flow_control_window(stream_id)
+                    chunk = exchange.pull(window, frame)
+                    if chunk is None:
+                        break
+                    h2.send_data(stream_id, chunk)
+            except (StreamClosedError, FlowControlError, ProtocolError):
+                exchange.end(Failure(ConnectionLost("the stream closed")))
+                return
+            self._flush_soon()
+        exchange.drained()
+
+    def end_stream(self, stream_id: int, trailers) -> None:
+        try:
+            if trailers:
+                self._h2.send_headers(stream_id, trailers, end_stream=True)
+            else:
+                self._h2.end_stream(stream_id)
+        except (StreamClosedError, ProtocolError):
+            return
+        self._flush_soon()
+
+    def reset(self, stream_id: int, code) -> None:
+        try:
+            self._h2.reset_stream(stream_id, code)
+        except (StreamClosedError, ProtocolError):
+            return
+        self._flush_soon()
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        if self._closed:
+            return
+        try:
+            self._h2.acknowledge_received_data(length, stream_id)
+        except (StreamClosedError, ProtocolError):
+            return
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Write what h2 has queued: at the end of the read in progress, or
+        at the end of this reactor turn, so that frames made together (a
+        response's HEADERS, DATA and trailers; many streams' answers) go
+        out in one write."""
+        if self._in_receive or self._flush_call is not None or self._closed:
+            return
+        self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        data = self._h2.data_to_send()
+        if data and not self._closed:
+            self.transport.write(data)
+
+    # -- the streams' ends, idling, draining, closing ------------------------------
+
+    def stream_over(self, exchange: HTTP2Exchange) -> None:
+        self.streams.pop(exchange.stream_id, None)
+        if not self.streams:
+            if self._closing:
+                self._shut(None)
+            else:
+                self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        timeout = self.factory.idle_timeout
+        if timeout and self._idle_timer is None and not self._closed:
+            self._idle_timer = self._clock.callLater(timeout, self._idle)
+
+    def _disarm_idle(self) -> None:
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if not self.streams and not self._closed:
+            self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._highest)
+            self._shut(None)
+
+    def drain(self) -> None:
+        """The interceptor drains: GOAWAY now, streams in flight finish,
+        then the connection closes."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._highest)
+        if self.streams:
+            self._flush_soon()
+        else:
+            self._shut(None)
+
+    def _calm(self, what: str) -> None:
+        """A flood: GOAWAY (ENHANCE_YOUR_CALM) and close, cutting the
+        streams in flight."""
+        log.info("HTTP/2 client {client}: too many {what}; closing",
+                 client=self.client_address, what=what)
+        self._h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self._highest)
+        self._shut(Failure(ConnectionAborted(f"too many {what}")))
+
+    def _shut(self, reason: Optional[Failure]) -> None:
+        """Write what is queued (a GOAWAY) and close; streams still open
+        end with C{reason}."""
+        if self._closed:
+            return
+        self._flush()
+        self._closed = self._closing = True
+        self._disarm_idle()
+        for exchange in list(self.streams.values()):
+            exchange.end(reason or Failure(ConnectionDone()))
+        self.streams.clear()
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        self._close_timer = self._clock.callLater(self.close_grace, self.transport.abortConnection)
+
+    def connectionLost(self, reason=None) -> None:
+        self._closed = self._closing = True
+        self._disarm_idle()
+        for call in (self._flush_call, self._close_timer):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._close_timer = None
+        self.factory.h2_connections.discard(self)
+        for exchange in list(self.streams.values()):
+            exchange.end(reason if reason is not None else Failure(ConnectionDone()))
+        self.streams.clear()
+
+    # -- IPushProducer: the client's TCP connection backs up, or drains -------------
+
+    def pauseProducing(self) -> None:
+        self.write_paused = True
+        for exchange in list(self.streams.values()):
+            exchange.update_producer()
+
+    def resumeProducing(self) -> None:
+        self.write_paused = False
+        for exchange in list(self.streams.values()):
+            exchange.update_producer()
+
+    def stopProducing(self) -> None:
+        """connectionLost follows."""
+
+
+_DISPATCH = {
+    RequestReceived: HTTP2ServerConnection._request,
+    DataReceived: HTTP2ServerConnection._data,
+    TrailersReceived: HTTP2ServerConnection._trailers,
+    StreamEnded: HTTP2ServerConnection._ended,
+    StreamReset: HTTP2ServerConnection._reset,
+    WindowUpdated: HTTP2ServerConnection._window,
+    RemoteSettingsChanged: HTTP2ServerConnection._settings,
+    PingReceived: HTTP2ServerConnection._control_frame,
+    PriorityUpdated: HTTP2ServerConnection._control_frame,
+    UnknownFrameReceived: HTTP2ServerConnection._control_frame,
+    ConnectionTerminated: HTTP2ServerConnection._terminated,
+}
