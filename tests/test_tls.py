@@ -516,7 +516,9 @@ def test_listener_selects_the_certificate_by_sni(store, listener):
     for sni, names in expected.items():
         result = yield handshake(ProbeClient(sni), port)
         assert result.names == names, sni
-        assert result.alpn == b"http/1.1"  # h2 was offered first
+        assert result.alpn == b"h2"  # preferred, as Go's listener does
+    result = yield handshake(ProbeClient("a.example", alpn=(b"http/1.1",)), port)
+    assert result.alpn == b"http/1.1"
 
 
 @pytest_twisted.inlineCallbacks
