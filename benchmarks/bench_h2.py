@@ -539,6 +539,28 @@ class Bench:
             self.skipped[key] = why
             del self.rows[key]
 
+    def server_state(self, key):
+        """Whether the server of row C{key} still runs, and its log's end."""
+        for k in self.keda.values():
+            if k["pid"] in self.rows[key]["pids"]:
+                rc = k["popen"].poll()
+                log = k["log"]
+                break
+        else:
+            procs = {"nginx": self.nginx, "backend": self.backend}
+            which = "nginx" if self.nginx["master"] in self.rows[key]["pids"] else "backend"
+            rc = procs[which]["popen"].poll()
+            log = Path(self.td.dir / ("proxy" if which == "nginx" else "backend")
+                       / "error.log")
+            if key.startswith("grpc-direct"):
+                rc, log = self.grpc.poll(), self.td.dir / "grpc-echo.log"
+        state = "still running" if rc is None else f"gone (exit status {rc})"
+        try:
+            tail = _tail(log.read_text(errors="replace"), 15)
+        except OSError:
+            tail = "    (no log)"
+        return f"the server is {state}; the end of {log.name}:\n{tail}"
+
     def placement(self, key):
         """Pin the backend for this row; return its pids if it is not the
         server under test.  The nginx backend: on the load core, or alone on
@@ -667,28 +689,36 @@ def main(argv=None) -> int:
         runs = {}
         for rep in range(args.repeat):
             for key in keys:
+                if key in bench.skipped:
+                    continue
                 bl.log(f"run {rep + 1}/{args.repeat}: {bench.labels[key]}, {args.duration}s")
-                runs.setdefault(key, []).append(bench.measure(key))
-                if key.startswith("h2-keda") and rep == args.repeat - 1:
-                    pid = bench.keda[key[3:]]["pid"]
-                    bench.memory.append((bench.keda[key[3:]]["label"],
-                                         "after its HTTP/2 rows", bl.rss_kb(pid)))
-                if key.startswith("grpc-keda") and rep == args.repeat - 1:
-                    pid = bench.keda[key[5:]]["pid"]
-                    bench.memory.append((bench.keda[key[5:]]["label"],
-                                         "after its gRPC rows", bl.rss_kb(pid)))
+                try:
+                    r = bench.measure(key)
+                except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                    # A client that could not finish: say what it saw and
+                    # what became of the server, and carry on without the row.
+                    why = f"failed under load in run {rep + 1}: {e}\n{bench.server_state(key)}"
+                    bl.log(f"{bench.labels[key]}: {why}")
+                    bench.skipped[key] = why
+                    continue
+                runs.setdefault(key, []).append(r)
+                kind, _, which = key.partition("-")
+                if which in bench.keda and kind != "h1" and rep == args.repeat - 1:
+                    k = bench.keda[which]
+                    if k["popen"].poll() is None:
+                        bench.memory.append((k["label"], "after its HTTP/2 rows" if kind == "h2"
+                                             else "after its gRPC rows", bl.rss_kb(k["pid"])))
         nginx_rss = [bl.rss_kb(p) for p in bench.nginx_pids]
         bench.memory.append(("nginx-proxy (master + worker)", "after all rows",
                              {k: sum(r[k] for r in nginx_rss) for k in ("VmRSS", "VmHWM")}))
-        for label, k in ((v["label"], v) for v in bench.keda.values()):
-            if k["popen"].poll() is not None:
-                bench.skipped[label] = f"exited with {k['popen'].returncode}; see its log"
+        died = [f"{k['label']} exited (status {k['popen'].returncode}) during the run"
+                for k in bench.keda.values() if k["popen"].poll() is not None]
         results = {}
         for key, rs in runs.items():
             rs = sorted(rs, key=lambda r: r["rps"])
             results[key] = rs[len(rs) // 2]
-        report(args, bench, tools, results, idle_bg)
-        return 1 if args.check and failures(args, bench, results) else 0
+        report(args, bench, tools, results, idle_bg, died)
+        return 1 if args.check and (died or failures(args, bench, results)) else 0
 
 
 def failures(args, bench, results):
@@ -708,7 +738,7 @@ def failures(args, bench, results):
     return out
 
 
-def report(args, bench, tools, results, idle_bg):
+def report(args, bench, tools, results, idle_bg, died):
     keys = list(results)
     print()
     print("## keda-interceptor HTTP/2 and gRPC benchmark")
@@ -801,6 +831,7 @@ def report(args, bench, tools, results, idle_bg):
                          "of a core")
     for key, why in bench.skipped.items():
         notes.append(f"left out: {bench.labels.get(key, key)}:\n{why}")
+    notes += died
     for n in notes:
         print(f"- {n}")
     sys.stdout.flush()
