@@ -29,6 +29,7 @@ are not affected.
 
 from __future__ import annotations
 
+import re
 from typing import Dict, Optional
 
 from h2.config import H2Configuration
@@ -139,6 +140,93 @@ def _lower_fields(fields) -> list:
             if name.lower() not in _CONNECTION_SPECIFIC]
 
 
+class MalformedRequest(Exception):
+    """A request HTTP/2 calls malformed (RFC 9113 §8.1.1): its stream is
+    reset with PROTOCOL_ERROR, the connection goes on."""
+
+
+#: what may follow the method and path into an HTTP/1.1 request line, or
+#: the authority into Host: visible ASCII, no space
+_VISIBLE = re.compile(rb"[\x21-\x7e]+\Z")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: what no field value may hold (RFC 9113 §8.2.1)
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
+#: lowercase field names already checked, to their canonical form
+_NAMES: dict = {}
+
+
+def _field_name(name: bytes) -> bytes:
+    key = _NAMES.get(name)
+    if key is None:
+        if name.lower() != name or name in _CONNECTION_SPECIFIC:
+            raise MalformedRequest(name)
+        try:
+            key = remember(_NAMES, name, canonical_name(name))
+        except InvalidHeaderName:
+            raise MalformedRequest(name) from None
+    return key
+
+
+def request_fields(fields):
+    """A request's decoded HEADERS, checked as RFC 9113 §8.2-8.3 asks (the
+    C{h2} library's own checks are off: they cost a third of a request,
+    and treat a malformed request as a connection error).
+
+    @return: C{(method, path, authority, headers, cookies)}: C{headers}
+        maps canonical names to their values, as HTTP/1.1 requests do.
+    @raise MalformedRequest: uppercase or connection-specific names, a TE
+        other than C{trailers}, NUL/CR/LF or surrounding whitespace in a
+        value, unknown, repeated or late pseudo-fields, or a method, path
+        or authority that could not go into an HTTP/1.1 request.
+    """
+    pseudo = {}
+    headers: dict = {}
+    cookies = []
+    search = _BAD_VALUE.search
+    for name, value in fields:
+        if value and search(value) is not None:
+            raise MalformedRequest(name)
+        if name[:1] == b":":
+            if headers or cookies or name in pseudo or name not in _PSEUDO:
+                raise MalformedRequest(name)
+            pseudo[name] = value
+        elif name == b"cookie":
+            cookies.append(value)
+        else:
+            if name == b"te" and value.lower() != b"trailers":
+                raise MalformedRequest(name)
+            key = _field_name(name)
+            values = headers.get(key)
+            if values is None:
+                headers[key] = [value]
+            else:
+                values.append(value)
+    method = pseudo.get(b":method")
+    path = pseudo.get(b":path")
+    authority = pseudo.get(b":authority")
+    if method is None or _TOKEN.match(method) is None:
+        raise MalformedRequest(b":method")
+    if method != b"CONNECT" and (path is None or b":scheme" not in pseudo
+                                 or _VISIBLE.match(path) is None):
+        raise MalformedRequest(b":path")
+    if authority is not None and _VISIBLE.match(authority) is None:
+        raise MalformedRequest(b":authority")
+    return method, path, authority, headers, cookies
+
+
+def trailer_fields(fields) -> list:
+    """A request's trailers, checked as its headers are (no pseudo-fields
+    at all), as C{(canonical name, value)} pairs."""
+    out = []
+    search = _BAD_VALUE.search
+    for name, value in fields:
+        if name[:1] == b":" or (value and search(value) is not None):
+            raise MalformedRequest(name)
+        out.append((_field_name(name), value))
+    return out
+
+
 class FrameBudget:
     """A token bucket: C{burst} frames at once, C{rate} more per second.
     L{spend} says whether the connection may go on."""
@@ -234,6 +322,12 @@ class HTTP2Exchange:
             self._connection.acknowledge(self.stream_id, flow_length)
 
     # -- the response --------------------------------------------------------
+    #
+    # Nothing is framed here: the head, the bytes and the end are queued,
+    # and the connection frames them when it flushes (L{pump}), at the end
+    # of the read or of the reactor turn in progress.  So a response that
+    # is whole in one turn (most) is one HEADERS and one DATA carrying
+    # END_STREAM, or one HEADERS with it.
 
     def respond(self, head) -> None:
         if self.finished:
@@ -254,21 +348,15 @@ class HTTP2Exchange:
             for value in values:
                 fields.append((name, value))
 
-    def _send_head(self, end: bool) -> None:
-        head, self._head = self._head, None
-        self.response_started = True
-        self._connection.send_headers(self.stream_id, head, end)
-
     def write(self, data: bytes) -> None:
-        if self.finished or not data:
-            if not self.finished and self._head is not None:
-                self._send_head(False)
+        if self.finished or self._ending is not None:
             return
-        if self._head is not None:
-            self._send_head(False)
-        elif not self.response_started:
-            raise RuntimeError("write() before respond()")
-        if self.method == b"HEAD" or self.code in (204, 304):
+        if not self.response_started:
+            if self._head is None:
+                raise RuntimeError("write() before respond()")
+            self.response_started = True
+            self._connection.send_queued(self)
+        if not data or self.method == b"HEAD" or self.code in (204, 304):
             return
         self.sent_bytes += len(data)
         self._out.append(data)
@@ -278,14 +366,10 @@ class HTTP2Exchange:
     def finish(self, trailers=None) -> None:
         if self.finished or self._ending is not None:
             return
-        if self._head is not None:
-            if not self._out and not trailers:
-                self._send_head(True)
-                self._done()
-                return
-            self._send_head(False)
-        elif not self.response_started:
-            raise RuntimeError("finish() before respond()")
+        if not self.response_started:
+            if self._head is None:
+                raise RuntimeError("finish() before respond()")
+            self.response_started = True
         self._ending = _lower_trailers(trailers) if trailers else ()
         self._connection.send_queued(self)
 
@@ -306,8 +390,7 @@ class HTTP2Exchange:
         if code not in (204, 304):
             head.append((b"content-length", b"%d" % len(body)))
         self._head = head
-        if body:
-            self.write(body)
+        self.write(body)
         self.finish()
 
     def informational(self, head) -> None:
@@ -326,31 +409,57 @@ class HTTP2Exchange:
     def take_over(self):
         raise NotImplementedError("HTTP/2 has no 101 upgrades; WebSockets use HTTP/1.1")
 
-    # -- sending within the window, called by the connection -------------------
+    # -- framing, when the connection flushes -----------------------------------
 
-    def pull(self, window: int, frame: int):
-        """The next DATA chunk that fits C{window} and C{frame}, or None."""
+    def pump(self, h2) -> bool:
+        """Frame what is queued, as far as the stream's window (and the
+        connection's) allows.  Returns whether the response is complete.
+
+        @raise StreamClosedError, FlowControlError, ProtocolError: from
+            C{h2}; the stream is gone.
+        """
+        stream_id = self.stream_id
         out = self._out
-        if not out or window <= 0:
-            return None
-        first = out[0]
-        size = min(window, frame)
-        if len(first) <= size:
-            out.pop(0)
-            chunk = first
+        ending = self._ending
+        head = self._head
+        if head is not None:
+            if not self.response_started:
+                return False
+            self._head = None
+            if not out and ending == ():
+                h2.send_headers(stream_id, head, end_stream=True)
+                return True
+            h2.send_headers(stream_id, head)
+        if out:
+            frame = h2.max_outbound_frame_size
+            while out:
+                window = h2.local_flow_control_window(stream_id)
+                if window <= 0:
+                    break
+                first = out[0]
+                size = min(window, frame)
+                if len(first) <= size:
+                    del out[0]
+                    chunk = first
+                else:
+                    chunk = first[:size]
+                    out[0] = first[size:]
+                self._queued -= len(chunk)
+                if not out and ending == ():
+                    h2.send_data(stream_id, chunk, end_stream=True)
+                    return True
+                h2.send_data(stream_id, chunk)
+            if out:
+                self.update_producer()
+                return False
+        if ending is None:
+            self.update_producer()
+            return False
+        if ending:
+            h2.send_headers(stream_id, ending, end_stream=True)
         else:
-            chunk = first[:size]
-            out[0] = first[size:]
-        self._queued -= len(chunk)
-        return chunk
-
-    def drained(self) -> None:
-        """The queue went out as far as the window allows."""
-        if self._ending is not None and not self._out:
-            self._connection.end_stream(self.stream_id, self._ending or None)
-            self._done()
-            return
-        self.update_producer()
+            h2.end_stream(stream_id)
+        return True
 
     def update_producer(self) -> None:
         """Pause or resume the upstream by how much is queued here and
@@ -454,11 +563,15 @@ class HTTP2ServerConnection:
         self.now = factory.reactor.seconds
         self._handler = factory.handler
         self.streams: Dict[int, HTTP2Exchange] = {}
+        #: streams with frames to make at the next flush
+        self._dirty: Dict[int, HTTP2Exchange] = {}
         self._highest = 0
         self._control = FrameBudget(self.control_burst, self.control_rate, self.now)
         self._resets = FrameBudget(self.reset_burst, self.reset_rate, self.now)
         h2 = self._h2 = H2Connection(H2Configuration(
             client_side=False, header_encoding=None,
+            # checked by request_fields and trailer_fields instead
+            validate_inbound_headers=False, normalize_inbound_headers=False,
             validate_outbound_headers=False, normalize_outbound_headers=False))
         h2.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
@@ -510,34 +623,14 @@ class HTTP2ServerConnection:
         if self._closing:
             self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        method = target = authority = None
-        headers: dict = {}
-        cookies = []
         try:
-            for name, value in event.headers:
-                if name[:1] == b":":
-                    if name == b":method":
-                        method = value
-                    elif name == b":path":
-                        target = value
-                    elif name == b":authority":
-                        authority = value
-                    elif name != b":scheme":  # :protocol: no extended CONNECT
-                        raise InvalidHeaderName(name)
-                elif name == b"cookie":
-                    cookies.append(value)
-                else:
-                    key = canonical_name(name)
-                    values = headers.get(key)
-                    if values is None:
-                        headers[key] = [value]
-                    else:
-                        values.append(value)
-        except InvalidHeaderName:
+            method, target, authority, headers, cookies = request_fields(event.headers)
+        except MalformedRequest:
             self._h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
         if cookies:  # RFC 9113 §8.2.3: crumbs joined again for HTTP/1.1
             headers[b"Cookie"] = [b"; ".join(cookies)]
+        host = headers.get(b"Host")
         if authority is not None:
             headers[b"Host"] = [authority]
         length = None
@@ -552,11 +645,17 @@ class HTTP2ServerConnection:
         exchange = HTTP2Exchange(self, stream_id, method, target or b"", headers, length)
         self.streams[stream_id] = exchange
         self._disarm_idle()
-        if method == b"CONNECT" or target is None or (
-                target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS")):
-            exchange.answer(400 if method != b"CONNECT" else 405,
-                            [(b"content-type", b"text/plain; charset=utf-8")],
-                            status_text(400 if method != b"CONNECT" else 405) + b"\n")
+        if method == b"CONNECT":  # not a tunnel: never an open proxy
+            code = 405
+        elif target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS"):
+            code = 400
+        elif authority is not None and host is not None and host != [authority]:
+            code = 400  # RFC 9113 §8.3.1: which one names the site?
+        else:
+            code = None
+        if code is not None:
+            exchange.answer(code, [(b"content-type", b"text/plain; charset=utf-8")],
+                            status_text(code) + b"\n")
             return
         try:
             self._handler(exchange)
@@ -581,9 +680,13 @@ class HTTP2ServerConnection:
 
     def _trailers(self, event: TrailersReceived) -> None:
         exchange = self.streams.get(event.stream_id)
-        if exchange is not None:
-            exchange._trailers = [(canonical_name(n), v) for n, v in event.headers
-                                  if n[:1] != b":"]
+        if exchange is None:
+            return
+        try:
+            exchange._trailers = trailer_fields(event.headers)
+        except MalformedRequest:
+            self._h2.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            exchange.end(Failure(ConnectionAborted("malformed trailers")))
 
     def _ended(self, event: StreamEnded) -> None:
         exchange = self.streams.get(event.stream_id)
@@ -605,19 +708,21 @@ class HTTP2ServerConnection:
     def _window(self, event: WindowUpdated) -> None:
         if event.stream_id:
             exchange = self.streams.get(event.stream_id)
-            if exchange is not None:
-                self.send_queued(exchange)
+            if exchange is not None and exchange._out:
+                self._dirty[event.stream_id] = exchange
         else:
-            for exchange in list(self.streams.values()):
-                self.send_queued(exchange)
+            for stream_id, exchange in self.streams.items():
+                if exchange._out:
+                    self._dirty[stream_id] = exchange
 
     def _settings(self, event: RemoteSettingsChanged) -> None:
         if not self._control.spend():
             self._calm("SETTINGS frames")
             return
         if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-            for exchange in list(self.streams.values()):
-                self.send_queued(exchange)
+            for stream_id, exchange in self.streams.items():
+                if exchange._out:
+                    self._dirty[stream_id] = exchange
 
     def _control_frame(self, event) -> None:
         if not self._control.spend():
@@ -639,33 +744,24 @@ class HTTP2ServerConnection:
         self._flush_soon()
 
     def send_queued(self, exchange: HTTP2Exchange) -> None:
-        """Send what the stream's window and the connection's allow."""
+        """The stream has something to send: it is framed at the flush."""
+        self._dirty[exchange.stream_id] = exchange
+        self._flush_soon()
+
+    def _pump(self) -> None:
         h2 = self._h2
-        stream_id = exchange.stream_id
-        if exchange._out:
-            frame = h2.max_outbound_frame_size
+        dirty = self._dirty
+        while dirty:
+            _, exchange = dirty.popitem()
+            if exchange.finished:
+                continue
             try:
-                while True:
-                    window = h2.local_flow_control_window(stream_id)
-                    chunk = exchange.pull(window, frame)
-                    if chunk is None:
-                        break
-                    h2.send_data(stream_id, chunk)
+                complete = exchange.pump(h2)
             except (StreamClosedError, FlowControlError, ProtocolError):
                 exchange.end(Failure(ConnectionLost("the stream closed")))
-                return
-            self._flush_soon()
-        exchange.drained()
-
-    def end_stream(self, stream_id: int, trailers) -> None:
-        try:
-            if trailers:
-                self._h2.send_headers(stream_id, trailers, end_stream=True)
-            else:
-                self._h2.end_stream(stream_id)
-        except (StreamClosedError, ProtocolError):
-            return
-        self._flush_soon()
+                continue
+            if complete:
+                exchange._done()
 
     def reset(self, stream_id: int, code) -> None:
         try:
@@ -696,6 +792,8 @@ class HTTP2ServerConnection:
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
+        if self._dirty:
+            self._pump()
         data = self._h2.data_to_send()
         if data and not self._closed:
             self.transport.write(data)
@@ -704,6 +802,7 @@ class HTTP2ServerConnection:
 
     def stream_over(self, exchange: HTTP2Exchange) -> None:
         self.streams.pop(exchange.stream_id, None)
+        self._dirty.pop(exchange.stream_id, None)
         if not self.streams:
             if self._closing:
                 self._shut(None)
