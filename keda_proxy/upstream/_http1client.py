@@ -58,8 +58,9 @@ class ResponseHead(NamedTuple):
     version: bytes
     #: the end-to-end header lines, ready to send on: canonical names,
     #: each line ending in CRLF, hop-by-hop headers (and those that
-    #: ``Connection`` names) left out; Content-Length only for a body
-    #: that is not chunked
+    #: ``Connection`` names) left out, but for a chunked body's
+    #: ``Trailer``, announced again; Content-Length only for a body that
+    #: is not chunked
     block: bytes
     #: the body's length from Content-Length, or None
     length: Optional[int]
