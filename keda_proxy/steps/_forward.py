@@ -18,6 +18,7 @@ from keda_proxy.steps._targets import switch_pod
 from keda_proxy.steps._tunnel import Tunnel
 from keda_proxy.upstream._dial import CONNECT_ERRORS
 from keda_proxy.upstream._http1client import UpstreamProtocolError
+from keda_proxy.upstream._schemes import http1_key
 from keda_proxy.wire._headers import COLD_START_KEY, request_head, upgrade_requested
 
 log = Logger()
@@ -112,6 +113,11 @@ class _Attempt:
                 trace.client_start = self.step.tracer.clock_ns()
             trace.peer = (target.host, target.port)
         pool = self.step.pool
+        key = target.key
+        if context.request_head is None:
+            upstream_request_head(context)  # it says whether an upgrade is asked for
+        if context.upgrade is not None:
+            key = http1_key(key)  # WebSockets stay on HTTP/1.1
         has_body = self.downstream.body.length != 0
         if target.service is not None:
             budget = 0.0  # a pod: one attempt, then the next pod
@@ -120,11 +126,11 @@ class _Attempt:
         else:
             budget = self.step.settings.dial_budget
         if not fresh:
-            conn = pool.take_idle(target.key, has_body)
+            conn = pool.take_idle(key, has_body)
             if conn is not None:
                 self._connected(conn, target)
                 return
-        d = self._connecting = pool.connect(target.key, budget)
+        d = self._connecting = pool.connect(key, budget)
         d.addCallbacks(self._connected, self._connect_failed,
                        callbackArgs=(target,), errbackArgs=(target,))
 

@@ -11,6 +11,7 @@ from attrs import define
 from keda_proxy.state._endpoints import join_host_port
 from keda_proxy.state._model import ServiceRef
 from keda_proxy.state._store import Snapshot
+from keda_proxy.upstream._schemes import H2C, H2C_APP_PROTOCOL, HTTP, HTTPS
 
 
 class RouteError(Exception):
@@ -70,12 +71,29 @@ def resolve_port(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> Tuple[i
     return sp.port, sp.name
 
 
+def app_protocol(ref: ServiceRef, namespace: str, port: int, snapshot: Snapshot) -> Optional[str]:
+    """The C{appProtocol} of the Service port a target goes to, or None."""
+    svc = snapshot.services.get(f"{namespace}/{ref.name}")
+    if svc is None:
+        return None
+    sp = svc.port_by_name(ref.port_name) if ref.port_name and not ref.port else None
+    if sp is None:
+        sp = svc.port_by_number(port)
+    return sp.app_protocol if sp is not None else None
+
+
 class ServiceTargets:
     """The Service address of a route's target or fallback, remembered per
-    (ref, Services snapshot): it only changes when the Services do."""
+    (ref, Services snapshot): it only changes when the Services do.
+
+    Its scheme says what the upstream speaks (L{keda_proxy.upstream._schemes}):
+    C{https} for upstream TLS, else C{h2c} for a Service port whose
+    C{appProtocol} is C{kubernetes.io/h2c}, else C{http}.  Pod targets
+    keep it.
+    """
 
     def __init__(self, upstream_tls: bool):
-        self._scheme = b"https" if upstream_tls else b"http"
+        self._scheme = HTTPS if upstream_tls else HTTP
         #: (id(ServiceRef), namespace) -> (ref, services, Target)
         self._cache: dict = {}
 
@@ -89,7 +107,10 @@ class ServiceTargets:
             return hit[2]
         port, port_name = resolve_port(ref, namespace, snapshot)
         host = f"{ref.name}.{namespace}"
-        target = Target(self._scheme, host, port, server_name=host, port_name=port_name)
+        scheme = self._scheme
+        if scheme == HTTP and app_protocol(ref, namespace, port, snapshot) == H2C_APP_PROTOCOL:
+            scheme = H2C
+        target = Target(scheme, host, port, server_name=host, port_name=port_name)
         if len(cache) > 10_000:
             cache.clear()
         cache[key] = (ref, services, target)

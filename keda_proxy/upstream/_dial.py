@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from keda_proxy.interfaces import IServiceResolver
 from keda_proxy.state._store import StateStore
+from keda_proxy.upstream._schemes import HTTPS, HTTPS_HTTP1
 from keda_proxy.wire._memo import remember
 
 #: Go's retry interval between dial attempts.
@@ -236,6 +237,9 @@ class RetryingEndpoint:
 class UpstreamEndpoints:
     """Chooses the TCP (and, for https, TLS) endpoint for a pool key.
 
+    The key's scheme (L{keda_proxy.upstream._schemes}) says whether TLS
+    goes over the TCP connection, and which protocols ALPN offers.
+
     C{endpoint_for((scheme, host, port, server_name), budget)} dials an IP
     literal directly, a name through the resolver or else DNS, retrying
     every 50 ms within C{budget} seconds.
@@ -256,10 +260,13 @@ class UpstreamEndpoints:
     def endpoint_for(self, key, budget: float):
         scheme, host, port, server_name = key
         target = host if ip_version(host) else self.resolver.resolve(host)
-        tls = self.tls if scheme == b"https" else None
+        tls = self.tls if scheme == HTTPS or scheme == HTTPS_HTTP1 else None
         if tls is not None:
             try:
-                creator = tls.creatorForNetloc(server_name, port)
+                if scheme == HTTPS:
+                    creator = tls.creatorForNetloc(server_name, port)
+                else:
+                    creator = tls.creator_http1(server_name)
             except ValueError as e:  # no or no valid server name: fail closed, a 502
                 return _Refused(e)
 

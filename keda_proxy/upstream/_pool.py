@@ -25,6 +25,18 @@ reuse.  Requests with a body never take that risk: they only reuse a
 connection that was busy within the last L{FRESH_ENOUGH} seconds, and
 otherwise dial a new one, because a body that is streaming cannot be
 replayed.  Body-less requests may be retried once (see the proxy).
+
+HTTP/2 connections (L{keda_proxy.upstream._http2client}: an ``h2c`` key, or
+an ``https`` one whose upstream chose ``h2`` by ALPN) carry many requests
+at once.  The pool keeps every one that takes new streams, per key; a
+request gets a new stream on the oldest with room (the upstream's
+C{SETTINGS_MAX_CONCURRENT_STREAMS} tells how much), and another
+connection is dialled only when all are full.  Requests that find none
+while one is being dialled for an ``h2c`` key wait for that one (up to
+what it is assumed to take) instead of dialling their own.  A connection
+with no stream closes after C{idle_timeout}; the idle bounds do not apply
+to them.  An ``https`` dial hands its connection over only once the TLS
+handshake is done, when ALPN has decided (L{keda_proxy.upstream._alpn}).
 """
 
 from __future__ import annotations
@@ -39,7 +51,11 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from keda_proxy.interfaces import IConnectionOwner
+from keda_proxy.state._endpoints import join_host_port
+from keda_proxy.upstream._alpn import ALPNSwitch
 from keda_proxy.upstream._http1client import UpstreamConnection
+from keda_proxy.upstream._http2client import ASSUMED_MAX_STREAMS, H2ClientConnection
+from keda_proxy.upstream._schemes import H2C, HTTPS
 
 #: A connection idle for less than this may carry a request body.
 FRESH_ENOUGH = 1.0
@@ -67,6 +83,27 @@ class _Owner:
         self.pool._forget(self.key, connection)
 
 
+@implementer(IConnectionOwner)
+class _H2Owner:
+    """Binds HTTP/2 connections, and their streams, to their key in the
+    pool: a stream given back unused frees its place; a connection that
+    takes no new stream (gone, or after a GOAWAY) leaves the pool; one
+    with no stream left has its idle time counted."""
+
+    def __init__(self, pool: "ConnectionPool", key: PoolKey):
+        self.pool = pool
+        self.key = key
+
+    def connection_reusable(self, stream):
+        stream.release()
+
+    def connection_lost(self, connection):
+        self.pool._forget_h2(self.key, connection)
+
+    def connection_idle(self, connection):
+        self.pool._ensure_sweeper()
+
+
 class _ConnectionFactory(Factory):
     noisy = False
 
@@ -79,6 +116,96 @@ class _ConnectionFactory(Factory):
         conn.owner = self.owner
         conn.factory = self
         return conn
+
+
+def _authority(key: PoolKey) -> bytes:
+    """C{:authority} for an HTTP/2 request that came without a Host."""
+    return join_host_port(key[1], key[2]).encode("idna")
+
+
+class _H2Factory(Factory):
+    noisy = False
+
+    def __init__(self, clock, owner, key: PoolKey):
+        self.clock = clock
+        self.owner = owner
+        self.key = key
+
+    def buildProtocol(self, addr):
+        conn = H2ClientConnection(self.clock, b"http", _authority(self.key))
+        conn.owner = self.owner
+        return conn
+
+
+class _NegotiatingFactory(Factory):
+    """For an https key: an L{ALPNSwitch}, which speaks HTTP/2 or
+    HTTP/1.1 as the handshake decides."""
+
+    noisy = False
+
+    def __init__(self, pool: "ConnectionPool", key: PoolKey):
+        self.pool = pool
+        self.key = key
+
+    def buildProtocol(self, addr):
+        return ALPNSwitch(self.choose)
+
+    def choose(self, protocol):
+        pool, key = self.pool, self.key
+        if protocol == b"h2":
+            conn = H2ClientConnection(pool.clock, b"https", _authority(key))
+            conn.owner = pool._h2_owner(key)
+        else:
+            conn = UpstreamConnection(pool.clock)
+            conn.owner = pool._owner(key)
+        return conn
+
+
+class _H2Dial:
+    """An HTTP/2 connection being dialled, and the requests waiting for a
+    stream on it (up to L{ASSUMED_MAX_STREAMS}); cancelling them all
+    stops the dial."""
+
+    dial = None
+
+    def __init__(self, pool: "ConnectionPool", key: PoolKey):
+        self.pool = pool
+        self.key = key
+        self.waiters: list = []
+
+    @property
+    def full(self) -> bool:
+        return len(self.waiters) >= ASSUMED_MAX_STREAMS
+
+    def join(self) -> Deferred:
+        d = Deferred(self._leave)
+        self.waiters.append(d)
+        return d
+
+    def start(self, dial: Deferred) -> None:
+        self.dial = dial
+        dial.addCallbacks(self._connected, self._failed)
+
+    def _leave(self, d: Deferred) -> None:
+        self.waiters.remove(d)
+        if not self.waiters and self.dial is not None and not self.dial.called:
+            self.dial.cancel()
+
+    def _done(self) -> list:
+        if self.pool._h2_dials.get(self.key) is self:
+            del self.pool._h2_dials[self.key]
+        waiters, self.waiters = self.waiters, []
+        return waiters
+
+    def _connected(self, conn) -> None:
+        waiters = self._done()
+        self.pool._add_h2(self.key, conn)
+        for d in waiters:
+            d.callback(conn.new_stream())
+
+    def _failed(self, f) -> None:
+        for d in self._done():
+            d.errback(f)
 
 
 @define
@@ -105,6 +232,11 @@ class ConnectionPool:
     #: keys holding more idle connections than the per-key bound
     _over: set = field(factory=set)
     _trimmer: object = None
+    #: HTTP/2 connections that take new streams, oldest first, per key
+    _h2: Dict[PoolKey, List[H2ClientConnection]] = field(factory=dict)
+    _h2_owners: Dict[PoolKey, _H2Owner] = field(factory=dict)
+    #: the h2c dial that requests for a key may wait for
+    _h2_dials: Dict[PoolKey, _H2Dial] = field(factory=dict)
 
     def __attrs_post_init__(self):
         if self.max_idle_per_host <= 0:
@@ -115,7 +247,7 @@ class ConnectionPool:
         None.  Synchronous: the common case costs no Deferred."""
         idle = self._idle.get(key)
         if not idle:
-            return None
+            return self._h2_stream(key, has_body) if self._h2 else None
         now = self.clock.seconds()
         while idle:
             conn = idle.pop()
@@ -126,6 +258,25 @@ class ConnectionPool:
                 self._close(conn)
                 continue
             return conn
+        return self._h2_stream(key, has_body) if self._h2 else None
+
+    def _h2_stream(self, key: PoolKey, has_body: bool):
+        """A new stream on the oldest HTTP/2 connection for C{key} with
+        room, or None.  A request with a body does not go to a connection
+        that has had no stream for L{FRESH_ENOUGH}, as on HTTP/1.1: that
+        one is closed."""
+        conns = self._h2.get(key)
+        if not conns:
+            return None
+        now = self.clock.seconds()
+        for conn in list(conns):
+            if conn.room() <= 0:
+                continue
+            if has_body and conn.allocated == 0 and now - conn.idle_since >= FRESH_ENOUGH:
+                self._forget_h2(key, conn)
+                conn.close()
+                continue
+            return conn.new_stream()
         return None
 
     def acquire(self, key: PoolKey, dial_budget: float, has_body: bool = False) -> Deferred:
@@ -140,17 +291,79 @@ class ConnectionPool:
         return self.connect(key, dial_budget)
 
     def connect(self, key: PoolKey, dial_budget: float) -> Deferred:
-        """Dial a new connection for C{key}, bypassing idle ones."""
+        """Dial a new connection for C{key}, bypassing idle ones.
+
+        The Deferred fires with an exchange: an L{UpstreamConnection}, or
+        a stream of a new HTTP/2 connection (an h2c key; an https key
+        whose upstream chose h2), which may be one being dialled already.
+        """
+        scheme = key[0]
+        if scheme == H2C:
+            return self._connect_h2c(key, dial_budget)
+        if scheme == HTTPS:
+            return self._connect_negotiated(key, dial_budget)
+        endpoint = self.endpoint_for(key, dial_budget)
+        return endpoint.connect(_ConnectionFactory(self.clock, self._owner(key)))
+
+    def _owner(self, key: PoolKey) -> _Owner:
         owner = self._owners.get(key)
         if owner is None:
             owner = self._owners[key] = _Owner(self, key)
-        endpoint = self.endpoint_for(key, dial_budget)
-        return endpoint.connect(_ConnectionFactory(self.clock, owner))
+        return owner
 
-    def put_idle(self, conn: UpstreamConnection) -> None:
-        """Keep a new connection from L{connect} that no request used."""
+    def _h2_owner(self, key: PoolKey) -> _H2Owner:
+        owner = self._h2_owners.get(key)
+        if owner is None:
+            owner = self._h2_owners[key] = _H2Owner(self, key)
+        return owner
+
+    def _connect_h2c(self, key: PoolKey, dial_budget: float) -> Deferred:
+        pending = self._h2_dials.get(key)
+        if pending is not None and not pending.full:
+            return pending.join()
+        pending = self._h2_dials[key] = _H2Dial(self, key)
+        d = pending.join()
+        endpoint = self.endpoint_for(key, dial_budget)
+        pending.start(endpoint.connect(_H2Factory(self.clock, self._h2_owner(key), key)))
+        return d
+
+    def _connect_negotiated(self, key: PoolKey, dial_budget: float) -> Deferred:
+        endpoint = self.endpoint_for(key, dial_budget)
+        d = endpoint.connect(_NegotiatingFactory(self, key))
+        d.addCallback(lambda switch: switch.negotiated)
+        d.addCallback(self._negotiated, key)
+        return d
+
+    def _negotiated(self, conn, key: PoolKey):
+        if isinstance(conn, H2ClientConnection):
+            self._add_h2(key, conn)
+            return conn.new_stream()
+        return conn
+
+    def _add_h2(self, key: PoolKey, conn: H2ClientConnection) -> None:
+        if conn.usable:
+            self._h2.setdefault(key, []).append(conn)
+
+    def _forget_h2(self, key: PoolKey, conn: H2ClientConnection) -> None:
+        conns = self._h2.get(key)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._h2[key]
+
+    def put_idle(self, conn) -> None:
+        """Keep a new connection from L{connect} that no request used (for
+        an HTTP/2 stream: give its place back)."""
         if conn.owner is not None:
-            self._release(conn.owner.key, conn)
+            conn.owner.connection_reusable(conn)
+
+    def spare(self, key: PoolKey) -> int:
+        """How many requests for C{key} could go out now without a dial:
+        the idle HTTP/1.1 connections, plus the room on HTTP/2 ones."""
+        spare = len(self._idle.get(key, ()))
+        if self._h2:
+            spare += sum(conn.room() for conn in self._h2.get(key, ()))
+        return spare
 
     def _release(self, key: PoolKey, conn: UpstreamConnection) -> None:
         idle = self._idle.get(key)
@@ -243,22 +456,51 @@ class ConnectionPool:
             if not self._idle[key]:
                 del self._idle[key]
             self._close(conn)
-        if not self._idle_order and self._sweeper is not None:
+        idle_h2 = self._sweep_h2(cutoff) if self._h2 else False
+        if not self._idle_order and not idle_h2 and self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
 
+    def _sweep_h2(self, cutoff: float) -> bool:
+        """Close the HTTP/2 connections that have had no stream since
+        C{cutoff}; whether any other is without a stream."""
+        idle_left = False
+        for key, conns in list(self._h2.items()):
+            for conn in list(conns):
+                if not conn.idle:
+                    continue
+                if conn.idle_since <= cutoff:
+                    self._forget_h2(key, conn)
+                    conn.close()
+                else:
+                    idle_left = True
+        return idle_left
+
     def idle_count(self, key: PoolKey = None) -> int:
+        """Idle connections: HTTP/1.1 ones in the pool, and HTTP/2 ones
+        without a stream."""
         if key is not None:
-            return len(self._idle.get(key, ()))
-        return len(self._idle_order)
+            count = len(self._idle.get(key, ()))
+            if self._h2:
+                count += sum(1 for conn in self._h2.get(key, ()) if conn.idle)
+            return count
+        count = len(self._idle_order)
+        if self._h2:
+            count += sum(1 for conns in self._h2.values() for conn in conns if conn.idle)
+        return count
 
     def close_idle(self) -> None:
-        """Close every idle connection (at shutdown)."""
+        """Close every idle connection (at shutdown); HTTP/2 ones with
+        streams under way close after their last one."""
         while self._idle_order:
             conn, key = self._idle_order.popitem(last=False)
             self._close(conn)
         self._idle.clear()
         self._over.clear()
+        for conns in list(self._h2.values()):
+            for conn in list(conns):
+                conn.close()
+        self._h2.clear()
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None

@@ -19,6 +19,10 @@ listening yet, or fails the TLS handshake), it dials once per interval.
 It stops when nothing is held any more or the Service is ready;
 connections left over age out of the pool like any other.
 
+An HTTP/2 connection (h2c, or TLS where the pod chose h2) takes many
+requests at once: its room counts as that many connections, so one
+usually does.
+
 Off unless ``KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS`` is set: a server that
 gives each connection one of a few workers (gunicorn's sync workers) would
 have them wait on connections that carry no request.
@@ -130,7 +134,7 @@ class PodWarmer:
                 keys.add(key)
                 self._check_opened(key)
                 want = most if key in self._proven else 1
-                missing = want - self.pool.idle_count(key) - self._dialing.get(key, 0)
+                missing = want - self.pool.spare(key) - self._dialing.get(key, 0)
                 if room is not None:
                     missing = min(missing, room)
                     room -= max(missing, 0)

@@ -229,6 +229,10 @@ def _client_certificate(pair: CertificatePair) -> dict:
     }
 
 
+#: What a TLS upstream is offered by ALPN, as Go's transport offers it:
+#: HTTP/2 first (L{keda_proxy.upstream._alpn} follows the choice).
+OFFERED = [b"h2", ALPN]
+
 #: What the first connection of a new context is made for (see
 #: L{UpstreamTLS._creator}): no application protocol of its own.
 _NO_PROTOCOL = Factory.forProtocol(Protocol)
@@ -240,7 +244,8 @@ class UpstreamTLS:
     the L{UpstreamCreator} for that name, whatever the port.
 
     Every name gets C{optionsForClientTLS} with the same arguments: the
-    policy's versions and TLS 1.2 suites, ALPN ``http/1.1``, OpenSSL's
+    policy's versions and TLS 1.2 suites, ALPN ``h2`` then ``http/1.1``
+    (L{creator_http1}: ``http/1.1`` alone), OpenSSL's
     default chain depth, the main certificate as client certificate, and
     one trust root, built once: the system CAs (read from where
     L{system_trust_locations} says, the file parsed here and each folder
@@ -281,6 +286,7 @@ class UpstreamTLS:
             anchors = {cert.dump(): cert for cert in found}
         self._trust_root = trustRootFromCertificates(list(anchors.values()))
         self._creators: OrderedDict = OrderedDict()
+        self._http1_creators: OrderedDict = OrderedDict()
         # Every name gets the same settings: one that cannot be used stops
         # startup here rather than failing each dial.
         try:
@@ -321,7 +327,8 @@ class UpstreamTLS:
 
     def creatorForNetloc(self, hostname, port: int) -> UpstreamCreator:
         """The creator for C{hostname} (``svc.ns``, as L{bytes} or, as the
-        routes hold it, L{str}), whatever the port.
+        routes hold it, L{str}), whatever the port; it offers ``h2`` and
+        ``http/1.1`` (L{OFFERED}).
 
         @raise MissingServerName: C{hostname} is empty or None; a TLS dial
             without an explicit upstream identity is refused.
@@ -329,22 +336,36 @@ class UpstreamTLS:
         creators = self._creators
         creator = creators.get(hostname)
         if creator is None:
-            return self._build(hostname)
+            return self._build(hostname, creators, OFFERED)
         creators.move_to_end(hostname)
         return creator
 
-    def _build(self, hostname) -> UpstreamCreator:
+    def creator_http1(self, hostname) -> UpstreamCreator:
+        """As L{creatorForNetloc}, offering ``http/1.1`` alone: for the
+        requests that must stay on HTTP/1.1 (an upgrade, a WebSocket).
+        These creators have their own cache, of the same size."""
+        creators = self._http1_creators
+        creator = creators.get(hostname)
+        if creator is None:
+            return self._build(hostname, creators, [ALPN])
+        creators.move_to_end(hostname)
+        return creator
+
+    def _build(self, hostname, creators: OrderedDict, protocols) -> UpstreamCreator:
         if isinstance(hostname, bytes):  # the cache is keyed on text
-            return self.creatorForNetloc(hostname.decode("ascii"), 0)
+            hostname = hostname.decode("ascii")
+            creator = creators.get(hostname)
+            if creator is not None:
+                creators.move_to_end(hostname)
+                return creator
         if not hostname:
             raise MissingServerName("refusing a TLS dial without a server name (SNI)")
-        creators = self._creators
-        creator = creators[hostname] = self._creator(hostname)
+        creator = creators[hostname] = self._creator(hostname, protocols)
         if len(creators) > self.cache_size:
             creators.popitem(last=False)
         return creator
 
-    def _creator(self, server_name: str) -> UpstreamCreator:
+    def _creator(self, server_name: str, protocols=OFFERED) -> UpstreamCreator:
         """A new creator for C{server_name}, its context finished.
 
         Twisted hands out the context it builds only through a connection
@@ -355,7 +376,7 @@ class UpstreamTLS:
         options = optionsForClientTLS(
             server_name,
             trustRoot=self._trust_root,
-            acceptableProtocols=[ALPN],
+            acceptableProtocols=protocols,
             extraCertificateOptions=dict(self._extra),
         )
         first = TLSMemoryBIOFactory(options, True, _NO_PROTOCOL).buildProtocol(None)
