@@ -172,6 +172,28 @@ def test_a_chunked_body_is_decoded_and_its_trailers_passed_on():
     assert consumer.data == [b"hello"] and consumer.ended == [(b"X-Sum", b"1")]
 
 
+@pytest.mark.parametrize("line", [b"no colon", b"X(Y): 2", b"X-Nul: a\x00b"])
+def test_a_malformed_request_trailer_refuses_the_request(line):
+    s = Server()
+    proto, t = s.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    [ex] = s.exchanges
+    consumer = Consumer()
+    ex.body.attach(consumer)
+    proto.dataReceived(b"5\r\nhello\r\n0\r\n%s\r\n\r\n" % line)
+    assert consumer.ended is None
+    assert status_lines(t) == [b"HTTP/1.1 400 Bad Request"]
+
+
+def test_request_trailers_that_must_not_be_trailers_are_dropped():
+    s = Server()
+    proto, _ = s.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    [ex] = s.exchanges
+    consumer = Consumer()
+    ex.body.attach(consumer)
+    proto.dataReceived(b"0\r\nContent-Length: 99\r\nx-sum: 1\r\n\r\n")
+    assert consumer.ended == [(b"X-Sum", b"1")]
+
+
 def test_a_tls_client_is_https():
     s = Server()
     proto = s.factory.buildProtocol(None)

@@ -42,7 +42,7 @@ from keda_proxy.downstream._head import (
 from keda_proxy.downstream._http2 import H2_PREFACE, HTTP2ServerConnection
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, CountedDecoder
-from keda_proxy.wire._headers import connection_tokens
+from keda_proxy.wire._headers import BadTrailer, connection_tokens, trailer_fields
 from keda_proxy.wire._sendnow import SendNow
 from keda_proxy.wire._status import refusal, status_text
 
@@ -585,7 +585,12 @@ class HTTP1ServerProtocol(Protocol):
     def _body_done(self, rest: bytes) -> None:
         if self._state != _BODY:
             return  # its response ended it already
-        decoder, self._decoder = self._decoder, None
+        try:
+            trailers = trailer_fields(getattr(self._decoder, "trailers", ()))
+        except BadTrailer:
+            self._bad_body()
+            return
+        self._decoder = None
         body, self._body = self._body, None
         self._cancel_body_timer()
         self._state = _WAIT
@@ -593,13 +598,6 @@ class HTTP1ServerProtocol(Protocol):
         if body.paused:  # nothing more to hold back
             body.paused = False
             self._resume_reading(_BODY_HELD)
-        lines = getattr(decoder, "trailers", None)
-        trailers = None
-        if lines:
-            trailers = []
-            for line in lines:
-                name, _, value = line.partition(b":")
-                trailers.append((name.strip(), value.strip(b" \t")))
         body.end(trailers)
 
     def _bad_body(self) -> None:

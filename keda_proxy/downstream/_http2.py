@@ -59,7 +59,7 @@ from zope.interface import implementer
 
 from keda_proxy.downstream._body import NO_BODY, RequestBody
 from keda_proxy.interfaces import IDownstreamExchange
-from keda_proxy.wire._headers import InvalidHeaderName, canonical_name
+from keda_proxy.wire._headers import NOT_TRAILERS, InvalidHeaderName, canonical_name
 from keda_proxy.wire._memo import remember
 from keda_proxy.wire._status import status_text
 
@@ -97,10 +97,6 @@ CLOSE_GRACE = 5.0
 
 _CONNECTION_SPECIFIC = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
-})
-#: trailer fields that must not travel as trailers (RFC 9110 §6.5.1)
-_NOT_TRAILERS = _CONNECTION_SPECIFIC | frozenset({
-    b"content-length", b"host", b"trailer", b"te", b"content-type", b"authorization",
 })
 
 _date_cache = [None, b""]
@@ -215,7 +211,7 @@ def request_fields(fields):
     return method, path, authority, headers, cookies
 
 
-def trailer_fields(fields) -> list:
+def request_trailers(fields) -> list:
     """A request's trailers, checked as its headers are (no pseudo-fields
     at all), as C{(canonical name, value)} pairs."""
     out = []
@@ -520,8 +516,17 @@ class HTTP2Exchange:
 
 
 def _lower_trailers(trailers) -> list:
-    return [(name.lower(), value) for name, value in trailers
-            if name.lower() not in _NOT_TRAILERS]
+    """Response trailers as HTTP/2 fields: lowercase names, without those
+    that must not be trailers (L{NOT_TRAILERS})."""
+    out = []
+    for name, value in trailers:
+        try:
+            if canonical_name(name) in NOT_TRAILERS:
+                continue
+        except InvalidHeaderName:
+            continue
+        out.append((name.lower(), value))
+    return out
 
 
 # -- the connection ----------------------------------------------------------
@@ -570,7 +575,7 @@ class HTTP2ServerConnection:
         self._resets = FrameBudget(self.reset_burst, self.reset_rate, self.now)
         h2 = self._h2 = H2Connection(H2Configuration(
             client_side=False, header_encoding=None,
-            # checked by request_fields and trailer_fields instead
+            # checked by request_fields and request_trailers instead
             validate_inbound_headers=False, normalize_inbound_headers=False,
             validate_outbound_headers=False, normalize_outbound_headers=False))
         h2.local_settings = Settings(client=False, initial_values={
@@ -683,7 +688,7 @@ class HTTP2ServerConnection:
         if exchange is None:
             return
         try:
-            exchange._trailers = trailer_fields(event.headers)
+            exchange._trailers = request_trailers(event.headers)
         except MalformedRequest:
             self._h2.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
             exchange.end(Failure(ConnectionAborted("malformed trailers")))

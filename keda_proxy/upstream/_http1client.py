@@ -33,7 +33,15 @@ from zope.interface import implementer
 
 from keda_proxy.interfaces import IConnectionOwner, IResponseSink, IUpstreamExchange
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, content_length
-from keda_proxy.wire._headers import _HOP_KEYS, CANONICAL_NAMES, InvalidHeaderName, canonical_name
+from keda_proxy.wire._headers import (
+    _HOP_KEYS,
+    CANONICAL_NAMES,
+    NOT_TRAILERS,
+    BadTrailer,
+    InvalidHeaderName,
+    canonical_name,
+)
+from keda_proxy.wire._headers import trailer_fields as _trailer_fields
 from keda_proxy.wire._memo import remember
 from keda_proxy.wire._sendnow import SendNow
 
@@ -214,38 +222,13 @@ def _is_chunked(codings: bytes) -> bool:
 #: form: the framing and routing ones, the hop-by-hop ones, those that say
 #: how to read the content, and authentication.  A recipient must not merge
 #: a trailer into the head, but one that does should not meet these.
-NOT_TRAILERS = _HOP_KEYS | frozenset(canonical_name(name) for name in (
-    b"content-length", b"transfer-encoding", b"trailer", b"host",
-    b"content-encoding", b"content-type", b"content-range",
-    b"authorization", b"www-authenticate",
-))
-
-
 def trailer_fields(lines) -> Optional[list]:
-    """A chunked response's trailer lines (as L{ChunkedDecoder.trailers}
-    keeps them) as C{(canonical name, value)} pairs, or None when none is
-    left.
-
-    The head's rules, and its answer: a line with a bare CR or LF, a NUL,
-    no colon, or a name that is not a token refuses the whole response
-    with L{UpstreamProtocolError}, as Go's reader does; the client then
-    sees its response cut.  Well-formed fields that must not be trailers
-    (L{NOT_TRAILERS}) are dropped.
-    """
-    fields = []
-    for line in lines:
-        if 0 in line or 10 in line or 13 in line:
-            raise UpstreamProtocolError("bare CR, LF or NUL in a trailer")
-        name, colon, value = line.partition(b":")
-        if not colon:
-            raise UpstreamProtocolError(f"bad trailer line {line[:80]!r}")
-        try:
-            key = canonical_name(name)
-        except InvalidHeaderName:
-            raise UpstreamProtocolError(f"bad trailer name {name[:80]!r}") from None
-        if key not in NOT_TRAILERS:
-            fields.append((key, value.strip(b" \t")))
-    return fields or None
+    """L{keda_proxy.wire._headers.trailer_fields}, a bad line refusing the
+    response (L{UpstreamProtocolError}): the client then sees it cut."""
+    try:
+        return _trailer_fields(lines)
+    except BadTrailer as e:
+        raise UpstreamProtocolError(str(e)) from None
 
 
 def _trailer_names(announced: bytes) -> bytes:

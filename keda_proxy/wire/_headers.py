@@ -6,7 +6,7 @@ Header rules for a forwarding proxy (RFC 9110 §7.6.1, and what Go's
 
 from __future__ import annotations
 
-from typing import FrozenSet
+from typing import FrozenSet, Optional
 
 from keda_proxy.wire._memo import remember
 
@@ -174,3 +174,43 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _NONE: FrozenSet[bytes] = frozenset()
 _DROP = HOP_BY_HOP | _FRAMING
 _DROP_TRACED = _DROP | _TRACEPARENT
+
+
+#: fields that must not travel as trailers (RFC 9110 §6.5.1): framing,
+#: routing, authentication and content description, and the hop-by-hop
+#: ones; dropped from trailers in both directions
+NOT_TRAILERS: FrozenSet[bytes] = _HOP_KEYS | frozenset(canonical_name(name) for name in (
+    b"content-length", b"transfer-encoding", b"trailer", b"host",
+    b"content-encoding", b"content-type", b"content-range",
+    b"authorization", b"www-authenticate",
+))
+
+
+class BadTrailer(ValueError):
+    """A trailer line that breaks the head's rules."""
+
+
+def trailer_fields(lines) -> Optional[list]:
+    """Chunked trailer lines (as L{keda_proxy.wire._framing.ChunkedDecoder}
+    keeps them) as C{(canonical name, value)} pairs, or None when none is
+    left.
+
+    The head's rules: a line with a bare CR or LF, a NUL, no colon, or a
+    name that is not a token raises L{BadTrailer}, and the message it ends
+    is refused, as Go's reader refuses it.  Well-formed fields that must
+    not be trailers (L{NOT_TRAILERS}) are dropped.
+    """
+    fields = []
+    for line in lines:
+        if 0 in line or 10 in line or 13 in line:
+            raise BadTrailer("bare CR, LF or NUL in a trailer")
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise BadTrailer(f"bad trailer line {line[:80]!r}")
+        try:
+            key = canonical_name(name)
+        except InvalidHeaderName:
+            raise BadTrailer(f"bad trailer name {name[:80]!r}") from None
+        if key not in NOT_TRAILERS:
+            fields.append((key, value.strip(b" \t")))
+    return fields or None
