@@ -107,6 +107,9 @@ def parse_args(argv=None):
     ap.add_argument("--reactor", action="append", metavar="NAME",
                     help="twistd -r NAME for keda-interceptor (e.g. epoll, keda-epoll); "
                          "repeat for one row set each")
+    ap.add_argument("--env", action="append", metavar="K=V[,K=V]",
+                    help="environment for keda-interceptor; repeat to compare settings side "
+                         "by side: one row set per value ('' for none)")
     ap.add_argument("--no-interceptor", action="store_true",
                     help="only the nginx and direct rows")
     ap.add_argument("--routes", type=int, default=200, help="InterceptorRoutes loaded (200)")
@@ -117,6 +120,11 @@ def parse_args(argv=None):
                     help="core of the backends while a proxy is measured (the load core)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 s rows, no warm-up, 1 run, 20 routes")
+    ap.add_argument("--cprofile", metavar="FILE",
+                    help="after the table, start one more keda-interceptor (the first row "
+                         "set's code, reactor and env) under twistd's cProfile (stats to "
+                         "FILE), load it with the HTTP/2 row's h2load for --duration s, and "
+                         "print calls per request and the hot spots")
     ap.add_argument("--check", action="store_true",
                     help=f"exit 1 if keda-interceptor's HTTP/2 / HTTP/1.1 req/s is below "
                          f"{TARGET_H2_OVER_H1}, a row it was to run was left out, or any of "
@@ -136,6 +144,7 @@ def parse_args(argv=None):
         ap.error(f"unknown row group(s): {', '.join(sorted(bad))}")
     args.interceptor = [] if args.no_interceptor else (args.interceptor or ["worktree"])
     args.reactor = args.reactor or [None]
+    args.env = args.env or [""]
     if args.backend_cpu is None:
         args.backend_cpu = args.load_cpu
     ncpu = os.cpu_count() or 1
@@ -191,9 +200,12 @@ def backend_conf(dir: Path, h1_port: int, h2_port: int) -> Path:
 
 
 def proxy_conf(dir: Path, h2_port: int, h1_port: int, backend_port: int,
-               grpc_port: int) -> Path:
+               grpc_port: int, keepalive: int = 64) -> Path:
     """nginx as a proxy: h2c on C{h2_port}, HTTP/1.1 on C{h1_port}, both to
-    the backend's HTTP/1.1 port with keep-alive; gRPC by grpc_pass."""
+    the backend's HTTP/1.1 port with keep-alive; gRPC by grpc_pass.
+    C{keepalive} idle upstream connections are kept: each HTTP/2 stream in
+    flight needs an HTTP/1.1 connection of its own, and nginx closes any
+    returned beyond that number, so it must cover the streams in flight."""
     proxy = """\
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -202,7 +214,7 @@ def proxy_conf(dir: Path, h2_port: int, h1_port: int, backend_port: int,
     body = f"""\
     upstream backend {{
         server 127.0.0.1:{backend_port};
-        keepalive 64;
+        keepalive {keepalive};
         keepalive_requests 1000000;
     }}
     upstream grpcbackend {{
@@ -440,6 +452,7 @@ class Bench:
     def start(self):
         a, td, tools = self.args, self.td, self.tools
         be_h1, be_h2, px_h2, px_h1, grpc_port = bl.free_ports(5)
+        self.backend_h1_port = be_h1
         bl.log("starting nginx backend")
         self.backend = bl.start_nginx(td.procs, "nginx-backend", tools["nginx"],
                                       backend_conf(td.dir / "backend", be_h1, be_h2),
@@ -454,7 +467,8 @@ class Bench:
         bl.log("starting nginx reverse proxy (h2c, HTTP/1.1, grpc_pass)")
         self.nginx = bl.start_nginx(td.procs, "nginx-proxy", tools["nginx"],
                                     proxy_conf(td.dir / "proxy", px_h2, px_h1, be_h1,
-                                               grpc_port), a.server_cpu)
+                                               grpc_port, self.upstream_keepalive()),
+                                    a.server_cpu)
         self.nginx_pids = [self.nginx["master"], *self.nginx["workers"]]
 
         # row key -> (kind, client, url, authority, server pids, backend)
@@ -477,12 +491,14 @@ class Bench:
         if a.interceptor:
             grpc_manifest(td.dir / "manifests", grpc_port)
             srcs = {spec: bl.interceptor_source(spec, td.dir) for spec in a.interceptor}
-            sets = [(spec, r) for spec in a.interceptor for r in a.reactor]
-            for i, (spec, reactor) in enumerate(sets):
+            sets = [(spec, r, e) for spec in a.interceptor for r in a.reactor for e in a.env]
+            for i, (spec, reactor, env) in enumerate(sets):
                 key = "keda" if i == 0 else f"keda{i}"
                 opts = ["-r", reactor] if reactor else []
+                extra_env = dict(kv.split("=", 1) for kv in env.split(",") if kv)
                 tags = ([spec] if len(a.interceptor) > 1 else []) + (
-                    [" ".join(opts) or "no -r"] if len(a.reactor) > 1 or reactor else [])
+                    [" ".join(opts) or "no -r"] if len(a.reactor) > 1 or reactor else []) + (
+                    [env or "no env"] if len(a.env) > 1 or env else [])
                 label = "keda-interceptor" + (f" [{', '.join(tags)}]" if tags else "")
                 self.sources[label] = bl.describe_source(srcs[spec], spec) + (
                     f", twistd -r {reactor}" if opts else ", twistd's default reactor")
@@ -490,8 +506,8 @@ class Bench:
                        f"from {self.sources[label]}")
                 k = bl.start_interceptor(td.procs, td.dir, be_h1, a.server_cpu,
                                          routes=a.routes, src=srcs[spec], name=label,
-                                         twistd_opts=opts)
-                k["label"] = label
+                                         twistd_opts=opts, extra_env=extra_env)
+                k.update(label=label, src=srcs[spec], opts=opts, env=extra_env)
                 self.keda[key] = k
                 port = k["proxy_port"]
                 self._row(f"h2-{key}", f"{label} (h2c -> HTTP/1.1)", "http2",
@@ -508,6 +524,10 @@ class Bench:
         self.verify()
         self.all_ours = {p for r in self.rows.values() for p in r["pids"]} | set(
             self.backend_pids) | {self.grpc.pid}
+
+    def upstream_keepalive(self):
+        a = self.args
+        return max(64, a.connections * a.streams, a.grpc_connections * a.grpc_streams)
 
     def _row(self, key, label, kind, url, authority, pids, backend):
         self.labels[key] = label
@@ -718,7 +738,76 @@ def main(argv=None) -> int:
             rs = sorted(rs, key=lambda r: r["rps"])
             results[key] = rs[len(rs) // 2]
         report(args, bench, tools, results, idle_bg, died)
-        return 1 if args.check and (died or failures(args, bench, results)) else 0
+        rc = 1 if args.check and (died or failures(args, bench, results)) else 0
+        if args.cprofile and "keda" in bench.keda:
+            cprofile(bench, Path(args.cprofile).resolve())
+        return rc
+
+
+def cprofile(bench, out_path: Path, top=25):
+    """One more interceptor, as the first row set's, under cProfile; loaded
+    like the HTTP/2 row (h2c -> HTTP/1.1)."""
+    import pstats
+    import signal
+
+    a, base = bench.args, bench.keda["keda"]
+    if out_path.exists():
+        out_path.unlink()
+    bl.log(f"starting a cProfile'd keda-interceptor (stats to {out_path})")
+    k = bl.start_interceptor(bench.td.procs, bench.td.dir, bench.backend_h1_port,
+                             a.server_cpu, routes=a.routes, src=base["src"],
+                             name="keda-interceptor-cprofile", extra_env=base["env"],
+                             twistd_opts=[*base["opts"], "--profiler=cprofile", "--savestats",
+                                          f"--profile={out_path}"])
+    bl.pin(bench.backend_pids, a.backend_cpu)
+    url = f"http://127.0.0.1:{k['proxy_port']}/"
+    why = check_h2_get(bench.tools, url, bl.BENCH_HOST)
+    if why:
+        bl.log(f"the cProfile'd interceptor does not answer h2c: {why}")
+        return
+    r = run_h2load(bench.tools, url, a.connections, a.streams, a.duration, a.load_cpu,
+                   bl.BENCH_HOST)
+    k["popen"].send_signal(signal.SIGTERM)
+    try:
+        k["popen"].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        bl.log("the cProfile'd interceptor did not stop; no stats")
+        return
+    if not out_path.exists():
+        bl.log("twistd wrote no profile")
+        return
+    st = pstats.Stats(str(out_path))
+    requests = r["requests"] + 1
+    rows = st.stats  # {(file, line, fn): (cc, nc, tt, ct, callers)}
+    polls = {key for key in rows if key[2] == "<method 'poll' of 'select.epoll' objects>"}
+    busy = max(1e-9, st.total_tt - sum(rows[key][2] for key in polls))
+    print(f"\n## cProfile of keda-interceptor over h2c, h2load -c {a.connections} "
+          f"-m {a.streams}, {a.duration}s ({r['rps']:,.0f} req/s under the profiler; "
+          f"stats in {out_path})")
+    print(f"\n{st.total_calls:,} function calls for {requests:,} requests: "
+          f"{st.total_calls / requests:,.0f} calls per request; {busy:.2f} s busy")
+
+    def name(key):
+        file, line, fn = key
+        if "/keda_proxy/" in file:
+            file = "keda_proxy/" + file.split("/keda_proxy/", 1)[1]
+        elif "site-packages/" in file:
+            file = file.split("site-packages/", 1)[1]
+        return f"{fn} ({file}:{line})" if line else fn
+
+    print(f"\nTop {top} by own time, % of busy time, calls per request:")
+    by_tt = sorted(rows.items(), key=lambda kv: -kv[1][2])
+    for key, (_cc, nc, tt, _ct, _) in [kv for kv in by_tt if kv[0] not in polls][:top]:
+        print(f"  {100 * tt / busy:5.1f}%  {nc / requests:5.1f}/req  {name(key)}")
+    print(f"\nTop {top} by cumulative time, under the reactor's dispatch:")
+    shown = 0
+    for key, (_cc, nc, _tt, ct, _) in sorted(rows.items(), key=lambda kv: -kv[1][3]):
+        if ct >= busy * 0.9 or key in polls:
+            continue
+        print(f"  {100 * ct / busy:5.1f}%  {nc / requests:5.1f}/req  {name(key)}")
+        shown += 1
+        if shown >= top:
+            break
 
 
 def failures(args, bench, results):
@@ -759,6 +848,9 @@ def report(args, bench, tools, results, idle_bg, died):
           f"-D {args.duration} -d MSG -H 'content-type: application/grpc' "
           f"-H 'te: trailers', POST {grpc_echo.METHOD}, :authority {GRPC_HOST}; MSG is one "
           f"{len(grpc_echo.grpc_frame())}-byte length-prefixed message")
+    print(f"- nginx-proxy keeps {bench.upstream_keepalive()} idle upstream connections "
+          "(keepalive), as many as requests in flight; keda-interceptor runs with its "
+          "defaults (KEDA_HTTP_MAX_IDLE_CONNS_PER_HOST 200) unless --env says otherwise")
     print(f"- pinned: core {args.server_cpu}: the server under test (nginx-proxy master + "
           f"1 worker, or keda-interceptor); core {args.load_cpu}: h2load/wrk; core "
           f"{args.backend_cpu}: the nginx backend while a proxy runs, moved to core "
