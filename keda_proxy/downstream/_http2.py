@@ -263,7 +263,7 @@ class HTTP2Exchange:
     #: the response's HEADERS, waiting for the first body bytes
     _head = None
     #: response bytes waiting for the stream's window
-    _queued = 0
+    queued = 0
     #: after finish(): the trailers to send once the queue is out (or ())
     _ending = None
     _producer = None
@@ -277,7 +277,7 @@ class HTTP2Exchange:
     _unacked = 0
     _reading_paused = False
     #: the request's trailers, until its end
-    _trailers = None
+    trailers = None
 
     def __init__(self, connection: "HTTP2ServerConnection", stream_id: int, method: bytes,
                  target: bytes, headers: dict, length):
@@ -308,6 +308,13 @@ class HTTP2Exchange:
         unacked, self._unacked = self._unacked, 0
         if unacked and not self._over:
             self._connection.acknowledge(self.stream_id, unacked)
+
+    def request_ended(self) -> None:
+        """The client sent END_STREAM: the body (if any) is whole."""
+        self._request_done = True
+        body = self.body
+        if body is not NO_BODY and not body.done:
+            body.end(self.trailers)
 
     def data_received(self, data: bytes, flow_length: int) -> None:
         if data and self.body is not NO_BODY:
@@ -356,7 +363,7 @@ class HTTP2Exchange:
             return
         self.sent_bytes += len(data)
         self._out.append(data)
-        self._queued += len(data)
+        self.queued += len(data)
         self._connection.send_queued(self)
 
     def finish(self, trailers=None) -> None:
@@ -440,7 +447,7 @@ class HTTP2Exchange:
                 else:
                     chunk = first[:size]
                     out[0] = first[size:]
-                self._queued -= len(chunk)
+                self.queued -= len(chunk)
                 if not out and ending == ():
                     h2.send_data(stream_id, chunk, end_stream=True)
                     return True
@@ -463,7 +470,7 @@ class HTTP2Exchange:
         producer = self._producer
         if producer is None:
             return
-        hold = self._queued > RESPONSE_HIGH_WATER or self._connection.write_paused
+        hold = self.queued > RESPONSE_HIGH_WATER or self._connection.write_paused
         if hold and not self._producer_paused:
             self._producer_paused = True
             producer.pauseProducing()
@@ -473,7 +480,7 @@ class HTTP2Exchange:
 
     # -- the exchange's end -----------------------------------------------------
 
-    def _done(self) -> None:
+    def response_complete(self) -> None:
         """The response went out whole."""
         if not self._request_done:
             # RFC 9113 §8.1: the rest of the request is not wanted
@@ -622,7 +629,7 @@ class HTTP2ServerConnection:
             self._in_receive = False
         self._flush()
 
-    def _request(self, event: RequestReceived) -> None:
+    def request_received(self, event: RequestReceived) -> None:
         stream_id = event.stream_id
         self._highest = stream_id
         if self._closing:
@@ -672,7 +679,7 @@ class HTTP2ServerConnection:
                 exchange.answer(500, [(b"content-type", b"text/plain; charset=utf-8")],
                                 b"Internal Server Error\n")
 
-    def _data(self, event: DataReceived) -> None:
+    def data_frame(self, event: DataReceived) -> None:
         if not event.data and event.stream_ended is None and not self._control.spend():
             self._calm("empty DATA frames")
             return
@@ -683,26 +690,23 @@ class HTTP2ServerConnection:
             return
         exchange.data_received(event.data, event.flow_controlled_length)
 
-    def _trailers(self, event: TrailersReceived) -> None:
+    def trailers_received(self, event: TrailersReceived) -> None:
         exchange = self.streams.get(event.stream_id)
         if exchange is None:
             return
         try:
-            exchange._trailers = request_trailers(event.headers)
+            exchange.trailers = request_trailers(event.headers)
         except MalformedRequest:
             self._h2.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
             exchange.end(Failure(ConnectionAborted("malformed trailers")))
 
-    def _ended(self, event: StreamEnded) -> None:
+    def stream_ended(self, event: StreamEnded) -> None:
         exchange = self.streams.get(event.stream_id)
         if exchange is None:
             return
-        exchange._request_done = True
-        body = exchange.body
-        if body is not NO_BODY and not body.done:
-            body.end(exchange._trailers)
+        exchange.request_ended()
 
-    def _reset(self, event: StreamReset) -> None:
+    def stream_reset(self, event: StreamReset) -> None:
         if event.remote_reset and not self._resets.spend():
             self._calm("stream resets")
             return
@@ -710,30 +714,30 @@ class HTTP2ServerConnection:
         if exchange is not None:
             exchange.end(Failure(ConnectionLost("the client reset the stream")))
 
-    def _window(self, event: WindowUpdated) -> None:
+    def window_updated(self, event: WindowUpdated) -> None:
         if event.stream_id:
             exchange = self.streams.get(event.stream_id)
-            if exchange is not None and exchange._out:
+            if exchange is not None and exchange.queued:
                 self._dirty[event.stream_id] = exchange
         else:
             for stream_id, exchange in self.streams.items():
-                if exchange._out:
+                if exchange.queued:
                     self._dirty[stream_id] = exchange
 
-    def _settings(self, event: RemoteSettingsChanged) -> None:
+    def settings_changed(self, event: RemoteSettingsChanged) -> None:
         if not self._control.spend():
             self._calm("SETTINGS frames")
             return
         if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             for stream_id, exchange in self.streams.items():
-                if exchange._out:
+                if exchange.queued:
                     self._dirty[stream_id] = exchange
 
-    def _control_frame(self, event) -> None:
+    def control_frame(self, event) -> None:
         if not self._control.spend():
             self._calm(type(event).__name__)
 
-    def _terminated(self, event: ConnectionTerminated) -> None:
+    def goaway_received(self, event: ConnectionTerminated) -> None:
         """The client sent GOAWAY: it opens no more streams."""
         self._closing = True
         if not self.streams:
@@ -766,7 +770,7 @@ class HTTP2ServerConnection:
                 exchange.end(Failure(ConnectionLost("the stream closed")))
                 continue
             if complete:
-                exchange._done()
+                exchange.response_complete()
 
     def reset(self, stream_id: int, code) -> None:
         try:
@@ -893,16 +897,17 @@ class HTTP2ServerConnection:
         """connectionLost follows."""
 
 
+#: h2's events, to the connection's handlers (the rest need nothing)
 _DISPATCH = {
-    RequestReceived: HTTP2ServerConnection._request,
-    DataReceived: HTTP2ServerConnection._data,
-    TrailersReceived: HTTP2ServerConnection._trailers,
-    StreamEnded: HTTP2ServerConnection._ended,
-    StreamReset: HTTP2ServerConnection._reset,
-    WindowUpdated: HTTP2ServerConnection._window,
-    RemoteSettingsChanged: HTTP2ServerConnection._settings,
-    PingReceived: HTTP2ServerConnection._control_frame,
-    PriorityUpdated: HTTP2ServerConnection._control_frame,
-    UnknownFrameReceived: HTTP2ServerConnection._control_frame,
-    ConnectionTerminated: HTTP2ServerConnection._terminated,
+    RequestReceived: HTTP2ServerConnection.request_received,
+    DataReceived: HTTP2ServerConnection.data_frame,
+    TrailersReceived: HTTP2ServerConnection.trailers_received,
+    StreamEnded: HTTP2ServerConnection.stream_ended,
+    StreamReset: HTTP2ServerConnection.stream_reset,
+    WindowUpdated: HTTP2ServerConnection.window_updated,
+    RemoteSettingsChanged: HTTP2ServerConnection.settings_changed,
+    PingReceived: HTTP2ServerConnection.control_frame,
+    PriorityUpdated: HTTP2ServerConnection.control_frame,
+    UnknownFrameReceived: HTTP2ServerConnection.control_frame,
+    ConnectionTerminated: HTTP2ServerConnection.goaway_received,
 }
