@@ -55,8 +55,11 @@ moves to the server core for its "direct" row, so each HTTP row measures
 "one server on one core".  The gRPC server (every thread) stays on the
 load core in all gRPC rows, the direct one included: it is the bottleneck
 of each, so the ratio measures the cost of the proxy in front of it.
-``--interceptor`` and ``--reactor`` (repeatable) add one keda-interceptor
-row set each, as in ``bench_proxy.py``.
+``--interceptor``, ``--reactor`` and ``--env`` (repeatable) add one
+keda-interceptor row set each, as in ``bench_proxy.py``; ``--cprofile FILE``
+(with ``--cprofile-load http2|grpc``) runs one more interceptor under
+cProfile after the table and prints its hot spots.  ``--check`` exits 1 if
+keda-interceptor misses the target, had errors, or lost a row.
 """
 
 from __future__ import annotations
@@ -125,6 +128,9 @@ def parse_args(argv=None):
                          "set's code, reactor and env) under twistd's cProfile (stats to "
                          "FILE), load it with the HTTP/2 row's h2load for --duration s, and "
                          "print calls per request and the hot spots")
+    ap.add_argument("--cprofile-load", choices=("http2", "grpc"), default="http2",
+                    help="the load for --cprofile: the HTTP/2 row's (default) or the gRPC "
+                         "row's")
     ap.add_argument("--check", action="store_true",
                     help=f"exit 1 if keda-interceptor's HTTP/2 / HTTP/1.1 req/s is below "
                          f"{TARGET_H2_OVER_H1}, a row it was to run was left out, or any of "
@@ -760,13 +766,23 @@ def cprofile(bench, out_path: Path, top=25):
                              twistd_opts=[*base["opts"], "--profiler=cprofile", "--savestats",
                                           f"--profile={out_path}"])
     bl.pin(bench.backend_pids, a.backend_cpu)
-    url = f"http://127.0.0.1:{k['proxy_port']}/"
-    why = check_h2_get(bench.tools, url, bl.BENCH_HOST)
+    pin_threads(bench.grpc.pid, a.backend_cpu)
+    port = k["proxy_port"]
+    if a.cprofile_load == "grpc":
+        why = check_grpc(bench.tools, "127.0.0.1", port, GRPC_HOST, bench.msg, 3)
+        load = (f"gRPC, h2load -c {a.grpc_connections} -m {a.grpc_streams}",
+                f"http://127.0.0.1:{port}{grpc_echo.METHOD}", a.grpc_connections,
+                a.grpc_streams, GRPC_HOST, dict(data=bench.msg, headers=GRPC_HEADERS))
+    else:
+        why = check_h2_get(bench.tools, f"http://127.0.0.1:{port}/", bl.BENCH_HOST)
+        load = (f"h2c GET, h2load -c {a.connections} -m {a.streams}",
+                f"http://127.0.0.1:{port}/", a.connections, a.streams, bl.BENCH_HOST, {})
     if why:
-        bl.log(f"the cProfile'd interceptor does not answer h2c: {why}")
+        bl.log(f"the cProfile'd interceptor does not answer as it should: {why}")
         return
-    r = run_h2load(bench.tools, url, a.connections, a.streams, a.duration, a.load_cpu,
-                   bl.BENCH_HOST)
+    what, url, conns, streams, authority, extra = load
+    r = run_h2load(bench.tools, url, conns, streams, a.duration, a.load_cpu, authority,
+                   **extra)
     k["popen"].send_signal(signal.SIGTERM)
     try:
         k["popen"].wait(timeout=30)
@@ -781,9 +797,8 @@ def cprofile(bench, out_path: Path, top=25):
     rows = st.stats  # {(file, line, fn): (cc, nc, tt, ct, callers)}
     polls = {key for key in rows if key[2] == "<method 'poll' of 'select.epoll' objects>"}
     busy = max(1e-9, st.total_tt - sum(rows[key][2] for key in polls))
-    print(f"\n## cProfile of keda-interceptor over h2c, h2load -c {a.connections} "
-          f"-m {a.streams}, {a.duration}s ({r['rps']:,.0f} req/s under the profiler; "
-          f"stats in {out_path})")
+    print(f"\n## cProfile of keda-interceptor, {what}, {a.duration}s "
+          f"({r['rps']:,.0f} req/s under the profiler; stats in {out_path})")
     print(f"\n{st.total_calls:,} function calls for {requests:,} requests: "
           f"{st.total_calls / requests:,.0f} calls per request; {busy:.2f} s busy")
 
@@ -903,7 +918,7 @@ def report(args, bench, tools, results, idle_bg, died):
         if h2 and h1:
             ok = h2["rps"] / h1["rps"] >= TARGET_H2_OVER_H1
             notes.append(f"{label} HTTP/2 / HTTP/1.1 req/s at {args.connections} connections: "
-                         f"{h2['rps']:,.0f} / {h1['rps']:,.0f} = {ratio(h2['rps'], h1['rps'])}"
+                         f"{h2['rps']:,.0f} / {h1['rps']:,.0f} = {h2['rps'] / h1['rps']:.3f}"
                          f" (target >= {TARGET_H2_OVER_H1}: {'PASS' if ok else 'FAIL'})")
         if g and results.get("grpc-direct"):
             gd = results["grpc-direct"]
