@@ -27,9 +27,12 @@ def route(name="web", ns="default", service="web", port=0, port_name="http",
                  rules=(RoutingRule(hosts=tuple(hosts), paths=tuple(paths)),), **kw)
 
 
-def service(name="web", ns="default", ports=(("http", 8080),), cluster_ip="127.0.0.1"):
+def service(name="web", ns="default", ports=(("http", 8080),), cluster_ip="127.0.0.1",
+            app_protocol=None):
+    """C{app_protocol}: every port's C{appProtocol} (C{kubernetes.io/h2c})."""
     return Service(namespace=ns, name=name, cluster_ip=cluster_ip,
-                   ports=tuple(ServicePort(name=n, port=p) for n, p in ports))
+                   ports=tuple(ServicePort(name=n, port=p, app_protocol=app_protocol)
+                               for n, p in ports))
 
 
 def endpoint_slice(service="web", ns="default", name=None, ips=("127.0.0.1",),
