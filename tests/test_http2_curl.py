@@ -39,10 +39,10 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from keda_proxy._app import Interceptor
 from keda_proxy.downstream._tls import ServerTLS
-from keda_proxy.state._model import ALL_KINDS, Service, ServicePort
+from keda_proxy.state._model import ALL_KINDS
 from keda_proxy.upstream._dial import StaticResolver
 from keda_proxy.upstream._tls import UpstreamTLS
-from tests.builders import endpoint_slice, load, route
+from tests.builders import endpoint_slice, load, route, service
 from tests.netsupport import Backend, CountingSite, wait_for
 from tests.test_tls import config, write_pair
 
@@ -175,11 +175,6 @@ BACKENDS = ("h1", "h2c", "h1s", "h2s")
 NAMES = [f"{b}.example" for b in BACKENDS] + ["unknown.example"]
 
 
-def _service(name, port, app_protocol=None):
-    return Service(namespace="default", name=name, cluster_ip="127.0.0.1",
-                   ports=(ServicePort(name="http", port=port, app_protocol=app_protocol),))
-
-
 @pytest.fixture(scope="module")
 def ca():
     return trustme.CA()
@@ -227,7 +222,8 @@ def rig(tmp_path, ca):
                              dial_budget=0.3, upstream_tls=UpstreamTLS.from_config(c))
     load(r.ic.store,
          routes=[route(name=b, service=b, hosts=[f"{b}.example"]) for b in BACKENDS],
-         services=[_service(b, ports[b], H2C if b == "h2c" else None) for b in BACKENDS],
+         services=[service(b, ports=(("http", ports[b]),), app_protocol=H2C if b == "h2c" else None)
+                   for b in BACKENDS],
          slices=[endpoint_slice(service=b, ports=(("http", ports[b]),)) for b in BACKENDS])
     r.plain = listen(r.ic.proxy_site())
     r.tls = listen(r.ic.tls_proxy_site(), tls=ServerTLS.from_config(c))
