@@ -33,7 +33,7 @@ import re
 from typing import Dict, Optional
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -50,6 +50,7 @@ from h2.events import (
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -242,6 +243,42 @@ class FrameBudget:
         self.at = now
         self.tokens = tokens
         return tokens >= 0
+
+
+class _ServerH2(H2Connection):
+    """h2's connection, with two changes to its per-frame step
+    (C{_receive_frame}; h2 is pinned, see requirements-pins.txt):
+
+     - a HEADERS or DATA frame on a stream already reset is answered with
+       RST_STREAM by h2, and gives no event: a flood of them would spend no
+       budget, and the answers would pile up for a client that does not
+       read.  Each comes out as an L{AnsweredFrame}, which spends the
+       control budget; a DATA frame carrying bytes does not, as a client
+       may have had a window's worth in flight when the stream was reset;
+     - a client's GOAWAY(NO_ERROR) leaves the connection open: h2 would
+       take and send nothing more (python-hyper/h2#1181), but the streams
+       the client opened may still finish (RFC 9113 §6.8; Go's
+       C{ClientConn.Shutdown} waits for them).
+    """
+
+    def _receive_frame(self, frame):
+        events = super()._receive_frame(frame)
+        kind = type(frame)
+        if not events and (kind is HeadersFrame or (
+                kind is DataFrame and not frame.flow_controlled_length)):
+            return [AnsweredFrame(frame.stream_id)]
+        if kind is GoAwayFrame and frame.error_code == ErrorCodes.NO_ERROR:
+            self.state_machine.state = ConnectionState.SERVER_OPEN
+        return events
+
+
+class AnsweredFrame:
+    """A frame on a closed stream, which h2 answered itself."""
+
+    __slots__ = ("stream_id",)
+
+    def __init__(self, stream_id: int):
+        self.stream_id = stream_id
 
 
 # -- one stream ------------------------------------------------------------
@@ -501,6 +538,13 @@ class HTTP2Exchange:
         self._result = result
         self._out = []
         self._producer = None
+        unacked, self._unacked = self._unacked, 0
+        if unacked:
+            # bytes held back while the body was paused count against the
+            # connection's window too: given back (h2 leaves a closed
+            # stream's own window alone), or each such stream would close
+            # the connection's window a little more, for good
+            self._connection.acknowledge(self.stream_id, unacked)
         if result is not None and self.body is not NO_BODY and not self.body.done:
             self.body.detach()
         self._connection.stream_over(self)
@@ -580,7 +624,7 @@ class HTTP2ServerConnection:
         self._highest = 0
         self._control = FrameBudget(self.control_burst, self.control_rate, self.now)
         self._resets = FrameBudget(self.reset_burst, self.reset_rate, self.now)
-        h2 = self._h2 = H2Connection(H2Configuration(
+        h2 = self._h2 = _ServerH2(H2Configuration(
             client_side=False, header_encoding=None,
             # checked by request_fields and request_trailers instead
             validate_inbound_headers=False, normalize_inbound_headers=False,
@@ -593,7 +637,8 @@ class HTTP2ServerConnection:
         })
         h2.decoder.max_header_list_size = self.max_header_list_size
         h2.initiate_connection()
-        h2.increment_flow_control_window(self.connection_window - 65535)
+        if self.connection_window > 65535:  # RFC 9113's initial window: h2 takes no 0
+            h2.increment_flow_control_window(self.connection_window - 65535)
 
     def attach(self) -> None:
         """Start serving on the transport: it is now this connection's."""
@@ -707,7 +752,11 @@ class HTTP2ServerConnection:
         exchange.request_ended()
 
     def stream_reset(self, event: StreamReset) -> None:
-        if event.remote_reset and not self._resets.spend():
+        # not only the client's own: a reset h2 makes for a client's error on
+        # a stream (a WINDOW_UPDATE overflowing its window, DATA after its
+        # END_STREAM) costs the handler's work just the same ("MadeYouReset",
+        # CVE-2025-8671)
+        if not self._resets.spend():
             self._calm("stream resets")
             return
         exchange = self.streams.get(event.stream_id)
@@ -738,9 +787,13 @@ class HTTP2ServerConnection:
             self._calm(type(event).__name__)
 
     def goaway_received(self, event: ConnectionTerminated) -> None:
-        """The client sent GOAWAY: it opens no more streams."""
+        """The client sent GOAWAY: it opens no more streams, and those it
+        opened may still finish (see L{_ServerH2}); with an error code, it
+        is going now."""
         self._closing = True
-        if not self.streams:
+        if event.error_code != ErrorCodes.NO_ERROR:
+            self._shut(Failure(ConnectionLost("the client sent GOAWAY")))
+        elif not self.streams:
             self._shut(None)
 
     # -- writing ------------------------------------------------------------------
@@ -836,14 +889,22 @@ class HTTP2ServerConnection:
 
     def drain(self) -> None:
         """The interceptor drains: GOAWAY now, streams in flight finish,
-        then the connection closes."""
+        then the connection closes.
+
+        The GOAWAY is framed here, not by h2's C{close_connection}: that
+        puts h2 in its CLOSED state, where every later frame from the
+        client is a protocol error (python-hyper/h2#1181) -- the
+        WINDOW_UPDATE a response in flight waits for, its request's DATA, a
+        PING -- and would cut the very streams draining lets finish.  New
+        streams are refused (L{request_received})."""
         if self._closing or self._closed:
             return
         self._closing = True
-        self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._highest)
-        if self.streams:
-            self._flush_soon()
-        else:
+        self._flush()  # h2's frames first: on a new connection, its SETTINGS
+        if not self._closed:
+            self.transport.write(GoAwayFrame(
+                0, last_stream_id=self._highest, error_code=ErrorCodes.NO_ERROR).serialize())
+        if not self.streams:
             self._shut(None)
 
     def _calm(self, what: str) -> None:
@@ -910,4 +971,5 @@ _DISPATCH = {
     PriorityUpdated: HTTP2ServerConnection.control_frame,
     UnknownFrameReceived: HTTP2ServerConnection.control_frame,
     ConnectionTerminated: HTTP2ServerConnection.goaway_received,
+    AnsweredFrame: HTTP2ServerConnection.control_frame,
 }
