@@ -30,10 +30,10 @@ from twisted.internet.defer import inlineCallbacks
 
 from keda_proxy._app import Interceptor
 from keda_proxy.downstream._tls import ServerTLS
-from keda_proxy.state._model import ALL_KINDS, Service, ServicePort
+from keda_proxy.state._model import ALL_KINDS
 from keda_proxy.upstream._dial import StaticResolver
 from keda_proxy.upstream._tls import UpstreamTLS
-from tests.builders import endpoint_slice, load, route
+from tests.builders import endpoint_slice, load, route, service
 from tests.grpcpeers import (
     H2C,
     PeerClient,
@@ -50,12 +50,6 @@ KEY = "default/grpc"
 AUTHORITY = "grpc.example"
 #: every call's deadline (seconds), but the 8 MiB ones
 DEADLINE = 10.0
-
-
-def grpc_service(port: int, app_protocol: str | None = H2C) -> Service:
-    """The Service ``default/grpc`` on 127.0.0.1 with one port, ``grpc``."""
-    return Service(namespace="default", name="grpc", cluster_ip="127.0.0.1",
-                   ports=(ServicePort(name="grpc", port=port, app_protocol=app_protocol),))
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +88,12 @@ class Rig:
                                     upstream_tls=UpstreamTLS.from_config(self.config))
         self.routes = [route(name="grpc", service="grpc", port_name="grpc",
                              hosts=[AUTHORITY])]
-        self.services = [grpc_service(port, None if tls_upstream else H2C)]
+        self.services = [service(name="grpc", ports=(("grpc", port),),
+                                 app_protocol=None if tls_upstream else H2C)]
         self.slices = [endpoint_slice(service="grpc", ports=(("grpc", port),))]
         self.load(slices=self.slices if ready else [])
 
-        site = self.ic.proxy_site()
+        site = self.proxy_factory = self.ic.proxy_site()
         build = site.buildProtocol
 
         def counting(addr):
@@ -311,6 +306,21 @@ def test_deadline_expires(rig):
 
 
 @pytest_twisted.inlineCallbacks
+def test_deadline_expires_while_the_call_is_held_for_a_cold_start(rig):
+    """The client gives up (RST_STREAM) before any endpoint is ready: the
+    held request is dropped, not left waiting for the pod."""
+    rig.start(ready=False)
+    c = rig.client()
+    code, _ = yield call(status_of, c.echo, b"too late", timeout=0.5)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    yield wait_for(lambda: rig.ic.gate.waiting(KEY) == 0, what="the call no longer held")
+    assert (yield rig.settled()) == {"Concurrency": 0, "RequestCount": 1}
+    rig.load()
+    assert (yield call(c.echo, b"warm", timeout=DEADLINE)) == b"warm"
+    assert [m for m, _, _ in rig.server.calls] == ["Echo"]  # the late call never went out
+
+
+@pytest_twisted.inlineCallbacks
 def test_cancel_mid_stream_reaches_the_server_and_releases_the_request(rig):
     rig.start()
     c = rig.client()
@@ -329,6 +339,46 @@ def test_cancel_mid_stream_reaches_the_server_and_releases_the_request(rig):
     assert (yield rig.settled()) == {"Concurrency": 0, "RequestCount": 1}
     code, _ = yield call(status_of, lambda: list(stream))
     assert code == grpc.StatusCode.CANCELLED
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_connection_lost_mid_stream_ends_the_call_upstream(rig):
+    """The client's connection goes (no RST_STREAM first): every stream on
+    it ends upstream too."""
+    rig.start()
+    c = rig.client()
+
+    def first_message(token):
+        stream = c.drip(token, timeout=DEADLINE * 2)
+        return stream, next(stream)
+
+    streams = []  # grpc cancels a call whose object is collected
+    for token in (b"lost-1", b"lost-2"):
+        streams.append((yield call(first_message, token)))
+    yield wait_for(lambda: len(rig.server.waiting) == 2, what="the server waiting")
+    yield call(c.close)
+    yield wait_for(lambda: sorted(rig.server.cancelled) == [b"lost-1", b"lost-2"],
+                   what="the server to see both calls end")
+    assert (yield rig.settled()) == {"Concurrency": 0, "RequestCount": 2}
+
+
+@pytest_twisted.inlineCallbacks
+def test_drain_lets_a_stream_in_flight_finish(rig):
+    """The interceptor drains (GOAWAY): a bidi stream already open goes on
+    both ways and ends with OK."""
+    rig.start()
+    c = rig.client()
+    outgoing = queue.Queue()
+    responses = c.echo_each(iter(outgoing.get, None), timeout=DEADLINE)
+    outgoing.put(b"before")
+    assert (yield call(next, responses)) == b"before"
+    rig.proxy_factory.draining = True
+    outgoing.put(b"after")
+    assert (yield call(next, responses)) == b"after"
+    outgoing.put(None)
+    assert (yield call(list, responses)) == []
+    assert responses.code() == grpc.StatusCode.OK
+    assert (yield rig.settled()) == {"Concurrency": 0, "RequestCount": 1}
 
 
 # -- size, cold start, TLS, many calls ------------------------------------------
