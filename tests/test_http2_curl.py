@@ -151,10 +151,12 @@ class H2BackendProtocol(Protocol):
             "body": b"".join(body).decode("latin-1"),
             "version": "2",
         }).encode()
+        head = headers[b":method"] == b"HEAD"
         self.conn.send_headers(stream_id, [
             (b":status", b"200"), (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(payload)), (b"x-backend", b"h2")])
-        self.send(stream_id, payload, end=True)
+            (b"content-length", b"%d" % len(payload)), (b"x-backend", b"h2")], end_stream=head)
+        if not head:
+            self.send(stream_id, payload, end=True)
 
 
 class H2Backend(Factory):
@@ -307,6 +309,18 @@ def test_post_with_a_body(rig, backend):
                    what="Concurrency back to 0")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.inlineCallbacks
+def test_head_has_the_headers_and_no_body(rig, backend):
+    version, status, headers, out = yield curl(rig, backend, "/", "--head")
+    assert (version, status) == ("2", 200)
+    assert out.startswith(b"HTTP/2 200") and out.endswith(b"\r\n\r\n")  # the head alone
+    assert headers["x-backend"] == ["h2" if backend.startswith("h2") else "yes"]
+    assert int(headers["content-length"][0]) > 0  # the length a GET's body would have
+    yield wait_for(lambda: rig.ic.counter.get(f"default/{backend}").concurrency == 0,
+                   what="Concurrency back to 0")
+
+
 class Streaming(ProcessProtocol):
     """curl's output as it comes, to see a response arrive in pieces."""
 
@@ -348,6 +362,27 @@ def test_a_streamed_response_arrives_as_it_is_sent(rig, backend):
     assert p.out == b"first chunk\nsecond\n\n2 200"
     yield wait_for(lambda: rig.ic.counter.get(f"default/{backend}").concurrency == 0,
                    what="Concurrency back to 0")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest_twisted.inlineCallbacks
+def test_a_request_body_of_unknown_length(rig, backend):
+    """curl uploads from its standard input with no content-length: the
+    body is streamed upstream (chunked to an HTTP/1.1 backend)."""
+    payload = b"0123456789" * 20_000
+    p = Streaming()
+    args = backend_args(rig, backend, "/upload", "--upload-file", "-",
+                        "--write-out", "\n%{http_version} %{response_code}")
+    stdin = reactor.spawnProcess(p, CURL, [CURL, *args], env=_env())
+    stdin.write(payload)
+    stdin.closeStdin()
+    code = yield p.ended
+    assert code == 0, p.err.decode()
+    body, _, tail = p.out.rpartition(b"\n")
+    assert tail == b"2 200"
+    echoed = json.loads(body)
+    assert (echoed["method"], echoed["body"].encode()) == ("PUT", payload)
+    assert _upstream_version(rig, backend) == ("2" if backend.startswith("h2") else "1.1")
 
 
 @pytest.mark.parametrize("listener", ["plain", "tls"])
