@@ -42,9 +42,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from zope.interface import alsoProvides
 from zope.interface.verify import verifyObject
 
 from keda_proxy.downstream._http1 import HTTP1ServerFactory
@@ -255,6 +257,19 @@ def test_a_get_is_one_exchange_and_its_answer_one_response():
     assert client.connection.streams == {}
 
 
+def test_h2_negotiated_by_alpn_is_served_as_https():
+    server = Server(ok)
+    proto = server.factory.buildProtocol(None)
+    transport = StringTransport()
+    alsoProvides(transport, ISSLTransport)
+    transport.negotiatedProtocol = b"h2"
+    proto.makeConnection(transport)
+    client = Client(server.clock, proto, transport)
+    stream_id = client.send(GET)
+    assert server.exchanges[0].scheme == b"https"
+    assert response(client.events, stream_id)[0][b":status"] == b"200"
+
+
 def test_host_comes_from_the_authority_and_cookies_are_joined():
     """RFC 9113 §8.2.3: a client may split Cookie into crumbs; an HTTP/1.1
     upstream gets them as one field again."""
@@ -400,6 +415,29 @@ def test_a_response_bigger_than_the_clients_window_waits_and_holds_its_producer(
     assert server.results == [None]
 
 
+def test_a_client_that_stops_reading_pauses_every_streams_producer():
+    """The connection is its transport's producer: a full socket buffer
+    pauses each stream's upstream, and its draining resumes them."""
+    server = Server()
+    client = server.connect()
+    producers = []
+    for _ in range(2):
+        client.send(GET)
+        ex = server.exchanges[-1]
+        ex.respond(parse_head(b"HTTP/1.1 200 OK"))
+        producers.append(Producer())
+        ex.registerProducer(producers[-1], True)
+    assert client.transport.producer is client.connection
+    client.connection.pauseProducing()  # as the transport does
+    assert all(p.paused for p in producers)
+    client.send(GET)  # a producer registered meanwhile starts paused
+    late = Producer()
+    server.exchanges[-1].registerProducer(late, True)
+    assert late.paused
+    client.connection.resumeProducing()
+    assert not any(p.paused for p in producers + [late])
+
+
 def test_the_client_resetting_a_stream_ends_its_exchange_with_a_failure():
     server = Server()
     client = server.connect()
@@ -519,6 +557,19 @@ def test_draining_sends_goaway_refuses_new_streams_and_closes_after_those_in_fli
     sent = [f for f in parse_frames(client.take()) if f.stream_id == stream_id]
     assert "END_STREAM" in sent[-1].flags
     assert b"".join(f.data for f in sent if isinstance(f, DataFrame)) == b"last\n"
+    assert client.closing and server.results == [None]
+
+
+def test_a_response_finished_in_the_turn_draining_starts_goes_out_before_the_goaway():
+    server = Server()
+    client = server.connect()
+    stream_id = client.send(GET)
+    server.exchanges[0].answer(200, TEXT, b"ok\n")  # framed at the end of the turn
+    server.factory.draining = True
+    sent = parse_frames(client.take())
+    assert [type(f) for f in sent] == [HeadersFrame, DataFrame, GoAwayFrame]
+    assert sent[1].stream_id == stream_id and "END_STREAM" in sent[1].flags
+    assert (sent[2].error_code, sent[2].last_stream_id) == (ErrorCodes.NO_ERROR, stream_id)
     assert client.closing and server.results == [None]
 
 

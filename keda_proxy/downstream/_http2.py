@@ -899,11 +899,10 @@ class HTTP2ServerConnection:
         streams are refused (L{request_received})."""
         if self._closing or self._closed:
             return
-        self._closing = True
         self._flush()  # h2's frames first: on a new connection, its SETTINGS
-        if not self._closed:
-            self.transport.write(GoAwayFrame(
-                0, last_stream_id=self._highest, error_code=ErrorCodes.NO_ERROR).serialize())
+        self._closing = True
+        self.transport.write(GoAwayFrame(
+            0, last_stream_id=self._highest, error_code=ErrorCodes.NO_ERROR).serialize())
         if not self.streams:
             self._shut(None)
 
