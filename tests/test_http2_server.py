@@ -121,6 +121,7 @@ class Client:
 
     @property
     def connection(self) -> HTTP2ServerConnection:
+        """The server's side: the HTTP/1.1 protocol hands its bytes to it."""
         return self.proto.dataReceived.__self__
 
     def take(self) -> bytes:
