@@ -62,7 +62,10 @@ class PeerServer:
      - C{Sleep} (unary) and C{Drip} (server streaming; sends C{b"first"}
        at once): wait until the call ends without answering, and record
        in L{cancelled} the request (a token) when it ended under them;
-     - C{Big} (unary): the request reversed (8 MiB each way, say).
+     - C{Big} (unary): the request reversed (8 MiB each way, say);
+     - C{Flood} (server streaming): the request is C{b"N:SIZE"}: N
+       messages of SIZE bytes, as fast as flow control lets them go, the
+       number handed to grpcio so far kept in L{flooded}.
 
     Every call is recorded in L{calls} as C{(method, metadata dict, peer)}.
     """
@@ -74,6 +77,8 @@ class PeerServer:
         self.cancelled: list = []
         #: the request bytes of each C{Sleep}/C{Drip} call now waiting
         self.waiting: list = []
+        #: messages C{Flood} has handed to grpcio
+        self.flooded = 0
         self._server = None
         self.port = None
 
@@ -134,6 +139,14 @@ class PeerServer:
         self._seen("Big", context)
         return request[::-1]
 
+    def flood(self, request, context):
+        self._seen("Flood", context)
+        n, size = map(int, request.split(b":"))
+        message = b"f" * size
+        for _ in range(n):
+            yield message
+            self.flooded += 1
+
     def handler(self) -> grpc.GenericRpcHandler:
         """Raw bytes in and out: no (de)serializers anywhere."""
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -145,6 +158,7 @@ class PeerServer:
             "Sleep": grpc.unary_unary_rpc_method_handler(self.sleep),
             "Drip": grpc.unary_stream_rpc_method_handler(self.drip),
             "Big": grpc.unary_unary_rpc_method_handler(self.big),
+            "Flood": grpc.unary_stream_rpc_method_handler(self.flood),
         })
 
     # -- lifecycle --
@@ -190,6 +204,7 @@ class PeerClient:
         self.sleep = channel.unary_unary(path("Sleep"))
         self.drip = channel.unary_stream(path("Drip"))
         self.big = channel.unary_unary(path("Big"))
+        self.flood = channel.unary_stream(path("Flood"))
 
     def close(self) -> None:
         self.channel.close()

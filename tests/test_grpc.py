@@ -27,6 +27,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 
 from keda_proxy._app import Interceptor
 from keda_proxy.downstream._tls import ServerTLS
@@ -391,6 +392,42 @@ def test_8_mib_messages_each_way(rig):
     response = yield call(c.big, payload, timeout=60)
     assert len(response) == len(payload)
     assert response == payload[::-1]
+    assert (yield rig.settled()) == {"Concurrency": 0, "RequestCount": 1}
+
+
+@inlineCallbacks
+def steady(value, quiet=0.2, timeout=15.0):
+    """Wait until C{value()} has not changed for C{quiet} seconds; return it."""
+    last, since = value(), reactor.seconds()
+    deadline = since + timeout
+    while reactor.seconds() - since < quiet:
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"still changing after {timeout}s: {last}")
+        yield deferLater(reactor, 0.02, lambda: None)
+        now = value()
+        if now != last:
+            last, since = now, reactor.seconds()
+    return last
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_reads_nothing_holds_the_server_back(rig):
+    """Flow control end to end: while the client reads nothing, the server
+    gets only as far as the windows and buffers on the way allow, nowhere
+    near the 64 MiB it has to send; then all of it arrives."""
+    rig.start()
+    c = rig.client()
+
+    def first_message():
+        stream = c.flood(b"64:%d" % (1 << 20), timeout=DEADLINE * 3)
+        return stream, next(stream)
+
+    stream, first = yield call(first_message)
+    assert len(first) == 1 << 20
+    held_back = yield steady(lambda: rig.server.flooded)
+    assert held_back < 32
+    rest = yield call(lambda: sum(1 for _ in stream))
+    assert (rest, rig.server.flooded) == (63, 64)
     assert (yield rig.settled()) == {"Concurrency": 0, "RequestCount": 1}
 
 
