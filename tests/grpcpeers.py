@@ -65,7 +65,9 @@ class PeerServer:
      - C{Big} (unary): the request reversed (8 MiB each way, say);
      - C{Flood} (server streaming): the request is C{b"N:SIZE"}: N
        messages of SIZE bytes, as fast as flow control lets them go, the
-       number handed to grpcio so far kept in L{flooded}.
+       number handed to grpcio so far kept in L{flooded};
+     - C{Gated} (client streaming): reads one message, then nothing until
+       L{gate} is set; then the rest, and answers how many there were.
 
     Every call is recorded in L{calls} as C{(method, metadata dict, peer)}.
     """
@@ -79,6 +81,8 @@ class PeerServer:
         self.waiting: list = []
         #: messages C{Flood} has handed to grpcio
         self.flooded = 0
+        #: set to let C{Gated} read on
+        self.gate = threading.Event()
         self._server = None
         self.port = None
 
@@ -147,6 +151,12 @@ class PeerServer:
             yield message
             self.flooded += 1
 
+    def gated(self, request_iterator, context):
+        self._seen("Gated", context)
+        first = next(request_iterator, None)
+        self.gate.wait(HANG_LIMIT)
+        return b"%d" % ((first is not None) + sum(1 for _ in request_iterator))
+
     def handler(self) -> grpc.GenericRpcHandler:
         """Raw bytes in and out: no (de)serializers anywhere."""
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -159,6 +169,7 @@ class PeerServer:
             "Drip": grpc.unary_stream_rpc_method_handler(self.drip),
             "Big": grpc.unary_unary_rpc_method_handler(self.big),
             "Flood": grpc.unary_stream_rpc_method_handler(self.flood),
+            "Gated": grpc.stream_unary_rpc_method_handler(self.gated),
         })
 
     # -- lifecycle --
@@ -180,6 +191,7 @@ class PeerServer:
         return self.port
 
     def stop(self) -> None:
+        self.gate.set()
         if self._server is not None:
             self._server.stop(grace=None).wait(10)
             self._server = None
@@ -205,6 +217,7 @@ class PeerClient:
         self.drip = channel.unary_stream(path("Drip"))
         self.big = channel.unary_unary(path("Big"))
         self.flood = channel.unary_stream(path("Flood"))
+        self.gated = channel.stream_unary(path("Gated"))
 
     def close(self) -> None:
         self.channel.close()

@@ -432,6 +432,28 @@ def test_a_client_that_reads_nothing_holds_the_server_back(rig):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_server_that_reads_nothing_holds_the_client_back(rig):
+    """The other way: while the server reads nothing, the client gets only
+    so far through its 64 MiB; then all of it arrives."""
+    rig.start()
+    c = rig.client()
+    pulled = []
+
+    def messages():
+        for i in range(64):
+            pulled.append(i)
+            yield b"m" * (1 << 20)
+
+    d = call(c.gated, messages(), timeout=DEADLINE * 3)
+    yield wait_for(lambda: rig.server.calls, what="the call at the server")
+    held_back = yield steady(lambda: len(pulled))
+    assert held_back < 32
+    rig.server.gate.set()
+    assert (yield d) == b"64"
+    assert (yield rig.settled()) == {"Concurrency": 0, "RequestCount": 1}
+
+
+@pytest_twisted.inlineCallbacks
 def test_cold_start_holds_the_call_until_the_endpoints_are_ready(rig):
     rig.start(ready=False)
     c = rig.client()
