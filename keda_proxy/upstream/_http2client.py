@@ -319,8 +319,8 @@ class H2Stream:
         self.uses = 0
         self.more_expected = True
         self._fields = None
-        self._pending = deque()
-        self._pending_size = 0
+        self._unsent = deque()
+        self._unsent_size = 0
 
     def __repr__(self) -> str:
         return f"<H2Stream {self.stream_id} uses={self.uses}>"
@@ -373,15 +373,15 @@ class H2Stream:
         self._fields = request_fields(head, conn.scheme, conn.authority)
         if not has_body:
             self._end_requested = True
-        conn._open(self)
+        conn._open_stream(self)
 
     def write_body(self, data: bytes) -> None:
         if self._done or self._ended or self._end_requested or not data:
             return
-        self._pending.append(data)
-        self._pending_size += len(data)
+        self._unsent.append(data)
+        self._unsent_size += len(data)
         if self.stream_id is not None:
-            self._send_pending()
+            self._send_unsent()
             self.connection._flush()
         self._check_producer()
 
@@ -393,15 +393,15 @@ class H2Stream:
         self._end_requested = True
         self._trailers_out = _request_trailers(trailers) if trailers else None
         if self.stream_id is not None:
-            self._send_pending()
+            self._send_unsent()
             self.connection._flush()
 
-    def _send_pending(self) -> None:
+    def _send_unsent(self) -> None:
         """Send what the windows let through; end the stream when nothing
         is left and the body's end was given."""
         h2 = self.connection.h2
         sid = self.stream_id
-        pending = self._pending
+        pending = self._unsent
         try:
             while pending:
                 window = h2.local_flow_control_window(sid)
@@ -414,7 +414,7 @@ class H2Stream:
                 else:
                     pending[0] = chunk[n:]
                     chunk = chunk[:n]
-                self._pending_size -= len(chunk)
+                self._unsent_size -= len(chunk)
                 h2.send_data(sid, chunk)
             if not pending and self._end_requested and not self._ended:
                 self._ended = True
@@ -426,7 +426,7 @@ class H2Stream:
             # the stream closed under us (reset): its end reports it
             self._ended = True
             pending.clear()
-            self._pending_size = 0
+            self._unsent_size = 0
 
     # -- the request body's producer -------------------------------------------
 
@@ -444,7 +444,7 @@ class H2Stream:
         producer = self._producer
         if producer is None:
             return
-        full = self._pending_size > HIGH_WATER or self.connection.write_paused
+        full = self._unsent_size > HIGH_WATER or self.connection.write_paused
         if full and not self._producer_paused:
             self._producer_paused = True
             producer.pauseProducing()
@@ -526,7 +526,7 @@ class H2Stream:
         h2stream = self.connection.h2.streams.get(self.stream_id)
         return h2stream is None or h2stream.closed
 
-    def _fail(self, reason: Failure) -> None:
+    def _fail_stream(self, reason: Failure) -> None:
         """The exchange broke: the sink hears it, once."""
         sink, self.sink = self.sink, None
         self._done = True
@@ -543,8 +543,8 @@ class H2Stream:
         self._done = True
         self.disarm_timer()
         self._producer = None
-        self._pending.clear()
-        self._pending_size = 0
+        self._unsent.clear()
+        self._unsent_size = 0
         self.connection._stream_over(self)
 
     # -- receiving (called by the connection) -------------------------------------
@@ -614,18 +614,18 @@ class H2Stream:
         if code == ErrorCodes.REFUSED_STREAM and not self._started:
             self._refused("the upstream refused the stream")
         else:
-            self._fail(Failure(UpstreamReset(code)))
+            self._fail_stream(Failure(UpstreamReset(code)))
 
     def _refused(self, why: str) -> None:
         """Never processed by the upstream: a not-started failure the
         proxy may replay on another connection."""
         self.answered = False
-        self._fail(Failure(ConnectionDone(why)))
+        self._fail_stream(Failure(ConnectionDone(why)))
 
     def _protocol_error(self, error: Exception) -> None:
         """A response the proxy will not pass on: the stream is reset."""
         self._reset(ErrorCodes.PROTOCOL_ERROR)
-        self._fail(Failure(error))
+        self._fail_stream(Failure(error))
 
 
 @implementer(IPushProducer)
@@ -744,7 +744,7 @@ class H2ClientConnection(Protocol):
         self.closed = True
         reason = reason or Failure(ConnectionDone())
         for stream in list(self.streams.values()) + list(self.waiting):
-            stream._fail(reason)
+            stream._fail_stream(reason)
         self.streams.clear()
         self.waiting.clear()
         owner = self.owner
@@ -779,7 +779,7 @@ class H2ClientConnection(Protocol):
 
     # -- streams ---------------------------------------------------------------------
 
-    def _open(self, stream: H2Stream) -> None:
+    def _open_stream(self, stream: H2Stream) -> None:
         """Send a stream's HEADERS now if the upstream takes another
         stream, else when one is over."""
         if self.goaway or self.closed:
@@ -789,7 +789,7 @@ class H2ClientConnection(Protocol):
             self.waiting.append(stream)
             return
         h2 = self.h2
-        end = stream._end_requested and not stream._pending and not stream._trailers_out
+        end = stream._end_requested and not stream._unsent and not stream._trailers_out
         try:
             sid = h2.get_next_available_stream_id()
             h2.send_headers(sid, stream._fields, end_stream=end)
@@ -801,15 +801,15 @@ class H2ClientConnection(Protocol):
                     self.owner.connection_lost(self)
                 stream._refused("no stream id left on the connection")
             else:
-                stream._fail(Failure(UpstreamProtocolError(f"cannot send the request: {e}")))
+                stream._fail_stream(Failure(UpstreamProtocolError(f"cannot send the request: {e}")))
             return
         stream._fields = None
         stream.stream_id = sid
         if end:
             stream._ended = True
         self.streams[sid] = stream
-        if stream._pending or stream._end_requested:
-            stream._send_pending()
+        if stream._unsent or stream._end_requested:
+            stream._send_unsent()
         self._flush()
 
     def _stream_over(self, stream: H2Stream) -> None:
@@ -826,7 +826,7 @@ class H2ClientConnection(Protocol):
         elif stream in self.waiting:
             self.waiting.remove(stream)
         while self.waiting and len(self.streams) < self.max_streams and not self.closed:
-            self._open(self.waiting.popleft())
+            self._open_stream(self.waiting.popleft())
         if self.allocated == 0:
             self.idle_since = self.clock.seconds()
             if self.goaway or self.closing:
@@ -893,8 +893,8 @@ class H2ClientConnection(Protocol):
         else:
             targets = list(self.streams.values())
         for stream in targets:
-            if stream._pending or (stream._end_requested and not stream._ended):
-                stream._send_pending()
+            if stream._unsent or (stream._end_requested and not stream._ended):
+                stream._send_unsent()
                 stream._check_producer()
 
     def _settings_changed(self, changed) -> None:
@@ -903,7 +903,7 @@ class H2ClientConnection(Protocol):
             self._settings_seen = True
             self.max_streams = min(remote.max_concurrent_streams, MAX_STREAMS)
             while self.waiting and len(self.streams) < self.max_streams:
-                self._open(self.waiting.popleft())
+                self._open_stream(self.waiting.popleft())
         if SettingCodes.INITIAL_WINDOW_SIZE in changed:
             self._window_opened(0)
 
@@ -933,7 +933,7 @@ class H2ClientConnection(Protocol):
         self.waiting.clear()
         self.closed = True
         for stream in streams:
-            stream._fail(Failure(error))
+            stream._fail_stream(Failure(error))
         if self.owner is not None:
             self.owner.connection_lost(self)
         if self.transport is not None:
