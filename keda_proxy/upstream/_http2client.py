@@ -71,13 +71,12 @@ from keda_proxy.upstream._http1client import (
     IDLE,
     MAX_HEAD,
     MAX_INFORMATIONAL,
-    NOT_TRAILERS,
     ResponseHead,
     UpstreamProtocolError,
     _trailer_names,
 )
 from keda_proxy.wire._framing import content_length
-from keda_proxy.wire._headers import HOP_BY_HOP, InvalidHeaderName, canonical_name
+from keda_proxy.wire._headers import HOP_BY_HOP, NOT_TRAILERS, InvalidHeaderName, canonical_name
 from keda_proxy.wire._status import status_text
 
 #: The window of each stream's response: enough for an 8 MiB gRPC message
@@ -241,9 +240,9 @@ def response_head(headers, head_only: bool = False, ended: bool = False) -> Resp
 
 def trailer_fields(headers) -> Optional[list]:
     """A response's trailing HEADERS as C{(canonical name, value)} pairs,
-    or None when none is left: the HTTP/1.1 client's rules
-    (L{keda_proxy.upstream._http1client.trailer_fields}), fields that must
-    not be trailers dropped, values with CR, LF or NUL refused."""
+    or None when none is left: the rules of chunked trailers
+    (L{keda_proxy.wire._headers.trailer_fields}), fields that must not be
+    trailers dropped, values with CR, LF or NUL refused."""
     fields = []
     for name, value in headers:
         if name[:1] == b":":

@@ -18,7 +18,11 @@ makes for it, one SSL context per name:
  - trust is the system CAs plus every configured certificate plus the CA
    folders' certificates (C{KEDA_HTTP_TLS_CA_DIRS}), each an anchor by
    itself as in Go's C{RootCAs} (C{PARTIAL_CHAIN});
- - a dial without a server name is refused (L{MissingServerName}).
+ - a dial without a server name is refused (L{MissingServerName});
+ - ALPN offers ``h2`` then ``http/1.1`` (L{OFFERED}); the connection
+   speaks what the upstream picks (L{keda_proxy.upstream._alpn}).  Requests
+   that must stay on HTTP/1.1 (upgrades) dial with L{UpstreamTLS.creator_http1},
+   which offers ``http/1.1`` alone.
 
 Memory: a cached name holds its own SSL context.  The trust anchors are
 parsed once and shared by every context (an entry in each trust store,
