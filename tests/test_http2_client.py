@@ -509,3 +509,20 @@ def test_data_withheld_by_a_stream_is_handed_back_to_the_connection_when_it_ends
     stream.abort()
     server.read()
     assert server.h2.outbound_flow_control_window == STREAM_WINDOW
+
+
+def test_a_large_body_chunk_goes_out_whole_in_frames_as_the_windows_open():
+    clock, conn, server = connection()
+    stream, sink = send(conn, POST, has_body=True, method=b"POST")
+    chunk = bytes(range(256)) * 1200  # 300 KiB in one write, above every window
+    stream.write_body(chunk)
+    stream.end_body()
+    received = b""
+    for _ in range(20):
+        events = server.read()  # acknowledges, so the client sends more
+        received += b"".join(e.data for e in events if isinstance(e, DataReceived))
+        if any(isinstance(e, StreamEnded) for e in events):
+            break
+        server.h2.increment_flow_control_window(65535)  # the connection's, too
+        server.flush()
+    assert received == chunk

@@ -11,8 +11,10 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import INegotiated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
 from keda_proxy.steps import ProxySettings
 from keda_proxy.steps._targets import ServiceTargets
@@ -214,6 +216,7 @@ def test_close_idle_closes_idle_connections_and_the_busy_ones_after_their_stream
 # -- negotiated by ALPN -------------------------------------------------------------
 
 
+@implementer(INegotiated)
 class FakeTLS(StringTransport):
     """A TLS transport whose handshake the test completes."""
 
@@ -246,6 +249,27 @@ def test_https_dials_hand_over_the_protocol_alpn_chose():
             conn = result.connection
             assert conn.scheme == b"https" and p.take_idle(key).connection is conn
             assert tls.value().startswith(b"PRI * HTTP/2.0")
+
+
+def test_an_https_dial_without_tls_under_it_speaks_http1():
+    """An https key dialled with no upstream TLS configured: no handshake
+    comes, and the connection is HTTP/1.1 at once."""
+    clock, endpoints, p = pool()
+    got = []
+    p.connect((b"https", "10.0.0.7", 8443, "web.default"), 1).addCallback(got.append)
+    up = endpoints.dials[0].succeed()
+    [conn] = got
+    assert isinstance(conn, UpstreamConnection) and conn.transport is up.transport
+    whole = []
+
+    class Whole(Sink):
+        def response_whole(self, head, body):
+            whole.append((head.code, body))
+
+    conn.send(b"GET", GET, Whole())
+    assert up.sent().startswith(b"GET /hello?x=1 HTTP/1.1\r\n")
+    up.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert whole == [(200, b"ok")]  # what arrived went through the switch
 
 
 def test_an_https_dial_whose_handshake_fails_fails():

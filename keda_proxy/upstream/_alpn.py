@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, INegotiated
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,6 +33,10 @@ class ALPNSwitch(Protocol):
         drops the connection.
     """
 
+    #: the protocol handed a connection that is not TLS after all, which
+    #: this one then passes everything on to
+    _relay = None
+
     def __init__(self, choose: Callable[[Optional[bytes]], Protocol]):
         """
         @param choose: called with the negotiated protocol name (C{b"h2"},
@@ -42,24 +46,41 @@ class ALPNSwitch(Protocol):
         self.choose = choose
         self.negotiated = Deferred(self._cancel)
 
+    def connectionMade(self) -> None:
+        if not INegotiated.providedBy(self.transport):
+            # no TLS under it (an https key dialled without upstream TLS
+            # configured): no handshake will come, and HTTP/1.1 it is
+            self._hand_over(None, tls=False)
+
     def handshakeCompleted(self) -> None:
+        self._hand_over(self.transport.negotiatedProtocol, tls=True)
+
+    def _hand_over(self, name: Optional[bytes], tls: bool) -> None:
         d = self.negotiated
         if d.called:  # cancelled meanwhile
             return
-        tls = self.transport
-        protocol = self.choose(getattr(tls, "negotiatedProtocol", None))
-        tls.wrappedProtocol = protocol
-        protocol.makeConnection(tls)
+        protocol = self.choose(name)
+        if tls:
+            self.transport.wrappedProtocol = protocol
+        else:
+            self._relay = protocol
+        protocol.makeConnection(self.transport)
         d.callback(protocol)
 
     def dataReceived(self, data: bytes) -> None:
-        # nothing arrives before the handshake is done
-        self.transport.abortConnection()
+        if self._relay is not None:
+            self._relay.dataReceived(data)
+        else:  # nothing arrives before the handshake is done
+            self.transport.abortConnection()
 
     def connectionLost(self, reason=None) -> None:
+        reason = reason or Failure(ConnectionDone())
+        if self._relay is not None:
+            self._relay.connectionLost(reason)
+            return
         d = self.negotiated
         if not d.called:
-            d.errback(reason or Failure(ConnectionDone()))
+            d.errback(reason)
 
     def _cancel(self, d: Deferred) -> None:
         if self.transport is not None:

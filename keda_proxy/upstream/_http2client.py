@@ -410,9 +410,10 @@ class H2Stream:
                 chunk = pending[0]
                 if len(chunk) <= n:
                     pending.popleft()
-                else:
-                    pending[0] = chunk[n:]
-                    chunk = chunk[:n]
+                else:  # a frame's worth, without copying the rest each time
+                    view = memoryview(chunk)
+                    pending[0] = view[n:]
+                    chunk = view[:n]
                 self._unsent_size -= len(chunk)
                 h2.send_data(sid, chunk)
             if not pending and self._end_requested and not self._ended:
