@@ -526,3 +526,17 @@ def test_a_large_body_chunk_goes_out_whole_in_frames_as_the_windows_open():
         server.h2.increment_flow_control_window(65535)  # the connection's, too
         server.flush()
     assert received == chunk
+
+
+def test_a_response_that_ends_short_of_its_length_is_refused():
+    for status, method, refused in [(b"200", b"GET", True), (b"304", b"GET", False),
+                                    (b"200", b"HEAD", False)]:
+        clock, conn, server = connection()
+        head = GET.replace(b"GET", method, 1)
+        stream, sink = send(conn, head, method=method)
+        server.read()
+        server.respond(1, [(b":status", status), (b"content-length", b"10")])
+        if refused:
+            assert sink.calls == ["failed"] and sink.failure.check(UpstreamProtocolError)
+        else:
+            assert sink.calls == ["head", "done"] and sink.head.length == 10

@@ -567,6 +567,9 @@ class H2Stream:
         self.answered = True
         try:
             head = response_head(headers, self._head_only, ended)
+            if ended and head.length and not self._head_only and head.code not in _NO_BODY:
+                # h2 checks the length of DATA only: none came at all
+                raise UpstreamProtocolError("the response ended before its Content-Length")
         except UpstreamProtocolError as e:
             self._protocol_error(e)
             return
