@@ -136,8 +136,9 @@ def parse_args(argv=None):
                          f"{TARGET_H2_OVER_H1}, a row it was to run was left out, or any of "
                          "its rows had errors")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
-                    help="before measuring, wait up to S seconds for other processes to "
-                         "use under 10%% of a core (0: do not wait)")
+                    help="wait for other processes to use under 10%% of a core before "
+                         "measuring and again before each row, up to S seconds in all "
+                         "(0: do not wait)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--no-install", action="store_true",
                     help="do not apt-get install missing nginx/wrk/h2load")
@@ -648,15 +649,21 @@ def fmt_err(r):
             f"{r['errored']} errored, {r['timeout']} timeout)")
 
 
+def per_cpu_s(r):
+    """Requests per CPU-second of the server under test: what a row costs,
+    less sensitive to other load on the machine than req/s."""
+    return r["rps"] / max(r["cpu"]["server"], 1e-9) * 100
+
+
 def ratio(a, b):
     return "-" if a is None or b is None or not b else f"{a / b:.2f}"
 
 
 def table(results, labels, keys, ref_of, ref_name):
     head = (f"| target | client | req/s | p50 ms | p99 ms | errors | server CPU % "
-            f"| backend CPU % | client CPU % | other CPU % | req/s vs {ref_name} "
-            f"| p99 vs {ref_name} |")
-    rows = [head, "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+            f"| req per server CPU-s | backend CPU % | client CPU % | other CPU % "
+            f"| req/s vs {ref_name} | p99 vs {ref_name} |")
+    rows = [head, "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key in keys:
         r = results.get(key)
         if r is None:
@@ -667,7 +674,8 @@ def table(results, labels, keys, ref_of, ref_name):
         client = "wrk" if r["proto"] == "http/1.1" else f"h2load ({r['proto']})"
         rows.append(
             f"| {labels[key]} | {client} | {r['rps']:,.0f} | {fmt_ms(r['p50'])} | "
-            f"{fmt_ms(r['p99'])} | {fmt_err(r)} | {cpu['server']:.0f} | {backend} | "
+            f"{fmt_ms(r['p99'])} | {fmt_err(r)} | {cpu['server']:.0f} | "
+            f"{per_cpu_s(r):,.0f} | {backend} | "
             f"{r['client_cpu']:.0f} | {cpu['other']:.0f} | "
             f"{ratio(r['rps'], ref['rps']) if ref else '-'} | "
             f"{ratio(r['p99'], ref['p99']) if ref else '-'} |")
@@ -705,18 +713,16 @@ def main(argv=None) -> int:
     with bl.Teardown("keda-bench-h2-", keep=args.keep) as td:
         bench = Bench(args, td, tools)
         bench.start()
-        idle_bg = bp.background_check()
         deadline = time.monotonic() + args.wait_quiet
-        while idle_bg > 10 and time.monotonic() < deadline:
-            bl.log(f"other processes use {idle_bg:.0f}% of a core; waiting for quiet")
-            time.sleep(4)
-            idle_bg = bp.background_check()
+        idle_bg = wait_quiet(deadline)
         keys = list(bench.rows)
         runs = {}
         for rep in range(args.repeat):
             for key in keys:
                 if key in bench.skipped:
                     continue
+                if args.wait_quiet:
+                    wait_quiet(deadline, 0.5)
                 bl.log(f"run {rep + 1}/{args.repeat}: {bench.labels[key]}, {args.duration}s")
                 try:
                     r = bench.measure(key)
@@ -748,6 +754,17 @@ def main(argv=None) -> int:
         if args.cprofile and "keda" in bench.keda:
             cprofile(bench, Path(args.cprofile).resolve())
         return rc
+
+
+def wait_quiet(deadline, probe=1.0):
+    """CPU used by other processes (% of a core) over C{probe} s, probed
+    again every 2 s while above 10% and C{deadline} has not passed."""
+    busy = bp.background_check(probe)
+    while busy > 10 and time.monotonic() < deadline:
+        bl.log(f"other processes use {busy:.0f}% of a core; waiting for quiet")
+        time.sleep(2)
+        busy = bp.background_check(probe)
+    return busy
 
 
 def cprofile(bench, out_path: Path, top=25):
@@ -919,7 +936,9 @@ def report(args, bench, tools, results, idle_bg, died):
             ok = h2["rps"] / h1["rps"] >= TARGET_H2_OVER_H1
             notes.append(f"{label} HTTP/2 / HTTP/1.1 req/s at {args.connections} connections: "
                          f"{h2['rps']:,.0f} / {h1['rps']:,.0f} = {h2['rps'] / h1['rps']:.3f}"
-                         f" (target >= {TARGET_H2_OVER_H1}: {'PASS' if ok else 'FAIL'})")
+                         f" (target >= {TARGET_H2_OVER_H1}: {'PASS' if ok else 'FAIL'}); "
+                         f"per CPU-second of its own: {per_cpu_s(h2):,.0f} / "
+                         f"{per_cpu_s(h1):,.0f} = {per_cpu_s(h2) / per_cpu_s(h1):.3f}")
         if g and results.get("grpc-direct"):
             gd = results["grpc-direct"]
             notes.append(f"{label} gRPC calls/s / direct: {g['rps']:,.0f} / {gd['rps']:,.0f} "
