@@ -540,3 +540,17 @@ def test_a_response_that_ends_short_of_its_length_is_refused():
             assert sink.calls == ["failed"] and sink.failure.check(UpstreamProtocolError)
         else:
             assert sink.calls == ["head", "done"] and sink.head.length == 10
+
+
+def test_a_stream_h2_will_not_open_yet_waits_rather_than_fails():
+    clock, conn, server = connection({SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    conn.max_streams = 2  # as if the count of open streams disagreed with h2's
+    a, a_sink = send(conn)
+    b, b_sink = send(conn)
+    assert b.stream_id is None and list(conn.waiting) == [b] and b_sink.calls == []
+    server.read()
+    server.respond(1, OK, b"hello")
+    assert b.stream_id == 3
+    server.read()
+    server.respond(3, OK, b"world")
+    assert b_sink.body == b"world"

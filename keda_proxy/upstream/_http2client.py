@@ -57,7 +57,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import H2Error
+from h2.exceptions import H2Error, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
@@ -600,8 +600,7 @@ class H2Stream:
     def _stream_ended(self) -> None:
         """The response is complete.  A request body still being sent is
         cut (RST_STREAM CANCEL): nobody reads it any more."""
-        if not self._ended:
-            self._reset(ErrorCodes.CANCEL)
+        self._reset(ErrorCodes.CANCEL)  # only if h2 sees it open still
         sink, self.sink = self.sink, None
         self._done = True
         self.more_expected = False
@@ -796,6 +795,11 @@ class H2ClientConnection(Protocol):
         try:
             sid = h2.get_next_available_stream_id()
             h2.send_headers(sid, stream._fields, end_stream=end)
+        except TooManyStreamsError:
+            # h2 counts a stream open that this connection let go of (one
+            # the upstream has not closed yet): wait for the next to end
+            self.waiting.appendleft(stream)
+            return
         except H2Error as e:
             self._flush()
             if h2.highest_outbound_stream_id >= (1 << 31) - 2:
