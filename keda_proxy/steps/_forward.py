@@ -18,7 +18,7 @@ from keda_proxy.steps._targets import switch_pod
 from keda_proxy.steps._tunnel import Tunnel
 from keda_proxy.upstream._dial import CONNECT_ERRORS
 from keda_proxy.upstream._http1client import UpstreamProtocolError
-from keda_proxy.upstream._schemes import http1_key
+from keda_proxy.upstream._schemes import HTTP, http1_key
 from keda_proxy.wire._headers import COLD_START_KEY, request_head, upgrade_requested
 
 log = Logger()
@@ -114,10 +114,12 @@ class _Attempt:
             trace.peer = (target.host, target.port)
         pool = self.step.pool
         key = target.key
-        if context.request_head is None:
-            upstream_request_head(context)  # it says whether an upgrade is asked for
-        if context.upgrade is not None:
-            key = http1_key(key)  # WebSockets stay on HTTP/1.1
+        if target.scheme != HTTP and b"Connection" in self.downstream.headers:
+            # an upgrade (a WebSocket) stays on HTTP/1.1
+            if context.request_head is None:
+                upstream_request_head(context)  # it tells whether one is asked for
+            if context.upgrade is not None:
+                key = http1_key(key)
         has_body = self.downstream.body.length != 0
         if target.service is not None:
             budget = 0.0  # a pod: one attempt, then the next pod
