@@ -735,11 +735,12 @@ def main(argv=None) -> int:
                     continue
                 runs.setdefault(key, []).append(r)
                 kind, _, which = key.partition("-")
-                if which in bench.keda and kind != "h1" and rep == args.repeat - 1:
+                if which in bench.keda and rep == args.repeat - 1:
                     k = bench.keda[which]
                     if k["popen"].poll() is None:
-                        bench.memory.append((k["label"], "after its HTTP/2 rows" if kind == "h2"
-                                             else "after its gRPC rows", bl.rss_kb(k["pid"])))
+                        what = {"h2": "HTTP/2", "h1": "HTTP/1.1", "grpc": "gRPC"}[kind]
+                        bench.memory.append((k["label"], f"after its {what} rows",
+                                             bl.rss_kb(k["pid"])))
         nginx_rss = [bl.rss_kb(p) for p in bench.nginx_pids]
         bench.memory.append(("nginx-proxy (master + worker)", "after all rows",
                              {k: sum(r[k] for r in nginx_rss) for k in ("VmRSS", "VmHWM")}))
