@@ -186,12 +186,25 @@ class IServiceResolver(Interface):
 
 class IUpstreamExchange(IBodyConsumer):
     """The upstream's side of one exchange: a request sent on a pooled
-    connection (HTTP/1.1: the connection itself, one request at a time),
-    its response delivered to an L{IResponseSink}."""
+    connection (HTTP/1.1: the connection itself, one request at a time;
+    HTTP/2: one stream of a connection), its response delivered to an
+    L{IResponseSink}."""
 
-    transport = Attribute("The producer of the response body, registered "
-                          "with the L{IDownstreamExchange} for flow control.")
+    transport = Attribute(
+        "The producer of the response body, registered with the "
+        "L{IDownstreamExchange} for flow control; the request body registers "
+        "with it in turn (C{registerProducer}), to be paused while the "
+        "upstream cannot take more.")
     more_expected = Attribute("True while more of the response is to come.")
+    owner = Attribute("The L{IConnectionOwner} (the pool), or None; "
+                      "C{owner.connection_reusable(self)} gives back an "
+                      "exchange no request used.")
+    uses = Attribute("Requests the connection has carried, this one included: "
+                     "a failure on a reused connection may be a stale one.")
+    answered = Attribute("Whether any of the response arrived.")
+    usable = Attribute("Whether a new request may be sent on it.")
+    idle_since = Attribute("When the connection last went idle (the clock's "
+                           "seconds).")
 
     def send(method, head, sink, chunked_body, has_body, upgrade):
         """Send a request head (bytes, HTTP/1.1 syntax); its body, if any,

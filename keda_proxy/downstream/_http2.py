@@ -33,7 +33,7 @@ import re
 from typing import Dict, Optional
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -60,6 +60,7 @@ from zope.interface import implementer
 
 from keda_proxy.downstream._body import NO_BODY, RequestBody
 from keda_proxy.interfaces import IDownstreamExchange
+from keda_proxy.wire._h2state import graceful
 from keda_proxy.wire._headers import NOT_TRAILERS, InvalidHeaderName, canonical_name
 from keda_proxy.wire._memo import remember
 from keda_proxy.wire._status import status_text
@@ -246,20 +247,22 @@ class FrameBudget:
 
 
 class _ServerH2(H2Connection):
-    """h2's connection, with two changes to its per-frame step
-    (C{_receive_frame}; h2 is pinned, see requirements-pins.txt):
-
-     - a HEADERS or DATA frame on a stream already reset is answered with
-       RST_STREAM by h2, and gives no event: a flood of them would spend no
-       budget, and the answers would pile up for a client that does not
-       read.  Each comes out as an L{AnsweredFrame}, which spends the
-       control budget; a DATA frame carrying bytes does not, as a client
-       may have had a window's worth in flight when the stream was reset;
-     - a client's GOAWAY(NO_ERROR) leaves the connection open: h2 would
-       take and send nothing more (python-hyper/h2#1181), but the streams
-       the client opened may still finish (RFC 9113 §6.8; Go's
-       C{ClientConn.Shutdown} waits for them).
+    """h2's connection, with the graceful GOAWAY of
+    L{keda_proxy.wire._h2state} (a client's GOAWAY lets the streams it
+    opened finish, as Go's C{ClientConn.Shutdown} waits for them), and one
+    change to its per-frame step (C{_receive_frame}, pinned by
+    tests/test_h2_private_names.py): a HEADERS or DATA frame on a stream
+    already reset is answered with RST_STREAM by h2, and gives no event,
+    so a flood of them would spend no budget and the answers would pile
+    up for a client that does not read.  Each comes out as an
+    L{AnsweredFrame}, which spends the control budget; a DATA frame
+    carrying bytes does not, as a client may have had a window's worth in
+    flight when the stream was reset.
     """
+
+    def __init__(self, config):
+        super().__init__(config)
+        graceful(self)
 
     def _receive_frame(self, frame):
         events = super()._receive_frame(frame)
@@ -267,8 +270,6 @@ class _ServerH2(H2Connection):
         if not events and (kind is HeadersFrame or (
                 kind is DataFrame and not frame.flow_controlled_length)):
             return [AnsweredFrame(frame.stream_id)]
-        if kind is GoAwayFrame and frame.error_code == ErrorCodes.NO_ERROR:
-            self.state_machine.state = ConnectionState.SERVER_OPEN
         return events
 
 

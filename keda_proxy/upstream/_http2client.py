@@ -26,7 +26,7 @@ Flow control, per stream, both ways:
    L{HIGH_WATER} waits or while the connection's transport is full.
 
 A GOAWAY lets the streams it covers finish (RFC 9113 §6.8; h2 would end
-the connection there, see L{_GracefulStateMachine}), fails the others as
+the connection there, see L{keda_proxy.wire._h2state}), fails the others as
 never answered, and the pool gives the connection no new stream; a stream
 the upstream refuses (C{REFUSED_STREAM}) fails the same way, so a request
 that may be replayed is sent again on another connection.
@@ -40,10 +40,7 @@ from typing import Optional
 
 from h2.config import H2Configuration
 from h2.connection import (
-    ConnectionInputs,
-    ConnectionState,
     H2Connection,
-    H2ConnectionStateMachine,
 )
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -76,6 +73,7 @@ from keda_proxy.upstream._http1client import (
     _trailer_names,
 )
 from keda_proxy.wire._framing import content_length
+from keda_proxy.wire._h2state import graceful
 from keda_proxy.wire._headers import HOP_BY_HOP, NOT_TRAILERS, InvalidHeaderName, canonical_name
 from keda_proxy.wire._status import status_text
 
@@ -122,22 +120,6 @@ def _code_name(code) -> str:
         return ErrorCodes(code).name
     except ValueError:
         return str(int(code))
-
-
-class _GracefulStateMachine(H2ConnectionStateMachine):
-    """h2's connection state machine, except that receiving a GOAWAY
-    leaves the connection open.
-
-    h2 closes the connection on a GOAWAY and then refuses every frame that
-    follows (python-hyper/h2#1181), where RFC 9113 §6.8 lets the streams
-    the GOAWAY covers complete.  No new stream is opened on the
-    connection after one: L{H2ClientConnection} sees to it."""
-
-    _transitions = dict(H2ConnectionStateMachine._transitions)
-    _transitions[(ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY)] = \
-        (None, ConnectionState.CLIENT_OPEN)
-    _transitions[(ConnectionState.IDLE, ConnectionInputs.RECV_GOAWAY)] = \
-        (None, ConnectionState.IDLE)
 
 
 def request_fields(head: bytes, scheme: bytes, authority: bytes) -> list:
@@ -653,7 +635,7 @@ class H2ClientConnection(Protocol):
         self.authority = authority
         config = H2Configuration(client_side=True, header_encoding=None)
         self.h2 = h2 = H2Connection(config)
-        h2.state_machine = _GracefulStateMachine()
+        graceful(h2)
         h2.local_settings = Settings(client=True, initial_values={
             SettingCodes.ENABLE_PUSH: 0,
             SettingCodes.MAX_CONCURRENT_STREAMS: ASSUMED_MAX_STREAMS,
