@@ -478,7 +478,7 @@ class Bench:
                                     a.server_cpu)
         self.nginx_pids = [self.nginx["master"], *self.nginx["workers"]]
 
-        # row key -> (kind, client, url, authority, server pids, backend)
+        # row key -> kind (http2, http1, grpc), url, authority, server pids, backend
         self.rows = {}
         http = "http://127.0.0.1:{}/"
         self._row("h2-direct", "backend direct (nginx, h2c)", "http2", http.format(be_h2),
