@@ -554,3 +554,41 @@ def test_a_stream_h2_will_not_open_yet_waits_rather_than_fails():
     server.read()
     server.respond(3, OK, b"world")
     assert b_sink.body == b"world"
+
+
+# -- memory --------------------------------------------------------------------------
+
+
+def test_streams_and_a_closed_connection_leave_nothing_for_the_collector():
+    """Reference counting alone frees finished streams and a closed
+    connection: the interceptor runs full collections rarely."""
+    import gc
+
+    from keda_proxy.wire._h2state import release
+
+    clock, conn, server = connection()
+    stream, sink = send(conn)
+    server.read()
+    server.respond(stream.stream_id, [(b":status", b"200")], b"hello")
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(10):
+            stream, sink = send(conn)
+            server.read()
+            server.respond(stream.stream_id, [(b":status", b"200")], b"hello",
+                           trailers=[(b"grpc-status", b"0")])
+            assert sink.done and sink.trailers
+        del stream, sink
+        assert gc.collect() == 0
+        conn.connectionLost(Failure(ConnectionDone()))
+        # what the test's fakes keep, which the pool and a real transport
+        # drop: the lost connection, and the transport's producer
+        conn.owner.lost.clear()
+        conn.owner.idle.clear()
+        conn.transport.unregisterProducer()
+        release(server.h2)  # the test's own server, an h2 connection too
+        del conn, server
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

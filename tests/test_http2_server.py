@@ -936,3 +936,55 @@ def test_an_abusive_connection_is_closed_and_another_to_the_same_listener_served
         yield good.lost
     finally:
         yield port.stopListening()
+
+
+# -- memory: nothing for the collector ------------------------------------------
+
+
+def test_streams_and_a_closed_connection_leave_nothing_for_the_collector():
+    """Reference counting alone frees what a stream and a closed HTTP/2
+    connection held: the interceptor runs full collections rarely, so a
+    cycle per connection (h2's own, or the body's callbacks) would stay in
+    memory with everything it reached."""
+    import gc
+
+    from keda_proxy.wire._h2state import release
+    from tests.builders import endpoint_slice, load, route, service
+    from tests.proxyfakes import OK_5, Harness
+
+    h = Harness()
+    load(h.store, routes=[route(hosts=["example.com"])], services=[service()],
+         slices=[endpoint_slice()])
+
+    def exchange(client, headers, body=None):
+        stream_id = client.send(headers, end_stream=body is None)
+        if body is not None:
+            client.h2.send_data(stream_id, body, end_stream=True)
+            client.flush()
+        up = h.upstream() if len(h.dials) > len(ups) else ups[-1]
+        if up not in ups:
+            ups.append(up)
+        up.transport.clear()
+        up.respond(OK_5)
+        events = client.flush()
+        assert of(events, StreamEnded, stream_id)
+
+    ups = []
+    proto, transport = h.connect()
+    client = Client(h.clock, proto, transport)
+    client.flush()
+    exchange(client, GET)  # the pool, caches and memo tables exist now
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(10):
+            exchange(client, GET)
+            exchange(client, POST + [(b"content-length", b"3")], b"abc")
+        assert gc.collect() == 0
+        proto.connectionLost(Failure(ConnectionDone()))
+        release(client.h2)  # the test's own client, an h2 connection too
+        h.exchange = None  # the harness keeps the last one
+        del proto, transport, client
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -30,6 +30,7 @@ are not affected.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Dict, Optional
 
 from h2.config import H2Configuration
@@ -60,7 +61,7 @@ from zope.interface import implementer
 
 from keda_proxy.downstream._body import NO_BODY, RequestBody
 from keda_proxy.interfaces import IDownstreamExchange
-from keda_proxy.wire._h2state import graceful
+from keda_proxy.wire._h2state import graceful, release
 from keda_proxy.wire._headers import NOT_TRAILERS, InvalidHeaderName, canonical_name
 from keda_proxy.wire._memo import remember
 from keda_proxy.wire._status import status_text
@@ -334,14 +335,17 @@ class HTTP2Exchange:
             self.body = NO_BODY
             self._request_done = True
         else:
-            self.body = RequestBody(length, self._pause_reading, self._resume_reading)
+            # the body's callbacks go through the connection: bound to this
+            # exchange, they would make a cycle of every request with a body
+            self.body = RequestBody(length, partial(connection.pause_stream, stream_id),
+                                    partial(connection.resume_stream, stream_id))
 
     # -- the request body ----------------------------------------------------
 
-    def _pause_reading(self) -> None:
+    def pause_reading(self) -> None:
         self._reading_paused = True
 
-    def _resume_reading(self) -> None:
+    def resume_reading(self) -> None:
         self._reading_paused = False
         unacked, self._unacked = self._unacked, 0
         if unacked and not self._over:
@@ -833,6 +837,17 @@ class HTTP2ServerConnection:
             return
         self._flush_soon()
 
+    def pause_stream(self, stream_id: int) -> None:
+        """A stream's body is paused: see L{HTTP2Exchange.pause_reading}."""
+        exchange = self.streams.get(stream_id)
+        if exchange is not None:
+            exchange.pause_reading()
+
+    def resume_stream(self, stream_id: int) -> None:
+        exchange = self.streams.get(stream_id)
+        if exchange is not None:
+            exchange.resume_reading()
+
     def acknowledge(self, stream_id: int, length: int) -> None:
         if self._closed:
             return
@@ -941,6 +956,10 @@ class HTTP2ServerConnection:
         for exchange in list(self.streams.values()):
             exchange.end(reason if reason is not None else Failure(ConnectionDone()))
         self.streams.clear()
+        self._dirty.clear()
+        release(self._h2)
+        # the transport may keep its producer (this) after its end: no cycle
+        self.transport = None
 
     # -- IPushProducer: the client's TCP connection backs up, or drains -------------
 

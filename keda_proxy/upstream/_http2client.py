@@ -73,7 +73,7 @@ from keda_proxy.upstream._http1client import (
     _trailer_names,
 )
 from keda_proxy.wire._framing import content_length
-from keda_proxy.wire._h2state import graceful
+from keda_proxy.wire._h2state import graceful, release
 from keda_proxy.wire._headers import HOP_BY_HOP, NOT_TRAILERS, InvalidHeaderName, canonical_name
 from keda_proxy.wire._status import status_text
 
@@ -726,6 +726,7 @@ class H2ClientConnection(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.closed = True
+        release(self.h2)
         reason = reason or Failure(ConnectionDone())
         for stream in list(self.streams.values()) + list(self.waiting):
             stream._fail_stream(reason)
