@@ -988,3 +988,16 @@ def test_streams_and_a_closed_connection_leave_nothing_for_the_collector():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_what_h2_remembers_of_closed_streams_is_bounded():
+    """A long-lived connection (a gRPC channel) serves stream after stream:
+    h2 remembers how each closed (about 74 bytes each), up to a bound the
+    server lowers from h2's 65,536 to 4,096."""
+    server = Server(ok)
+    client = server.connect()
+    for _ in range(5000):
+        client.send(GET)
+    h2conn = client.connection._h2
+    assert 4000 <= len(h2conn._closed_streams) <= 4096
+    assert len(h2conn.streams) < 10

@@ -261,6 +261,12 @@ class _ServerH2(H2Connection):
     flight when the stream was reset.
     """
 
+    #: How many closed streams h2 remembers (how each was closed, to answer
+    #: a late frame on one): h2's default, 65,536, is about 4.7 MB for a
+    #: long-lived busy connection; 4,096 is about 300 KB, and covers the
+    #: 250 streams a client may have open many times over.
+    MAX_CLOSED_STREAMS = 4096
+
     def __init__(self, config):
         super().__init__(config)
         graceful(self)
