@@ -169,8 +169,9 @@ def _field_name(name: bytes) -> bytes:
 
 def request_fields(fields):
     """A request's decoded HEADERS, checked as RFC 9113 §8.2-8.3 asks (the
-    C{h2} library's own checks are off: they cost a third of a request,
-    and treat a malformed request as a connection error).
+    C{h2} library's own checks are off: they took 11 of the 43 us h2
+    spent taking in a request, and treat a malformed request as a
+    connection error).
 
     @return: C{(method, path, authority, headers, cookies)}: C{headers}
         maps canonical names to their values, as HTTP/1.1 requests do.
