@@ -25,13 +25,13 @@ from typing import Optional
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 from zope.interface import implementer
 
 from keda_proxy._tls import ALPN_H2
 from keda_proxy.downstream._body import BODY_HIGH_WATER, NO_BODY, RequestBody
+from keda_proxy.downstream._handler import run_handler
 from keda_proxy.downstream._head import (
     MAX_HEAD_SIZE,
     HeadError,
@@ -52,7 +52,6 @@ __all__ = [
     "RequestBody", "listen_backlog", "parse_request_line",
 ]
 
-log = Logger()
 
 #: Time allowed to send a complete request head (checked as bytes arrive;
 #: a client that goes silent meets the idle timeout instead).
@@ -560,15 +559,7 @@ class HTTP1ServerProtocol(Protocol):
         exchange = self._exchange = HTTP1Exchange(
             self, method, target, version, headers, body, keep_alive, close_asked)
         self._pending = rest + self._pending
-        try:
-            self._handler(exchange)
-        except Exception:
-            log.failure("the request handler failed")
-            if exchange.response_started:
-                exchange.abort()
-            else:
-                exchange.answer(500, [(b"Content-Type", b"text/plain; charset=utf-8")],
-                                b"Internal Server Error\n")
+        run_handler(self._handler, exchange)
         if length != 0 and version == b"HTTP/1.1" and exchange.code is None \
                 and not exchange.finished and self._state == _BODY:
             expect = headers.get(b"Expect")

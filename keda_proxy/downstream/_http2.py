@@ -60,6 +60,7 @@ from twisted.web.http import datetimeToString
 from zope.interface import implementer
 
 from keda_proxy.downstream._body import NO_BODY, RequestBody
+from keda_proxy.downstream._handler import run_handler
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._h2state import graceful, release
 from keda_proxy.wire._headers import NOT_TRAILERS, InvalidHeaderName, canonical_name
@@ -726,15 +727,7 @@ class HTTP2ServerConnection:
             exchange.answer(code, [(b"content-type", b"text/plain; charset=utf-8")],
                             status_text(code) + b"\n")
             return
-        try:
-            self._handler(exchange)
-        except Exception:
-            log.failure("the request handler failed")
-            if exchange.response_started:
-                exchange.abort()
-            else:
-                exchange.answer(500, [(b"content-type", b"text/plain; charset=utf-8")],
-                                b"Internal Server Error\n")
+        run_handler(self._handler, exchange)
 
     def data_frame(self, event: DataReceived) -> None:
         if not event.data and event.stream_ended is None and not self._control.spend():

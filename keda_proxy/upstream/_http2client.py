@@ -74,7 +74,14 @@ from keda_proxy.upstream._http1client import (
 )
 from keda_proxy.wire._framing import content_length
 from keda_proxy.wire._h2state import graceful, release
-from keda_proxy.wire._headers import HOP_BY_HOP, NOT_TRAILERS, InvalidHeaderName, canonical_name
+from keda_proxy.wire._headers import (
+    HOP_BY_HOP,
+    NOT_TRAILERS,
+    BadTrailer,
+    InvalidHeaderName,
+    canonical_name,
+    trailer_pairs,
+)
 from keda_proxy.wire._status import status_text
 
 #: The window of each stream's response: enough for an 8 MiB gRPC message
@@ -223,21 +230,12 @@ def response_head(headers, head_only: bool = False, ended: bool = False) -> Resp
 def trailer_fields(headers) -> Optional[list]:
     """A response's trailing HEADERS as C{(canonical name, value)} pairs,
     or None when none is left: the rules of chunked trailers
-    (L{keda_proxy.wire._headers.trailer_fields}), fields that must not be
-    trailers dropped, values with CR, LF or NUL refused."""
-    fields = []
-    for name, value in headers:
-        if name[:1] == b":":
-            continue
-        if _BAD_VALUE.search(value) is not None:
-            raise UpstreamProtocolError(f"CR, LF or NUL in the trailer {name[:80]!r}")
-        try:
-            key = canonical_name(name)
-        except InvalidHeaderName:
-            raise UpstreamProtocolError(f"bad trailer name {name[:80]!r}") from None
-        if key not in NOT_TRAILERS:
-            fields.append((key, value))
-    return fields or None
+    (L{keda_proxy.wire._headers.trailer_pairs}); pseudo-fields are left
+    out, and a bad field refuses the response."""
+    try:
+        return trailer_pairs([field for field in headers if field[0][:1] != b":"])
+    except BadTrailer as e:
+        raise UpstreamProtocolError(str(e)) from None
 
 
 def _request_trailers(trailers) -> list:

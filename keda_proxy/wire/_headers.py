@@ -193,24 +193,34 @@ class BadTrailer(ValueError):
 def trailer_fields(lines) -> Optional[list]:
     """Chunked trailer lines (as L{keda_proxy.wire._framing.ChunkedDecoder}
     keeps them) as C{(canonical name, value)} pairs, or None when none is
-    left.
-
-    The head's rules: a line with a bare CR or LF, a NUL, no colon, or a
-    name that is not a token raises L{BadTrailer}, and the message it ends
-    is refused, as Go's reader refuses it.  Well-formed fields that must
-    not be trailers (L{NOT_TRAILERS}) are dropped.
-    """
-    fields = []
+    left (L{trailer_pairs}); a line without a colon is a L{BadTrailer}
+    too."""
+    pairs = []
     for line in lines:
-        if 0 in line or 10 in line or 13 in line:
-            raise BadTrailer("bare CR, LF or NUL in a trailer")
         name, colon, value = line.partition(b":")
         if not colon:
             raise BadTrailer(f"bad trailer line {line[:80]!r}")
+        pairs.append((name, value.strip(b" \t")))
+    return trailer_pairs(pairs)
+
+
+def trailer_pairs(pairs) -> Optional[list]:
+    """Trailer fields, as C{(name, value)} byte pairs from any protocol, as
+    C{(canonical name, value)} pairs, or None when none is left.
+
+    The head's rules: a CR, LF or NUL, or a name that is not a token,
+    raises L{BadTrailer}, and the message it ends is refused, as Go's
+    reader refuses it.  Well-formed fields that must not be trailers
+    (L{NOT_TRAILERS}) are dropped.
+    """
+    fields = []
+    for name, value in pairs:
+        if 0 in value or 10 in value or 13 in value or 0 in name:
+            raise BadTrailer(f"CR, LF or NUL in the trailer {name[:80]!r}")
         try:
             key = canonical_name(name)
         except InvalidHeaderName:
             raise BadTrailer(f"bad trailer name {name[:80]!r}") from None
         if key not in NOT_TRAILERS:
-            fields.append((key, value.strip(b" \t")))
+            fields.append((key, value))
     return fields or None
