@@ -125,10 +125,7 @@ def parse_args(argv=None):
         args.interceptor = list(dict.fromkeys(src for src, _ in args.rows))
     else:
         args.rows = [(src, r) for src in args.interceptor for r in args.reactor]
-    ncpu = os.cpu_count() or 1
-    for name in ("server_cpu", "load_cpu"):
-        if getattr(args, name) >= ncpu:
-            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: only {ncpu} cores")
+    bl.check_cores(ap, args)
     return args
 
 

@@ -67,7 +67,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -154,10 +153,7 @@ def parse_args(argv=None):
     args.env = args.env or [""]
     if args.backend_cpu is None:
         args.backend_cpu = args.load_cpu
-    ncpu = os.cpu_count() or 1
-    for name in ("server_cpu", "load_cpu", "backend_cpu"):
-        if getattr(args, name) >= ncpu:
-            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: only {ncpu} cores")
+    bl.check_cores(ap, args, ("server_cpu", "load_cpu", "backend_cpu"))
     return args
 
 
@@ -251,56 +247,9 @@ def grpc_manifest(dir: Path, grpc_port: int) -> None:
     """One more route next to L{bl.write_manifests}' ones: C{grpc.bench.local}
     to Service C{grpc-echo}, whose port says C{appProtocol: kubernetes.io/h2c}."""
     dir.mkdir(parents=True, exist_ok=True)
-    (dir / "grpc.yaml").write_text(f"""\
-apiVersion: v1
-kind: Service
-metadata:
-  name: grpc-echo
-  namespace: bench
-spec:
-  clusterIP: 127.0.0.1
-  ports:
-    - name: grpc
-      port: {grpc_port}
-      targetPort: {grpc_port}
-      protocol: TCP
-      appProtocol: kubernetes.io/h2c
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: grpc-echo
-  namespace: bench
-  labels:
-    kubernetes.io/service-name: grpc-echo
-addressType: IPv4
-endpoints:
-  - addresses: ["127.0.0.1"]
-    conditions:
-      ready: true
-ports:
-  - name: grpc
-    port: {grpc_port}
-    protocol: TCP
-    appProtocol: kubernetes.io/h2c
----
-apiVersion: http.keda.sh/v1beta1
-kind: InterceptorRoute
-metadata:
-  name: grpc
-  namespace: bench
-spec:
-  target:
-    service: grpc-echo
-    portName: grpc
-  rules:
-    - hosts: ["{GRPC_HOST}"]
-      paths:
-        - value: /
-  scalingMetric:
-    concurrency:
-      targetValue: 100
-""")
+    (dir / "grpc.yaml").write_text(bl.route_manifest("grpc-echo", GRPC_HOST, grpc_port,
+                                                     route="grpc", port_name="grpc",
+                                                     app_protocol=bl.H2C))
 
 
 def pin_threads(pid: int, cpu: int) -> None:
@@ -340,20 +289,10 @@ def run_h2load(tools, url, conns, streams, duration, cpu, authority, log_file=No
     if log_file is not None:
         argv.append(f"--log-file={log_file}")
     argv.append(url)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=duration + 30)
-    except BaseException:
-        bl._signal_group(p.pid, 9)
-        p.wait()
-        raise
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    text = out.decode(errors="replace")
+    rc, text, cpu_s = bl.run_client(argv, duration + 30)
     totals, rate = _H2LOAD_TOTALS.search(text), _H2LOAD_RATE.search(text)
-    if p.returncode != 0 or not totals or not rate:
-        raise RuntimeError(f"h2load failed ({p.returncode}): {' '.join(argv)}\n{text}")
+    if rc != 0 or not totals or not rate:
+        raise RuntimeError(f"h2load failed ({rc}): {' '.join(argv)}\n{text}")
     total, started, done, ok, failed, errored, timeout = map(int, totals.groups())
     status = _H2LOAD_STATUS.search(text)
     s2, s3, s4, s5 = map(int, status.groups()) if status else (0, 0, 0, 0)
@@ -364,8 +303,7 @@ def run_h2load(tools, url, conns, streams, duration, cpu, authority, log_file=No
         "failed": failed, "errored": errored, "timeout": timeout, "non2xx": s3 + s4 + s5,
         "data_bytes": int(data_m.group(1)) if data_m else None,
         "proto": proto.group(1) if proto else "?",
-        "client_cpu": 100.0 * ((after.ru_utime + after.ru_stime)
-                               - (before.ru_utime + before.ru_stime)) / max(secs, 1e-9),
+        "client_cpu": 100.0 * cpu_s / max(secs, 1e-9),
         "text": text,
     }
     r["errors"] = failed + errored + timeout + r["non2xx"]
@@ -683,13 +621,6 @@ def table(results, labels, keys, ref_of, ref_name):
 
 
 def environment(tools):
-    def first_line(argv):
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            return (p.stdout + p.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            return "?"
-
     import grpc
 
     try:
@@ -698,7 +629,7 @@ def environment(tools):
     except ImportError:
         h2_version = "not installed"
     lines = bp.environment(tools)
-    lines.append(f"{first_line([tools['h2load'], '--version'])}; grpcio {grpc.__version__}; "
+    lines.append(f"{bl.first_line([tools['h2load'], '--version'])}; grpcio {grpc.__version__}; "
                  f"h2 {h2_version}")
     return lines
 
@@ -771,18 +702,9 @@ def wait_quiet(deadline, probe=1.0):
 def cprofile(bench, out_path: Path, top=25):
     """One more interceptor, as the first row set's, under cProfile; loaded
     like the HTTP/2 row (h2c -> HTTP/1.1)."""
-    import pstats
-    import signal
-
     a, base = bench.args, bench.keda["keda"]
-    if out_path.exists():
-        out_path.unlink()
-    bl.log(f"starting a cProfile'd keda-interceptor (stats to {out_path})")
-    k = bl.start_interceptor(bench.td.procs, bench.td.dir, bench.backend_h1_port,
-                             a.server_cpu, routes=a.routes, src=base["src"],
-                             name="keda-interceptor-cprofile", extra_env=base["env"],
-                             twistd_opts=[*base["opts"], "--profiler=cprofile", "--savestats",
-                                          f"--profile={out_path}"])
+    k = bl.start_cprofiled(bench.td, bench.backend_h1_port, a.server_cpu, out_path, a.routes,
+                           src=base["src"], twistd_opts=base["opts"], extra_env=base["env"])
     bl.pin(bench.backend_pids, a.backend_cpu)
     pin_threads(bench.grpc.pid, a.backend_cpu)
     port = k["proxy_port"]
@@ -801,46 +723,7 @@ def cprofile(bench, out_path: Path, top=25):
     what, url, conns, streams, authority, extra = load
     r = run_h2load(bench.tools, url, conns, streams, a.duration, a.load_cpu, authority,
                    **extra)
-    k["popen"].send_signal(signal.SIGTERM)
-    try:
-        k["popen"].wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        bl.log("the cProfile'd interceptor did not stop; no stats")
-        return
-    if not out_path.exists():
-        bl.log("twistd wrote no profile")
-        return
-    st = pstats.Stats(str(out_path))
-    requests = r["requests"] + 1
-    rows = st.stats  # {(file, line, fn): (cc, nc, tt, ct, callers)}
-    polls = {key for key in rows if key[2] == "<method 'poll' of 'select.epoll' objects>"}
-    busy = max(1e-9, st.total_tt - sum(rows[key][2] for key in polls))
-    print(f"\n## cProfile of keda-interceptor, {what}, {a.duration}s "
-          f"({r['rps']:,.0f} req/s under the profiler; stats in {out_path})")
-    print(f"\n{st.total_calls:,} function calls for {requests:,} requests: "
-          f"{st.total_calls / requests:,.0f} calls per request; {busy:.2f} s busy")
-
-    def name(key):
-        file, line, fn = key
-        if "/keda_proxy/" in file:
-            file = "keda_proxy/" + file.split("/keda_proxy/", 1)[1]
-        elif "site-packages/" in file:
-            file = file.split("site-packages/", 1)[1]
-        return f"{fn} ({file}:{line})" if line else fn
-
-    print(f"\nTop {top} by own time, % of busy time, calls per request:")
-    by_tt = sorted(rows.items(), key=lambda kv: -kv[1][2])
-    for key, (_cc, nc, tt, _ct, _) in [kv for kv in by_tt if kv[0] not in polls][:top]:
-        print(f"  {100 * tt / busy:5.1f}%  {nc / requests:5.1f}/req  {name(key)}")
-    print(f"\nTop {top} by cumulative time, under the reactor's dispatch:")
-    shown = 0
-    for key, (_cc, nc, _tt, ct, _) in sorted(rows.items(), key=lambda kv: -kv[1][3]):
-        if ct >= busy * 0.9 or key in polls:
-            continue
-        print(f"  {100 * ct / busy:5.1f}%  {nc / requests:5.1f}/req  {name(key)}")
-        shown += 1
-        if shown >= top:
-            break
+    bl.report_cprofile(k, out_path, r["requests"], r["rps"], f"{what}, {a.duration}s", top)
 
 
 def failures(args, bench, results):

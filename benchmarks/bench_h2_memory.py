@@ -76,7 +76,6 @@ import benchlib as bl  # noqa: E402
 HERE = Path(__file__).resolve().parent
 H2C_HOST = "h2c.bench.local"
 GRPC_HOST = "grpc.bench.local"
-H2C = "kubernetes.io/h2c"
 #: growth of the interceptor's RSS allowed per scenario, MB (MiB)
 BOUND_MB = 50
 GRPC_SERVICE = "bench.Big"
@@ -178,58 +177,9 @@ def backend_conf(dir: Path, docroot: Path, h1_port: int, h2_port: int) -> Path:
 
 
 def h2c_route(name: str, host: str, port: int) -> str:
-    """A Service (port appProtocol h2c, clusterIP 127.0.0.1), its ready
-    EndpointSlice and an InterceptorRoute for C{host}, namespace bench."""
-    return f"""\
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: bench
-spec:
-  clusterIP: 127.0.0.1
-  ports:
-    - name: h2c
-      port: {port}
-      targetPort: {port}
-      protocol: TCP
-      appProtocol: {H2C}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}
-  namespace: bench
-  labels:
-    kubernetes.io/service-name: {name}
-addressType: IPv4
-endpoints:
-  - addresses: ["127.0.0.1"]
-    conditions:
-      ready: true
-ports:
-  - name: h2c
-    port: {port}
-    protocol: TCP
-    appProtocol: {H2C}
----
-apiVersion: http.keda.sh/v1beta1
-kind: InterceptorRoute
-metadata:
-  name: {name}
-  namespace: bench
-spec:
-  target:
-    service: {name}
-    portName: h2c
-  rules:
-    - hosts: ["{host}"]
-      paths:
-        - value: /
-  scalingMetric:
-    concurrency:
-      targetValue: 100
-"""
+    """A Service (port C{h2c}, appProtocol h2c), its ready EndpointSlice and
+    an InterceptorRoute for C{host}, namespace bench."""
+    return bl.route_manifest(name, host, port, port_name="h2c", app_protocol=bl.H2C)
 
 
 # -- RSS sampling ---------------------------------------------------------------------------
@@ -326,10 +276,7 @@ def parse_args(argv=None):
     bad = set(args.scenarios) - {"download-h1", "download-h2c", "grpc-seq", "grpc-conc"}
     if bad:
         ap.error(f"unknown scenario(s): {', '.join(sorted(bad))}")
-    ncpu = os.cpu_count() or 1
-    for name in ("server_cpu", "load_cpu"):
-        if getattr(args, name) >= ncpu:
-            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: only {ncpu} cores")
+    bl.check_cores(ap, args)
     return args
 
 

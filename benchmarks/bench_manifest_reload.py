@@ -169,9 +169,7 @@ def parse_args(argv):
     ncpu = os.cpu_count() or 1
     if args.load_cpu is None:
         args.load_cpu = 1 if ncpu > 1 else 0
-    for name in ("server_cpu", "load_cpu"):
-        if getattr(args, name) >= ncpu:
-            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: only {ncpu} cores")
+    bl.check_cores(ap, args)
     return args
 
 

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -131,10 +130,7 @@ def parse_args(argv=None):
     args.env = args.env or [""]
     if args.backend_cpu is None:
         args.backend_cpu = args.load_cpu
-    ncpu = os.cpu_count() or 1
-    for name in ("server_cpu", "load_cpu", "backend_cpu"):
-        if getattr(args, name) >= ncpu:
-            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: only {ncpu} cores")
+    bl.check_cores(ap, args, ("server_cpu", "load_cpu", "backend_cpu"))
     return args
 
 
@@ -146,27 +142,14 @@ def run_wrk(tools, url, conns, duration, cpu, script, meter=None):
     argv = ["taskset", "-c", str(cpu), tools["wrk"], "-t1", f"-c{conns}", f"-d{duration}s",
             "--latency", "--timeout", "2s", "-s", str(script),
             "-H", f"Host: {bl.BENCH_HOST}", url]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    if meter is not None:
-        meter.add("wrk", p.pid)
-    try:
-        out, _ = p.communicate(timeout=duration + 30)
-    except BaseException:
-        bl._signal_group(p.pid, 9)
-        p.wait()
-        raise
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    text = out.decode(errors="replace")
+    rc, text, cpu_s = bl.run_client(argv, duration + 30, meter, "wrk")
     m = re.search(r"^WRKJSON (\{.*\})$", text, re.M)
-    if p.returncode != 0 or not m:
-        raise RuntimeError(f"wrk failed ({p.returncode}):\n{text}")
+    if rc != 0 or not m:
+        raise RuntimeError(f"wrk failed ({rc}):\n{text}")
     r = json.loads(m.group(1))
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     r["socket_errors"] = r["connect"] + r["read"] + r["write"] + r["timeout"]
     r["errors"] = r["status"] + r["socket_errors"]
-    cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     r["wrk_cpu"] = 100.0 * cpu_s / (r["duration_us"] / 1e6)
     r["text"] = text
     return r
@@ -316,13 +299,6 @@ def table(results, targets):
 
 
 def environment(tools):
-    def out(argv):
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            return (p.stdout + p.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            return "?"
-
     model = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -336,8 +312,8 @@ def environment(tools):
     return [
         f"{os.cpu_count()} x {model}; Linux {platform.release()}",
         f"Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"Twisted {twisted.__version__}; {out([tools['nginx'], '-v'])}; "
-        f"{out([tools['wrk'], '-v'])}",
+        f"Twisted {twisted.__version__}; {bl.first_line([tools['nginx'], '-v'])}; "
+        f"{bl.first_line([tools['wrk'], '-v'])}",
     ]
 
 
@@ -382,66 +358,16 @@ def profile(bench, out_path: Path, conns, duration):
 
 def cprofile(bench, out_path: Path, conns, duration, top=25):
     """One more interceptor (same code as the first keda row) under cProfile."""
-    import pstats
-    import signal
-
     a = bench.args
-    src = bench.src.get("keda")
-    if out_path.exists():
-        out_path.unlink()
-    bl.log(f"starting a cProfile'd keda-interceptor (stats to {out_path})")
-    k = bl.start_interceptor(bench.td.procs, bench.td.dir, bench.backend_port, a.server_cpu,
-                             routes=a.routes, src=src, name="keda-interceptor-cprofile",
-                             twistd_opts=[*bench.reactor_opts.get("keda", []),
-                                          "--profiler=cprofile", "--savestats",
-                                          f"--profile={out_path}"])
+    k = bl.start_cprofiled(bench.td, bench.backend_port, a.server_cpu, out_path, a.routes,
+                           src=bench.src.get("keda"),
+                           twistd_opts=bench.reactor_opts.get("keda", []))
     bench.placement("keda")
     url = f"http://127.0.0.1:{k['proxy_port']}/"
     bl.check_body(url, bl.BENCH_HOST)
     r = run_wrk(bench.tools, url, conns, duration, a.load_cpu, bench.script)
-    k["popen"].send_signal(signal.SIGTERM)
-    try:
-        k["popen"].wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        bl.log("the cProfile'd interceptor did not stop; no stats")
-        return
-    if not out_path.exists():
-        bl.log("twistd wrote no profile")
-        return
-    st = pstats.Stats(str(out_path))
-    requests = r["requests"] + 1
-    rows = st.stats  # {(file, line, fn): (cc, nc, tt, ct, callers)}
-    polls = {key for key in rows if key[2] == "<method 'poll' of 'select.epoll' objects>"}
-    poll = sum(rows[key][2] for key in polls)
-    busy = max(1e-9, st.total_tt - poll)
-    print(f"\n## cProfile of keda-interceptor, {conns} conns, {duration}s "
-          f"({r['rps']:,.0f} req/s under the profiler; stats in {out_path})")
-    print(f"\n{st.total_calls:,} function calls for {requests:,} requests: "
-          f"{st.total_calls / requests:,.0f} calls per request; "
-          f"{busy:.2f} s busy + {poll:.2f} s in epoll.poll (incl. idle before/after load)")
-
-    def name(key):
-        file, line, fn = key
-        if "/keda_proxy/" in file:
-            file = "keda_proxy/" + file.split("/keda_proxy/", 1)[1]
-        elif "site-packages/" in file:
-            file = file.split("site-packages/", 1)[1]
-        return f"{fn} ({file}:{line})" if line else fn
-
-    print(f"\nTop {top} by own time (tottime), % of busy time, calls per request:")
-    by_tt = sorted(rows.items(), key=lambda kv: -kv[1][2])
-    for key, (_cc, nc, tt, _ct, _) in [kv for kv in by_tt if kv[0] not in polls][:top]:
-        print(f"  {100 * tt / busy:5.1f}%  {nc / requests:5.1f}/req  {name(key)}")
-    print(f"\nTop {top} by cumulative time, under the reactor's dispatch:")
-    by_ct = sorted(rows.items(), key=lambda kv: -kv[1][3])
-    shown = 0
-    for key, (_cc, nc, _tt, ct, _) in by_ct:
-        if ct >= busy * 0.9 or key in polls:
-            continue  # the reactor loop itself
-        print(f"  {100 * ct / busy:5.1f}%  {nc / requests:5.1f}/req  {name(key)}")
-        shown += 1
-        if shown >= top:
-            break
+    bl.report_cprofile(k, out_path, r["requests"], r["rps"], f"{conns} conns, {duration}s",
+                       top, poll_time=True, own="own time (tottime)")
 
 
 _FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")

@@ -1,7 +1,8 @@
 """
 Shared plumbing for the load benchmarks (``bench_proxy.py``,
-``bench_idle_conns.py``): tools, ports, nginx and interceptor processes,
-CPU accounting and teardown.
+``bench_h2.py``, ``bench_idle_conns.py``, ...): tools, ports, manifests,
+nginx, interceptor and load-client processes, CPU accounting, cProfile
+reports and teardown.
 
 Every process is started in its own session (process group) and pinned
 with ``taskset``; L{Processes.stop_all} ends each group with SIGTERM, then
@@ -32,6 +33,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = "hello from the nginx backend\n"
 #: The route the load targets (route 0 of the generated ones).
 BENCH_HOST = "bench.local"
+#: The Service port appProtocol for an HTTP/2 (prior knowledge) upstream.
+H2C = "kubernetes.io/h2c"
 
 
 def log(msg: str) -> None:
@@ -65,6 +68,25 @@ def ensure_tools(names: Iterable[str], install: bool = True) -> Dict[str, str]:
 
 def _which(name: str) -> Optional[str]:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+
+
+def check_cores(ap, args, names: Iterable[str] = ("server_cpu", "load_cpu")) -> None:
+    """Exit through C{ap.error} if a core option (C{args.server_cpu} is
+    C{--server-cpu}) names a core this machine does not have."""
+    ncpu = os.cpu_count() or 1
+    for name in names:
+        if getattr(args, name) >= ncpu:
+            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: only {ncpu} cores")
+
+
+def first_line(argv: List[str]) -> str:
+    """The first line a command writes (stdout, then stderr), e.g. its
+    version; C{"?"} if it cannot run or writes nothing."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout + p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
 
 
 def twistd_path() -> str:
@@ -364,18 +386,16 @@ def start_nginx(procs: Processes, name: str, nginx: str, conf: Path, cpu: int) -
 # -- the interceptor ---------------------------------------------------------------------
 
 
-def write_manifests(dir: Path, backend_port: int, routes: int = 200) -> Path:
-    """InterceptorRoutes r0..r{routes-1} in namespace C{bench}: r0 answers
-    C{bench.local}, the others C{r<i>.bench.local}.  Each route targets its
-    own Service C{backend-<i>} (clusterIP 127.0.0.1, port C{http} = the
-    nginx backend's port) with a ready EndpointSlice at 127.0.0.1, so every
-    route leads to the same nginx backend."""
-    dir.mkdir(parents=True, exist_ok=True)
-    docs = []
-    for i in range(routes):
-        name = f"backend-{i}"
-        host = BENCH_HOST if i == 0 else f"r{i}.{BENCH_HOST}"
-        docs.append(f"""\
+def route_manifest(name: str, host: str, port: int, route: Optional[str] = None,
+                   port_name: str = "http", app_protocol: Optional[str] = None) -> str:
+    """YAML documents in namespace C{bench}: Service C{name} (clusterIP
+    127.0.0.1) whose port C{port_name} is C{port} (with C{appProtocol}
+    C{app_protocol} when given, e.g. L{H2C}), its ready EndpointSlice at
+    127.0.0.1, and InterceptorRoute C{route} (C{name} by default) sending
+    C{host} to it."""
+    svc_app = f"      appProtocol: {app_protocol}\n" if app_protocol else ""
+    slice_app = f"    appProtocol: {app_protocol}\n" if app_protocol else ""
+    return f"""\
 apiVersion: v1
 kind: Service
 metadata:
@@ -384,12 +404,11 @@ metadata:
 spec:
   clusterIP: 127.0.0.1
   ports:
-    - name: http
-      port: {backend_port}
-      targetPort: {backend_port}
+    - name: {port_name}
+      port: {port}
+      targetPort: {port}
       protocol: TCP
-""")
-        docs.append(f"""\
+{svc_app}---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -403,20 +422,19 @@ endpoints:
     conditions:
       ready: true
 ports:
-  - name: http
-    port: {backend_port}
+  - name: {port_name}
+    port: {port}
     protocol: TCP
-""")
-        docs.append(f"""\
+{slice_app}---
 apiVersion: http.keda.sh/v1beta1
 kind: InterceptorRoute
 metadata:
-  name: r{i}
+  name: {route or name}
   namespace: bench
 spec:
   target:
     service: {name}
-    portName: http
+    portName: {port_name}
   rules:
     - hosts: ["{host}"]
       paths:
@@ -424,7 +442,19 @@ spec:
   scalingMetric:
     concurrency:
       targetValue: 100
-""")
+"""
+
+
+def write_manifests(dir: Path, backend_port: int, routes: int = 200) -> Path:
+    """InterceptorRoutes r0..r{routes-1} in namespace C{bench}: r0 answers
+    C{bench.local}, the others C{r<i>.bench.local}.  Each route targets its
+    own Service C{backend-<i>} (clusterIP 127.0.0.1, port C{http} = the
+    nginx backend's port) with a ready EndpointSlice at 127.0.0.1, so every
+    route leads to the same nginx backend."""
+    dir.mkdir(parents=True, exist_ok=True)
+    docs = [route_manifest(f"backend-{i}", BENCH_HOST if i == 0 else f"r{i}.{BENCH_HOST}",
+                           backend_port, route=f"r{i}")
+            for i in range(routes)]
     path = dir / "bench.yaml"
     path.write_text("---\n".join(docs))
     return dir
@@ -515,6 +545,76 @@ def start_interceptor(procs: Processes, workdir: Path, backend_port: int, cpu: i
             "admin_port": admin_port, "argv": argv, "log": logfile}
 
 
+def start_cprofiled(td: "Teardown", backend_port: int, cpu: int, out_path: Path,
+                    routes: int, src: Optional[Path] = None, twistd_opts: Iterable[str] = (),
+                    extra_env: Optional[dict] = None) -> dict:
+    """One more interceptor, as L{start_interceptor}, under twistd's cProfile:
+    its stats go to C{out_path} (removed first) when it stops; see
+    L{report_cprofile}."""
+    if out_path.exists():
+        out_path.unlink()
+    log(f"starting a cProfile'd keda-interceptor (stats to {out_path})")
+    return start_interceptor(td.procs, td.dir, backend_port, cpu, routes=routes, src=src,
+                             name="keda-interceptor-cprofile", extra_env=extra_env,
+                             twistd_opts=[*twistd_opts, "--profiler=cprofile", "--savestats",
+                                          f"--profile={out_path}"])
+
+
+def report_cprofile(k: dict, out_path: Path, requests: int, rps: float, what: str,
+                    top: int = 25, poll_time: bool = False, own: str = "own time") -> None:
+    """Stop the interceptor of L{start_cprofiled} C{k}, loaded with
+    C{requests} requests at C{rps} req/s (C{what}: how, for the heading),
+    and print its calls per request and hot spots: the top C{top} by own
+    time and by cumulative time, in % of its busy time (all but the
+    reactor's epoll.poll; C{poll_time}: print that as well).  C{own}: how
+    the own-time list calls it."""
+    import pstats
+
+    k["popen"].send_signal(signal.SIGTERM)
+    try:
+        k["popen"].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        log("the cProfile'd interceptor did not stop; no stats")
+        return
+    if not out_path.exists():
+        log("twistd wrote no profile")
+        return
+    st = pstats.Stats(str(out_path))
+    requests += 1
+    rows = st.stats  # {(file, line, fn): (cc, nc, tt, ct, callers)}
+    polls = {key for key in rows if key[2] == "<method 'poll' of 'select.epoll' objects>"}
+    poll = sum(rows[key][2] for key in polls)
+    busy = max(1e-9, st.total_tt - poll)
+    print(f"\n## cProfile of keda-interceptor, {what} "
+          f"({rps:,.0f} req/s under the profiler; stats in {out_path})")
+    print(f"\n{st.total_calls:,} function calls for {requests:,} requests: "
+          f"{st.total_calls / requests:,.0f} calls per request; {busy:.2f} s busy"
+          + (f" + {poll:.2f} s in epoll.poll (incl. idle before/after load)"
+             if poll_time else ""))
+
+    def name(key):
+        file, line, fn = key
+        if "/keda_proxy/" in file:
+            file = "keda_proxy/" + file.split("/keda_proxy/", 1)[1]
+        elif "site-packages/" in file:
+            file = file.split("site-packages/", 1)[1]
+        return f"{fn} ({file}:{line})" if line else fn
+
+    print(f"\nTop {top} by {own}, % of busy time, calls per request:")
+    by_tt = sorted(rows.items(), key=lambda kv: -kv[1][2])
+    for key, (_cc, nc, tt, _ct, _) in [kv for kv in by_tt if kv[0] not in polls][:top]:
+        print(f"  {100 * tt / busy:5.1f}%  {nc / requests:5.1f}/req  {name(key)}")
+    print(f"\nTop {top} by cumulative time, under the reactor's dispatch:")
+    shown = 0
+    for key, (_cc, nc, _tt, ct, _) in sorted(rows.items(), key=lambda kv: -kv[1][3]):
+        if ct >= busy * 0.9 or key in polls:
+            continue  # the reactor loop itself
+        print(f"  {100 * ct / busy:5.1f}%  {nc / requests:5.1f}/req  {name(key)}")
+        shown += 1
+        if shown >= top:
+            break
+
+
 def check_import_source(env: dict, where: str) -> None:
     """Refuse to start an interceptor whose keda_proxy would not come from
     C{where} (a wrong PYTHONPATH would measure the wrong code)."""
@@ -575,6 +675,30 @@ def http_get(url: str, host: Optional[str] = None, timeout: float = 5.0):
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def run_client(argv: List[str], timeout: float, meter: Optional["CpuMeter"] = None,
+               group: str = "client"):
+    """Run a load client (wrk, h2load) in its own process group, killed if
+    this script is interrupted or C{timeout} passes; counted in C{meter}'s
+    C{group} when given.  Returns its exit status, its output (stdout and
+    stderr) and the CPU seconds it used."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    if meter is not None:
+        meter.add(group, p.pid)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except BaseException:
+        _signal_group(p.pid, 9)
+        p.wait()
+        raise
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return p.returncode, out.decode(errors="replace"), cpu_s
 
 
 def check_body(url: str, host: Optional[str] = None) -> None:
