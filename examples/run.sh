@@ -21,6 +21,7 @@ Try, from another terminal:
   curl -i -H 'Host: legacy.local' http://127.0.0.1:$P/  # an HTTPScaledObject route
   curl -N http://127.0.0.1:$P/slow                      # a streamed response
   curl -i http://127.0.0.1:$P/healthz                   # a static route
+  curl -s --http2-prior-knowledge http://127.0.0.1:$P/  # the demo route over HTTP/2 (h2c)
   curl -i -H "Host: sleepy.local" http://127.0.0.1:$P/   # scaled to zero: a placeholder page
   curl -i -H 'Host: nowhere.example' http://127.0.0.1:$P/   # 404: no route
   curl -s http://127.0.0.1:$A/queue                     # KEDA's view: pending requests
