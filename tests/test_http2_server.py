@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 from zope.interface.verify import verifyObject
 
+from keda_proxy.downstream._body import BODY_GRACE, BODY_MIN_RATE
 from keda_proxy.downstream._http1 import HTTP1ServerFactory
 from keda_proxy.downstream._http2 import RESPONSE_HIGH_WATER, HTTP2ServerConnection
 from keda_proxy.interfaces import IDownstreamExchange
@@ -299,6 +300,73 @@ def test_a_post_body_streams_to_its_consumer_as_it_comes():
     client.h2.send_headers(stream_id, [(b"x-sum", b"11")], end_stream=True)
     client.flush()
     assert consumer.ended == [(b"X-Sum", b"11")] and ex.body.done
+
+
+# -- slow request bodies (the rule HTTP/1.1 bodies follow) -------------------------
+
+
+def test_a_body_that_never_comes_is_answered_408_after_its_grace():
+    server = Server()
+    client = server.connect()
+    stream_id = client.send(POST, end_stream=False)
+    server.clock.advance(BODY_GRACE - 1)
+    assert server.results == []
+    server.clock.advance(2)
+    events = client.flush()
+    headers, body, _, ended = response(events, stream_id)
+    assert headers[b":status"] == b"408" and ended
+    assert server.results == [None] and client.connection.streams == {}
+    [reset] = of(events, StreamReset, stream_id)  # the rest of the body is not wanted
+    assert reset.error_code == ErrorCodes.NO_ERROR
+
+
+def test_a_body_at_the_minimum_rate_goes_on_past_its_grace():
+    consumer = Consumer()
+    server = Server(lambda ex: ex.body.attach(consumer))
+    client = server.connect()
+    stream_id = client.send(POST, end_stream=False)
+    for _ in range(int(BODY_GRACE) * 2):
+        client.h2.send_data(stream_id, b"x" * int(BODY_MIN_RATE))
+        client.flush()
+        server.clock.advance(1)
+    assert server.results == []
+    client.h2.end_stream(stream_id)
+    client.flush()
+    assert consumer.ended == [] and server.exchanges[0].body.done
+
+
+def test_a_body_the_proxy_holds_back_is_not_cut_and_its_grace_restarts_on_resume():
+    consumer = Consumer()
+
+    def slow_upstream(exchange):
+        exchange.body.attach(consumer)
+        exchange.body.pauseProducing()
+
+    server = Server(slow_upstream)
+    client = server.connect()
+    client.send(POST, end_stream=False)
+    server.clock.advance(BODY_GRACE * 3)
+    assert server.results == []
+    server.exchanges[0].body.resumeProducing()
+    server.clock.advance(BODY_GRACE - 1)
+    assert server.results == []
+    server.clock.advance(2)
+    client.flush()
+    assert server.results == [None]  # answered 408
+
+
+def test_a_body_too_slow_once_the_response_began_resets_the_stream():
+    server = Server()
+    client = server.connect()
+    stream_id = client.send(POST, end_stream=False)
+    [ex] = server.exchanges
+    ex.respond(parse_head(b"HTTP/1.1 200 OK"))
+    ex.write(b"early")
+    server.clock.advance(BODY_GRACE + 1)
+    events = client.flush()
+    [reset] = of(events, StreamReset, stream_id)
+    assert reset.error_code == ErrorCodes.INTERNAL_ERROR
+    assert server.results[0].check(ConnectionAborted)
 
 
 def test_a_response_in_parts_ends_with_its_trailers_on_a_headers_frame():

@@ -17,6 +17,13 @@ from keda_proxy.interfaces import IRequestBody
 
 #: Request-body bytes buffered before the client is paused.
 BODY_HIGH_WATER = 256 * 1024
+#: A request body must keep coming: it has this long to start, and every
+#: byte received buys 1/BODY_MIN_RATE s more (Apache's mod_reqtimeout
+#: rule).  A body trickled in to hold a request open, and with it the
+#: route's Concurrency and KEDA's scaling, is cut.  Time the proxy itself
+#: holds the client back (a slow upstream) does not count.
+BODY_GRACE = 30.0
+BODY_MIN_RATE = 500.0
 
 
 @implementer(IRequestBody)
@@ -130,3 +137,43 @@ class _NoBody:
 
 
 NO_BODY = implementer(IRequestBody)(_NoBody)()
+
+
+class BodyRate:
+    """Watches one request body for the minimum rate (L{BODY_GRACE},
+    L{BODY_MIN_RATE}): one timer per request with a body, which calls
+    C{too_slow} if the body falls behind.  Time while the body is paused
+    (by the proxy: a slow upstream) does not count."""
+
+    __slots__ = ("_clock", "_body", "_too_slow", "_grace", "_rate", "_base", "_timer")
+
+    def __init__(self, clock, body: RequestBody, too_slow, since: float,
+                 grace: float = BODY_GRACE, rate: float = BODY_MIN_RATE):
+        self._clock = clock
+        self._body = body
+        self._too_slow = too_slow
+        self._grace = grace
+        self._rate = rate
+        self._base = since + grace
+        self._timer = clock.callLater(grace, self._check)
+
+    def refresh(self, now: float) -> None:
+        """The proxy let the body flow again: its grace starts from now."""
+        self._base = max(self._base, now + self._grace - self._body.received / self._rate)
+
+    def _check(self) -> None:
+        self._timer = None
+        body = self._body
+        now = self._clock.seconds()
+        if body.paused:  # the proxy holds it back: its time does not count
+            self.refresh(now)
+        due = self._base + body.received / self._rate
+        if due > now:
+            self._timer = self._clock.callLater(due - now, self._check)
+            return
+        self._too_slow()
+
+    def cancel(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()

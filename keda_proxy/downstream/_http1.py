@@ -30,7 +30,14 @@ from twisted.web.http import datetimeToString
 from zope.interface import implementer
 
 from keda_proxy._tls import ALPN_H2
-from keda_proxy.downstream._body import BODY_HIGH_WATER, NO_BODY, RequestBody
+from keda_proxy.downstream._body import (
+    BODY_GRACE,
+    BODY_HIGH_WATER,
+    BODY_MIN_RATE,
+    NO_BODY,
+    BodyRate,
+    RequestBody,
+)
 from keda_proxy.downstream._handler import run_handler
 from keda_proxy.downstream._head import (
     MAX_HEAD_SIZE,
@@ -62,13 +69,6 @@ IDLE_TIMEOUT = 60.0
 #: After an idle close, a client that does not take it is cut this much
 #: later (as twisted.web does).
 ABORT_TIMEOUT = 15.0
-#: A request body must keep coming: it has this long to start, and every
-#: byte received buys 1/BODY_MIN_RATE s more (Apache's mod_reqtimeout
-#: rule).  A body trickled in to hold a request open, and with it the
-#: route's Concurrency and KEDA's scaling, is cut.  Time the proxy itself
-#: holds the client back (a slow upstream) does not count.
-BODY_GRACE = 30.0
-BODY_MIN_RATE = 500.0
 #: where Linux says how long an accept queue may be
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 
@@ -374,8 +374,8 @@ class HTTP1ServerProtocol(Protocol):
     _registered = False
     _idle_timer = None
     _abort_timer = None
-    _body_timer = None
-    _body_base = 0.0
+    #: the minimum-rate watch of the body being read (L{BodyRate})
+    _body_rate = None
     #: when bytes last came from the client, or a response last ended
     _active_at = 0.0
     scheme = b"http"
@@ -606,35 +606,20 @@ class HTTP1ServerProtocol(Protocol):
         """The proxy lets a body it held back flow again: the client's idle
         time and its body grace start from now."""
         now = self._active_at = self.now()
-        body = self._body
-        if body is not None:
-            self._fresh_body_grace(body, now)
+        if self._body_rate is not None:
+            self._body_rate.refresh(now)
         self._resume_reading(_BODY_HELD)
 
     def _watch_body(self, body: RequestBody) -> None:
         """Cut the body's connection if it stops coming at the minimum
         rate; one timer per request with a body."""
-        self._body_base = self._active_at + self.body_grace
-        self._body_timer = self._clock.callLater(self.body_grace, self._check_body, body)
-
-    def _fresh_body_grace(self, body: RequestBody, now: float) -> None:
-        self._body_base = max(self._body_base,
-                              now + self.body_grace - body.received / self.body_min_rate)
-
-    def _check_body(self, body: RequestBody) -> None:
-        self._body_timer = None
-        if body is not self._body or self._state != _BODY:
-            return
-        now = self.now()
-        if body.paused:  # the proxy holds it back: its time does not count
-            self._fresh_body_grace(body, now)
-        due = self._body_base + body.received / self.body_min_rate
-        if due > now:
-            self._body_timer = self._clock.callLater(due - now, self._check_body, body)
-            return
-        self._bad_body_rate()
+        self._body_rate = BodyRate(self._clock, body, self._bad_body_rate, self._active_at,
+                                   self.body_grace, self.body_min_rate)
 
     def _bad_body_rate(self) -> None:
+        self._body_rate = None
+        if self._state != _BODY:
+            return
         exchange = self._exchange
         if exchange is not None and exchange.response_started:
             self.transport.abortConnection()  # a response is under way: only a cut is left
@@ -643,9 +628,9 @@ class HTTP1ServerProtocol(Protocol):
             self._refuse(408)
 
     def _cancel_body_timer(self) -> None:
-        timer, self._body_timer = self._body_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        watch, self._body_rate = self._body_rate, None
+        if watch is not None:
+            watch.cancel()
 
     # -- flow control -------------------------------------------------------------
 

@@ -59,7 +59,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 from zope.interface import implementer
 
-from keda_proxy.downstream._body import NO_BODY, RequestBody
+from keda_proxy.downstream._body import NO_BODY, BodyRate, RequestBody
 from keda_proxy.downstream._handler import run_handler
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._h2state import graceful, release
@@ -325,6 +325,8 @@ class HTTP2Exchange:
     _reading_paused = False
     #: the request's trailers, until its end
     trailers = None
+    #: the minimum-rate watch of the request body (L{BodyRate})
+    _body_rate = None
 
     def __init__(self, connection: "HTTP2ServerConnection", stream_id: int, method: bytes,
                  target: bytes, headers: dict, length):
@@ -347,6 +349,10 @@ class HTTP2Exchange:
             # exchange, they would make a cycle of every request with a body
             self.body = RequestBody(length, partial(connection.pause_stream, stream_id),
                                     partial(connection.resume_stream, stream_id))
+            # a body trickled in would hold the request, and the route's
+            # Concurrency, open: the rule HTTP/1.1 bodies follow
+            self._body_rate = BodyRate(connection.clock, self.body, self._body_too_slow,
+                                       connection.now())
 
     # -- the request body ----------------------------------------------------
 
@@ -355,6 +361,8 @@ class HTTP2Exchange:
 
     def resume_reading(self) -> None:
         self._reading_paused = False
+        if self._body_rate is not None:
+            self._body_rate.refresh(self._connection.now())
         unacked, self._unacked = self._unacked, 0
         if unacked and not self._over:
             self._connection.acknowledge(self.stream_id, unacked)
@@ -362,9 +370,27 @@ class HTTP2Exchange:
     def request_ended(self) -> None:
         """The client sent END_STREAM: the body (if any) is whole."""
         self._request_done = True
+        self._stop_body_rate()
         body = self.body
         if body is not NO_BODY and not body.done:
             body.end(self.trailers)
+
+    def _stop_body_rate(self) -> None:
+        watch, self._body_rate = self._body_rate, None
+        if watch is not None:
+            watch.cancel()
+
+    def _body_too_slow(self) -> None:
+        """The body fell below the minimum rate: 408, or a reset once the
+        response has begun."""
+        self._body_rate = None
+        if self._over or self._request_done:
+            return
+        if self.response_started:
+            self.abort()
+        else:
+            self.answer(408, [(b"content-type", b"text/plain; charset=utf-8")],
+                        status_text(408) + b"\n")
 
     def data_received(self, data: bytes, flow_length: int) -> None:
         if data and self.body is not NO_BODY:
@@ -549,6 +575,7 @@ class HTTP2Exchange:
             return
         self._over = self.finished = True
         self._result = result
+        self._stop_body_rate()
         self._out = []
         self._producer = None
         unacked, self._unacked = self._unacked, 0
@@ -628,7 +655,7 @@ class HTTP2ServerConnection:
         self.scheme = scheme
         self.client_address = client_address
         self.client_port = client_port
-        self._clock = factory.reactor
+        self._clock = self.clock = factory.reactor
         self.now = factory.reactor.seconds
         self._handler = factory.handler
         self.streams: Dict[int, HTTP2Exchange] = {}
