@@ -355,6 +355,14 @@ def test_a_body_the_proxy_holds_back_is_not_cut_and_its_grace_restarts_on_resume
     assert server.results == [None]  # answered 408
 
 
+def test_a_grpc_stream_may_pause_as_long_as_it_likes():
+    server = Server()
+    client = server.connect()
+    client.send(POST + [(b"content-type", b"application/grpc+proto")], end_stream=False)
+    server.clock.advance(BODY_GRACE * 10)
+    assert server.results == [] and len(client.connection.streams) == 1
+
+
 def test_a_body_too_slow_once_the_response_began_resets_the_stream():
     server = Server()
     client = server.connect()

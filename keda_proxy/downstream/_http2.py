@@ -350,9 +350,12 @@ class HTTP2Exchange:
             self.body = RequestBody(length, partial(connection.pause_stream, stream_id),
                                     partial(connection.resume_stream, stream_id))
             # a body trickled in would hold the request, and the route's
-            # Concurrency, open: the rule HTTP/1.1 bodies follow
-            self._body_rate = BodyRate(connection.clock, self.body, self._body_too_slow,
-                                       connection.now())
+            # Concurrency, open: the rule HTTP/1.1 bodies follow; but a
+            # gRPC stream's messages come when the application has them
+            # (a watch, a chat), and a pause is no sign of abuse there
+            if not _is_grpc(headers):
+                self._body_rate = BodyRate(connection.clock, self.body, self._body_too_slow,
+                                           connection.now())
 
     # -- the request body ----------------------------------------------------
 
@@ -604,6 +607,11 @@ class HTTP2Exchange:
     def unregisterProducer(self) -> None:
         self._producer = None
         self._producer_paused = False
+
+
+def _is_grpc(headers: dict) -> bool:
+    content_type = headers.get(b"Content-Type")
+    return bool(content_type) and content_type[0][:16].lower() == b"application/grpc"
 
 
 def _lower_trailers(trailers) -> list:
