@@ -24,7 +24,7 @@ from keda_proxy.wire._h2state import GracefulStateMachine, release
 #: private h2 name -> the keda_proxy module that uses it
 PINNED = {
     "_frame_dispatch_table": "keda_proxy/wire/_h2state.py",
-    "_receive_frame": "keda_proxy/downstream/_http2.py",
+    "_receive_frame": "keda_proxy/downstream/_h2guard.py",
     "_transitions": "keda_proxy/wire/_h2state.py",
 }
 

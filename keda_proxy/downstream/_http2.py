@@ -29,12 +29,10 @@ are not affected.
 
 from __future__ import annotations
 
-import re
 from functools import partial
 from typing import Dict, Optional
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -51,24 +49,32 @@ from h2.events import (
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToString
 from zope.interface import implementer
 
 from keda_proxy.downstream._body import NO_BODY, BodyRate, RequestBody
+from keda_proxy.downstream._h2fields import (
+    MalformedRequest,
+    http_date,
+    is_grpc,
+    lower_fields,
+    lower_trailers,
+    request_fields,
+    request_trailers,
+    response_fields,
+)
+from keda_proxy.downstream._h2guard import AnsweredFrame, FrameBudget, ServerH2
 from keda_proxy.downstream._handler import run_handler
 from keda_proxy.interfaces import IDownstreamExchange
-from keda_proxy.wire._h2state import graceful, release
-from keda_proxy.wire._headers import NOT_TRAILERS, InvalidHeaderName, canonical_name
-from keda_proxy.wire._memo import remember
+from keda_proxy.wire._h2state import release
 from keda_proxy.wire._status import status_text
 
 __all__ = [
-    "H2_PREFACE", "MAX_CONCURRENT_STREAMS", "MAX_HEADER_LIST_SIZE", "FrameBudget",
+    "H2_PREFACE", "MAX_CONCURRENT_STREAMS", "MAX_HEADER_LIST_SIZE",
     "HTTP2Exchange", "HTTP2ServerConnection",
 ]
 
@@ -98,198 +104,6 @@ RESET_BURST, RESET_RATE = 500, 100.0
 #: After a GOAWAY that closes a connection, how long the client has to
 #: read it before the connection is cut.
 CLOSE_GRACE = 5.0
-
-_CONNECTION_SPECIFIC = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
-})
-
-_date_cache = [None, b""]
-
-
-def _date(now: float) -> bytes:
-    second = int(now)
-    if _date_cache[0] != second:
-        _date_cache[1] = datetimeToString(second)
-        _date_cache[0] = second
-    return _date_cache[1]
-
-
-_FIELDS: dict = {}
-
-
-def response_fields(block: bytes) -> tuple:
-    """The header lines of an upstream response head (canonical names,
-    CRLF after each) as HTTP/2 fields: lowercase names, and nothing that
-    is connection-specific.  Remembered per block: most repeat."""
-    fields = _FIELDS.get(block)
-    if fields is None:
-        out = []
-        for line in block.split(b"\r\n"):
-            if not line:
-                continue
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name not in _CONNECTION_SPECIFIC:
-                out.append((name, value.strip(b" \t")))
-        fields = remember(_FIELDS, block, tuple(out))
-    return fields
-
-
-def _lower_fields(fields) -> list:
-    return [(name.lower(), value) for name, value in fields
-            if name.lower() not in _CONNECTION_SPECIFIC]
-
-
-class MalformedRequest(Exception):
-    """A request HTTP/2 calls malformed (RFC 9113 §8.1.1): its stream is
-    reset with PROTOCOL_ERROR, the connection goes on."""
-
-
-#: what may follow the method and path into an HTTP/1.1 request line, or
-#: the authority into Host: visible ASCII, no space
-_VISIBLE = re.compile(rb"[\x21-\x7e]+\Z")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-#: what no field value may hold (RFC 9113 §8.2.1)
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
-_PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
-#: lowercase field names already checked, to their canonical form
-_NAMES: dict = {}
-
-
-def _field_name(name: bytes) -> bytes:
-    key = _NAMES.get(name)
-    if key is None:
-        if name.lower() != name or name in _CONNECTION_SPECIFIC:
-            raise MalformedRequest(name)
-        try:
-            key = remember(_NAMES, name, canonical_name(name))
-        except InvalidHeaderName:
-            raise MalformedRequest(name) from None
-    return key
-
-
-def request_fields(fields):
-    """A request's decoded HEADERS, checked as RFC 9113 §8.2-8.3 asks (the
-    C{h2} library's own checks are off: they took 11 of the 43 us h2
-    spent taking in a request, and treat a malformed request as a
-    connection error).
-
-    @return: C{(method, path, authority, headers, cookies)}: C{headers}
-        maps canonical names to their values, as HTTP/1.1 requests do.
-    @raise MalformedRequest: uppercase or connection-specific names, a TE
-        other than C{trailers}, NUL/CR/LF or surrounding whitespace in a
-        value, unknown, repeated or late pseudo-fields, or a method, path
-        or authority that could not go into an HTTP/1.1 request.
-    """
-    pseudo = {}
-    headers: dict = {}
-    cookies = []
-    search = _BAD_VALUE.search
-    for name, value in fields:
-        if value and search(value) is not None:
-            raise MalformedRequest(name)
-        if name[:1] == b":":
-            if headers or cookies or name in pseudo or name not in _PSEUDO:
-                raise MalformedRequest(name)
-            pseudo[name] = value
-        elif name == b"cookie":
-            cookies.append(value)
-        else:
-            if name == b"te" and value.lower() != b"trailers":
-                raise MalformedRequest(name)
-            key = _field_name(name)
-            values = headers.get(key)
-            if values is None:
-                headers[key] = [value]
-            else:
-                values.append(value)
-    method = pseudo.get(b":method")
-    path = pseudo.get(b":path")
-    authority = pseudo.get(b":authority")
-    if method is None or _TOKEN.match(method) is None:
-        raise MalformedRequest(b":method")
-    if method != b"CONNECT" and (path is None or b":scheme" not in pseudo
-                                 or _VISIBLE.match(path) is None):
-        raise MalformedRequest(b":path")
-    if authority is not None and _VISIBLE.match(authority) is None:
-        raise MalformedRequest(b":authority")
-    return method, path, authority, headers, cookies
-
-
-def request_trailers(fields) -> list:
-    """A request's trailers, checked as its headers are (no pseudo-fields
-    at all), as C{(canonical name, value)} pairs."""
-    out = []
-    search = _BAD_VALUE.search
-    for name, value in fields:
-        if name[:1] == b":" or (value and search(value) is not None):
-            raise MalformedRequest(name)
-        out.append((_field_name(name), value))
-    return out
-
-
-class FrameBudget:
-    """A token bucket: C{burst} frames at once, C{rate} more per second.
-    L{spend} says whether the connection may go on."""
-
-    __slots__ = ("burst", "rate", "tokens", "at", "now")
-
-    def __init__(self, burst: int, rate: float, now):
-        self.burst = burst
-        self.rate = rate
-        self.tokens = float(burst)
-        self.now = now
-        self.at = now()
-
-    def spend(self) -> bool:
-        now = self.now()
-        tokens = min(self.burst, self.tokens + (now - self.at) * self.rate) - 1
-        self.at = now
-        self.tokens = tokens
-        return tokens >= 0
-
-
-class _ServerH2(H2Connection):
-    """h2's connection, with the graceful GOAWAY of
-    L{keda_proxy.wire._h2state} (a client's GOAWAY lets the streams it
-    opened finish, as Go's C{ClientConn.Shutdown} waits for them), and one
-    change to its per-frame step (C{_receive_frame}, pinned by
-    tests/test_h2_private_names.py): a HEADERS or DATA frame on a stream
-    already reset is answered with RST_STREAM by h2, and gives no event,
-    so a flood of them would spend no budget and the answers would pile
-    up for a client that does not read.  Each comes out as an
-    L{AnsweredFrame}, which spends the control budget; a DATA frame
-    carrying bytes does not, as a client may have had a window's worth in
-    flight when the stream was reset.
-    """
-
-    #: How many closed streams h2 remembers (how each was closed, to answer
-    #: a late frame on one): h2's default, 65,536, is about 4.7 MB for a
-    #: long-lived busy connection; 4,096 is about 300 KB, and covers the
-    #: 250 streams a client may have open many times over.
-    MAX_CLOSED_STREAMS = 4096
-
-    def __init__(self, config):
-        super().__init__(config)
-        graceful(self)
-
-    def _receive_frame(self, frame):
-        events = super()._receive_frame(frame)
-        kind = type(frame)
-        if not events and (kind is HeadersFrame or (
-                kind is DataFrame and not frame.flow_controlled_length)):
-            return [AnsweredFrame(frame.stream_id)]
-        return events
-
-
-class AnsweredFrame:
-    """A frame on a closed stream, which h2 answered itself."""
-
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int):
-        self.stream_id = stream_id
-
 
 # -- one stream ------------------------------------------------------------
 
@@ -353,7 +167,7 @@ class HTTP2Exchange:
             # Concurrency, open: the rule HTTP/1.1 bodies follow; but a
             # gRPC stream's messages come when the application has them
             # (a watch, a chat), and a pause is no sign of abuse there
-            if not _is_grpc(headers):
+            if not is_grpc(headers):
                 self._body_rate = BodyRate(connection.clock, self.body, self._body_too_slow,
                                            connection.now())
 
@@ -420,7 +234,7 @@ class HTTP2Exchange:
         fields = [(b":status", b"%d" % head.code)]
         fields += response_fields(head.block)
         if not head.has_date:
-            fields.append((b"date", _date(self._connection.now())))
+            fields.append((b"date", http_date(self._connection.now())))
         self._extra_fields(fields)
         self._head = fields
 
@@ -452,7 +266,7 @@ class HTTP2Exchange:
             if self._head is None:
                 raise RuntimeError("finish() before respond()")
             self.response_started = True
-        self._ending = _lower_trailers(trailers) if trailers else ()
+        self._ending = lower_trailers(trailers) if trailers else ()
         self._connection.send_queued(self)
 
     def answer(self, code: int, fields, body: bytes) -> None:
@@ -464,8 +278,8 @@ class HTTP2Exchange:
             self.abort()
             return
         self.code = code
-        head = [(b":status", b"%d" % code), (b"date", _date(self._connection.now()))]
-        head += _lower_fields(fields)
+        head = [(b":status", b"%d" % code), (b"date", http_date(self._connection.now()))]
+        head += lower_fields(fields)
         self._extra_fields(head)
         if code in (204, 304) or self.method == b"HEAD":
             body = b""
@@ -609,25 +423,6 @@ class HTTP2Exchange:
         self._producer_paused = False
 
 
-def _is_grpc(headers: dict) -> bool:
-    content_type = headers.get(b"Content-Type")
-    return bool(content_type) and content_type[0][:16].lower() == b"application/grpc"
-
-
-def _lower_trailers(trailers) -> list:
-    """Response trailers as HTTP/2 fields: lowercase names, without those
-    that must not be trailers (L{NOT_TRAILERS})."""
-    out = []
-    for name, value in trailers:
-        try:
-            if canonical_name(name) in NOT_TRAILERS:
-                continue
-        except InvalidHeaderName:
-            continue
-        out.append((name.lower(), value))
-    return out
-
-
 # -- the connection ----------------------------------------------------------
 
 
@@ -672,7 +467,7 @@ class HTTP2ServerConnection:
         self._highest = 0
         self._control = FrameBudget(self.control_burst, self.control_rate, self.now)
         self._resets = FrameBudget(self.reset_burst, self.reset_rate, self.now)
-        h2 = self._h2 = _ServerH2(H2Configuration(
+        h2 = self._h2 = ServerH2(H2Configuration(
             client_side=False, header_encoding=None,
             # checked by request_fields and request_trailers instead
             validate_inbound_headers=False, normalize_inbound_headers=False,
@@ -828,7 +623,7 @@ class HTTP2ServerConnection:
 
     def goaway_received(self, event: ConnectionTerminated) -> None:
         """The client sent GOAWAY: it opens no more streams, and those it
-        opened may still finish (see L{_ServerH2}); with an error code, it
+        opened may still finish (see L{ServerH2}); with an error code, it
         is going now."""
         self._closing = True
         if event.error_code != ErrorCodes.NO_ERROR:
