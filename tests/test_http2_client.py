@@ -21,14 +21,13 @@ from zope.interface.verify import verifyObject
 
 from keda_proxy.interfaces import IUpstreamExchange
 from keda_proxy.upstream import _http2client as http2client
+from keda_proxy.upstream._h2fields import request_fields, response_head
 from keda_proxy.upstream._http1client import CLOSED, UpstreamProtocolError
 from keda_proxy.upstream._http2client import (
     HIGH_WATER,
     STREAM_WINDOW,
     H2ClientConnection,
     UpstreamReset,
-    request_fields,
-    response_head,
 )
 from tests.h2fakes import GET, POST, Producer, Sink, handshake
 

@@ -34,7 +34,6 @@ that may be replayed is sent again on another connection.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from typing import Optional
 
@@ -63,26 +62,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from keda_proxy.interfaces import IUpstreamExchange
+from keda_proxy.upstream._h2fields import (
+    NO_BODY_CODES,
+    request_fields,
+    request_trailers,
+    response_head,
+    trailer_fields,
+)
 from keda_proxy.upstream._http1client import (
     CLOSED,
     IDLE,
     MAX_HEAD,
     MAX_INFORMATIONAL,
-    ResponseHead,
     UpstreamProtocolError,
-    _trailer_names,
 )
-from keda_proxy.wire._framing import content_length
 from keda_proxy.wire._h2state import graceful, release
-from keda_proxy.wire._headers import (
-    HOP_BY_HOP,
-    NOT_TRAILERS,
-    BadTrailer,
-    InvalidHeaderName,
-    canonical_name,
-    trailer_pairs,
-)
-from keda_proxy.wire._status import status_text
 
 #: The window of each stream's response: enough for an 8 MiB gRPC message
 #: to stream at full speed, and what the proxy holds at most of a stream
@@ -103,16 +97,6 @@ ASSUMED_MAX_STREAMS = 100
 #: Streams taken at most, whatever the upstream allows (Go's bound).
 MAX_STREAMS = 1000
 
-#: request fields HTTP/2 has no place for (RFC 9113 §8.2.2); Host becomes
-#: C{:authority}, and TE passes only as C{trailers}
-_NOT_SENT = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-    b"upgrade", b"host", b"te",
-})
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
-_NO_BODY = frozenset({204, 304})
-
-
 class UpstreamReset(UpstreamProtocolError):
     """The upstream reset the stream (RST_STREAM) before its response was
     complete."""
@@ -127,129 +111,6 @@ def _code_name(code) -> str:
         return ErrorCodes(code).name
     except ValueError:
         return str(int(code))
-
-
-def request_fields(head: bytes, scheme: bytes, authority: bytes) -> list:
-    """The HEADERS of a request whose HTTP/1.1 head the proxy built
-    (L{keda_proxy.wire._headers.request_head}): the pseudo-header fields,
-    then its fields with lower-case names, less those HTTP/2 forbids.
-
-    @param scheme: C{:scheme}, C{b"http"} or C{b"https"}.
-    @param authority: C{:authority} when the head has no Host.
-    """
-    lines = head.split(b"\r\n")
-    method, _, rest = lines[0].partition(b" ")
-    target = rest.rpartition(b" ")[0]
-    fields = []
-    host = None
-    for line in lines[1:]:
-        if not line:
-            break  # the blank line ending the head
-        name, _, value = line.partition(b":")
-        name = name.lower()
-        value = value.strip(b" \t")
-        if name in _NOT_SENT:
-            if name == b"host":
-                host = host or value
-            elif name == b"te" and value.lower() == b"trailers":
-                fields.append((b"te", b"trailers"))
-            continue
-        fields.append((name, value))
-    authority = host or authority
-    if method == b"CONNECT":
-        pseudo = [(b":method", method), (b":authority", target)]
-    else:
-        pseudo = [(b":method", method), (b":scheme", scheme),
-                  (b":authority", authority), (b":path", target)]
-    return pseudo + fields
-
-
-def response_head(headers, head_only: bool = False, ended: bool = False) -> ResponseHead:
-    """The L{ResponseHead} of a response's HEADERS, as the HTTP/1.1 client
-    makes it: canonical names, no pseudo-header or hop-by-hop field, each
-    line ending in CRLF; values with CR, LF or NUL, and names that are not
-    tokens, are refused (L{UpstreamProtocolError}): they would reach an
-    HTTP/1.1 client as they are.
-
-    A response that ends with its HEADERS and says no length gets
-    C{Content-Length: 0}, so that an HTTP/1.1 client need not read chunks
-    for nothing; one that announces trailers (C{trailer}) has them
-    announced again, as the HTTP/1.1 client does.
-
-    @param head_only: the request was a HEAD.
-    @param ended: END_STREAM came with the HEADERS.
-    """
-    status = None
-    parts = []
-    lines = []
-    length = None
-    has_date = False
-    announced = None
-    for name, value in headers:
-        if name[:1] == b":":
-            if name == b":status":
-                status = value
-            continue
-        if _BAD_VALUE.search(value) is not None:
-            raise UpstreamProtocolError(f"CR, LF or NUL in the value of {name[:80]!r}")
-        if name in HOP_BY_HOP:
-            if name == b"trailer":
-                announced = value if announced is None else announced + b"," + value
-            continue
-        try:
-            key = canonical_name(name)
-        except InvalidHeaderName:
-            raise UpstreamProtocolError(f"bad header name {name[:80]!r}") from None
-        if key == b"Content-Length":
-            if length is not None:
-                continue  # h2 checked that they agree
-            length = content_length(value)
-            if length is None:
-                raise UpstreamProtocolError("bad Content-Length")
-        elif key == b"Date":
-            has_date = True
-        line = b"%s: %s" % (key, value)
-        lines.append(line)
-        parts.append(line + b"\r\n")
-    if status is None or len(status) != 3 or not status.isdigit():
-        raise UpstreamProtocolError(f"bad :status {status!r}")
-    code = int(status)
-    if length is None and code >= 200:
-        if ended:
-            if not head_only and code not in _NO_BODY:
-                parts.append(b"Content-Length: 0\r\n")
-                length = 0
-        elif announced is not None:
-            names = _trailer_names(announced)
-            if names:
-                parts.append(b"Trailer: %s\r\n" % names)
-    return ResponseHead(code, status_text(code), b"HTTP/2", b"".join(parts), length,
-                        False, False, has_date, tuple(lines))
-
-
-def trailer_fields(headers) -> Optional[list]:
-    """A response's trailing HEADERS as C{(canonical name, value)} pairs,
-    or None when none is left: the rules of chunked trailers
-    (L{keda_proxy.wire._headers.trailer_pairs}); pseudo-fields are left
-    out, and a bad field refuses the response."""
-    try:
-        return trailer_pairs([field for field in headers if field[0][:1] != b":"])
-    except BadTrailer as e:
-        raise UpstreamProtocolError(str(e)) from None
-
-
-def _request_trailers(trailers) -> list:
-    """The request's trailer fields as HTTP/2 takes them: lower-case
-    names, those that may be trailers only."""
-    fields = []
-    for name, value in trailers:
-        try:
-            key = canonical_name(name)
-        except InvalidHeaderName:
-            continue
-        if key not in NOT_TRAILERS:
-            fields.append((name.lower(), value))
-    return fields
 
 
 @implementer(IUpstreamExchange, IPushProducer)
@@ -370,7 +231,7 @@ class H2Stream:
         if self._done or self._ended or self._end_requested:
             return
         self._end_requested = True
-        self._trailers_out = _request_trailers(trailers) if trailers else None
+        self._trailers_out = request_trailers(trailers) if trailers else None
         if self.stream_id is not None:
             self._send_unsent()
             self.connection._flush()
@@ -547,7 +408,7 @@ class H2Stream:
         self.answered = True
         try:
             head = response_head(headers, self._head_only, ended)
-            if ended and head.length and not self._head_only and head.code not in _NO_BODY:
+            if ended and head.length and not self._head_only and head.code not in NO_BODY_CODES:
                 # h2 checks the length of DATA only: none came at all
                 raise UpstreamProtocolError("the response ended before its Content-Length")
         except UpstreamProtocolError as e:
