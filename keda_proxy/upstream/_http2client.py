@@ -9,9 +9,9 @@ knowledge) and to a TLS upstream that picks C{h2} by ALPN
 (L{keda_proxy.upstream._alpn}).  Each request is an L{H2Stream}, an
 L{IUpstreamExchange} as the HTTP/1.1 connection is one, so the request
 path does not tell them apart: the HTTP/1.1-syntax request head the proxy
-built becomes a HEADERS frame (L{request_fields}), and the response's
-HEADERS the same L{ResponseHead} (L{response_head}), its trailing HEADERS
-the response's trailers (gRPC's C{grpc-status}).
+built becomes a HEADERS frame, and the response's HEADERS the same
+L{ResponseHead}, its trailing HEADERS the response's trailers (gRPC's
+C{grpc-status}); see L{keda_proxy.upstream._h2fields}.
 
 Flow control, per stream, both ways:
 
@@ -198,7 +198,7 @@ class H2Stream:
     def send(self, method: bytes, head: bytes, sink, chunked_body: bool = False,
              has_body: bool = False, upgrade: Optional[bytes] = None) -> None:
         """Send the request's HEADERS, translated from its HTTP/1.1 head
-        (L{request_fields}); without a body, END_STREAM goes with them.
+        (L{keda_proxy.upstream._h2fields.request_fields}); without a body, END_STREAM goes with them.
         C{upgrade} is never asked of an HTTP/2 connection (the proxy sends
         those requests over HTTP/1.1)."""
         assert not self._sent, "a stream carries one request"
