@@ -198,7 +198,8 @@ class H2Stream:
     def send(self, method: bytes, head: bytes, sink, chunked_body: bool = False,
              has_body: bool = False, upgrade: Optional[bytes] = None) -> None:
         """Send the request's HEADERS, translated from its HTTP/1.1 head
-        (L{keda_proxy.upstream._h2fields.request_fields}); without a body, END_STREAM goes with them.
+        (L{keda_proxy.upstream._h2fields.request_fields}); without a body,
+        END_STREAM goes with them.
         C{upgrade} is never asked of an HTTP/2 connection (the proxy sends
         those requests over HTTP/1.1)."""
         assert not self._sent, "a stream carries one request"
