@@ -55,6 +55,7 @@ from keda_proxy.downstream._http2 import RESPONSE_HIGH_WATER, HTTP2ServerConnect
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.upstream._http1client import parse_head
 from tests.netsupport import wait_for
+from tests.test_http1_server import Consumer
 
 
 def request(method=b"GET", path=b"/", authority=b"example.com", extra=()):
@@ -194,20 +195,6 @@ def response(events, stream_id) -> tuple:
     body = b"".join(e.data for e in of(events, DataReceived, stream_id))
     trailers = [e.headers for e in of(events, TrailersReceived, stream_id)]
     return dict(head.headers), body, trailers, bool(of(events, StreamEnded, stream_id))
-
-
-class Consumer:
-    """An upstream's side of a request body (IBodyConsumer)."""
-
-    def __init__(self):
-        self.data = []
-        self.ended = None
-
-    def write_body(self, data):
-        self.data.append(data)
-
-    def end_body(self, trailers=None):
-        self.ended = trailers or []
 
 
 class Producer:
