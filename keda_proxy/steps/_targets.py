@@ -50,8 +50,9 @@ def upstream_port_name(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> s
     return sp.name if sp is not None else ""
 
 
-def resolve_port(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> Tuple[int, str]:
-    """The Service port number and port name for a target.
+def resolve_port(ref: ServiceRef, namespace: str,
+                 snapshot: Snapshot) -> Tuple[int, str, Optional[str]]:
+    """The Service port number, port name and C{appProtocol} for a target.
 
     ``port`` is used as given (its name is looked up for direct-pod routing,
     "" when the Service is unknown); ``portName`` must resolve through the
@@ -60,7 +61,9 @@ def resolve_port(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> Tuple[i
     svc = snapshot.services.get(f"{namespace}/{ref.name}")
     if ref.port:
         sp = svc.port_by_number(ref.port) if svc is not None else None
-        return ref.port, (sp.name if sp is not None else "")
+        if sp is None:
+            return ref.port, "", None
+        return ref.port, sp.name, sp.app_protocol
     if not ref.port_name:
         raise RouteError('must specify either "port" or "portName"')
     if svc is None:
@@ -68,18 +71,7 @@ def resolve_port(ref: ServiceRef, namespace: str, snapshot: Snapshot) -> Tuple[i
     sp = svc.port_by_name(ref.port_name)
     if sp is None:
         raise RouteError(f"port name {ref.port_name!r} not found in Service {namespace}/{ref.name}")
-    return sp.port, sp.name
-
-
-def app_protocol(ref: ServiceRef, namespace: str, port: int, snapshot: Snapshot) -> Optional[str]:
-    """The C{appProtocol} of the Service port a target goes to, or None."""
-    svc = snapshot.services.get(f"{namespace}/{ref.name}")
-    if svc is None:
-        return None
-    sp = svc.port_by_name(ref.port_name) if ref.port_name and not ref.port else None
-    if sp is None:
-        sp = svc.port_by_number(port)
-    return sp.app_protocol if sp is not None else None
+    return sp.port, sp.name, sp.app_protocol
 
 
 class ServiceTargets:
@@ -105,10 +97,10 @@ class ServiceTargets:
         hit = cache.get(key)
         if hit is not None and hit[0] is ref and hit[1] is services:
             return hit[2]
-        port, port_name = resolve_port(ref, namespace, snapshot)
+        port, port_name, app_protocol = resolve_port(ref, namespace, snapshot)
         host = f"{ref.name}.{namespace}"
         scheme = self._scheme
-        if scheme == HTTP and app_protocol(ref, namespace, port, snapshot) == H2C_APP_PROTOCOL:
+        if scheme == HTTP and app_protocol == H2C_APP_PROTOCOL:
             scheme = H2C
         target = Target(scheme, host, port, server_name=host, port_name=port_name)
         if len(cache) > 10_000:
