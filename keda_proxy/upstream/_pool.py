@@ -50,6 +50,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
+from keda_proxy._tls import ALPN_H2
 from keda_proxy.interfaces import IConnectionOwner
 from keda_proxy.state._endpoints import join_host_port
 from keda_proxy.upstream._alpn import ALPNSwitch
@@ -152,7 +153,7 @@ class _NegotiatingFactory(Factory):
 
     def choose(self, protocol):
         pool, key = self.pool, self.key
-        if protocol == b"h2":
+        if protocol == ALPN_H2:
             conn = H2ClientConnection(pool.clock, b"https", _authority(key))
             conn.owner = pool._h2_owner(key)
         else:

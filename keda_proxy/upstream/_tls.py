@@ -61,6 +61,7 @@ from zope.interface import implementer
 
 from keda_proxy._tls import (
     ALPN,
+    ALPN_H2,
     CIPHERS_VAR,
     PEM_CERTIFICATE_BLOCK,
     SKIP_VERIFY_VAR,
@@ -235,7 +236,7 @@ def _client_certificate(pair: CertificatePair) -> dict:
 
 #: What a TLS upstream is offered by ALPN, as Go's transport offers it:
 #: HTTP/2 first (L{keda_proxy.upstream._alpn} follows the choice).
-OFFERED = [b"h2", ALPN]
+OFFERED = [ALPN_H2, ALPN]
 
 #: What the first connection of a new context is made for (see
 #: L{UpstreamTLS._creator}): no application protocol of its own.
@@ -337,31 +338,24 @@ class UpstreamTLS:
         @raise MissingServerName: C{hostname} is empty or None; a TLS dial
             without an explicit upstream identity is refused.
         """
-        creators = self._creators
-        creator = creators.get(hostname)
-        if creator is None:
-            return self._build(hostname, creators, OFFERED)
-        creators.move_to_end(hostname)
-        return creator
+        return self._cached(hostname, self._creators, OFFERED)
 
     def creator_http1(self, hostname) -> UpstreamCreator:
         """As L{creatorForNetloc}, offering ``http/1.1`` alone: for the
         requests that must stay on HTTP/1.1 (an upgrade, a WebSocket).
         These creators have their own cache, of the same size."""
-        creators = self._http1_creators
-        creator = creators.get(hostname)
-        if creator is None:
-            return self._build(hostname, creators, [ALPN])
-        creators.move_to_end(hostname)
-        return creator
+        return self._cached(hostname, self._http1_creators, [ALPN])
 
-    def _build(self, hostname, creators: OrderedDict, protocols) -> UpstreamCreator:
+    def _cached(self, hostname, creators: OrderedDict, protocols) -> UpstreamCreator:
+        """The creator for C{hostname} in C{creators}, made (offering
+        C{protocols}) and kept if it is not there; the least recently used
+        beyond L{cache_size} is dropped."""
         if isinstance(hostname, bytes):  # the cache is keyed on text
             hostname = hostname.decode("ascii")
-            creator = creators.get(hostname)
-            if creator is not None:
-                creators.move_to_end(hostname)
-                return creator
+        creator = creators.get(hostname)
+        if creator is not None:
+            creators.move_to_end(hostname)
+            return creator
         if not hostname:
             raise MissingServerName("refusing a TLS dial without a server name (SNI)")
         creator = creators[hostname] = self._creator(hostname, protocols)
