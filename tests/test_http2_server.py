@@ -72,6 +72,17 @@ def ok(exchange):
     exchange.answer(200, TEXT, b"ok\n")
 
 
+def slow_upstream(consumer):
+    """A handler whose upstream takes the body into C{consumer}, then holds
+    it back at once."""
+
+    def handle(exchange):
+        exchange.body.attach(consumer)
+        exchange.body.pauseProducing()
+
+    return handle
+
+
 def hold(exchange):
     """Leave the exchange open: the test answers it."""
 
@@ -324,12 +335,7 @@ def test_a_body_at_the_minimum_rate_goes_on_past_its_grace():
 
 def test_a_body_the_proxy_holds_back_is_not_cut_and_its_grace_restarts_on_resume():
     consumer = Consumer()
-
-    def slow_upstream(exchange):
-        exchange.body.attach(consumer)
-        exchange.body.pauseProducing()
-
-    server = Server(slow_upstream)
+    server = Server(slow_upstream(consumer))
     client = server.connect()
     client.send(POST, end_stream=False)
     server.clock.advance(BODY_GRACE * 3)
@@ -400,12 +406,7 @@ def test_a_response_without_a_body_is_one_headers_frame():
 def test_a_paused_request_body_holds_its_stream_window_until_resumed(limits):
     limits(stream_window=65535)
     consumer = Consumer()
-
-    def slow_upstream(exchange):
-        exchange.body.attach(consumer)
-        exchange.body.pauseProducing()
-
-    server = Server(slow_upstream)
+    server = Server(slow_upstream(consumer))
     client = server.connect()
     stream_id = client.send(POST, end_stream=False)
     for _ in range(3):
