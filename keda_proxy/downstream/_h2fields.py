@@ -11,17 +11,18 @@ import re
 
 from twisted.web.http import datetimeToString
 
-from keda_proxy.wire._headers import NOT_TRAILERS, InvalidHeaderName, canonical_name
+from keda_proxy.wire._headers import (
+    H2_CONNECTION_SPECIFIC,
+    NOT_TRAILERS,
+    InvalidHeaderName,
+    canonical_name,
+)
 from keda_proxy.wire._memo import remember
 
 __all__ = [
     "MalformedRequest", "http_date", "is_grpc", "lower_fields", "lower_trailers",
     "request_fields", "request_trailers", "response_fields",
 ]
-
-_CONNECTION_SPECIFIC = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
-})
 
 _date_cache = [None, b""]
 
@@ -50,7 +51,7 @@ def response_fields(block: bytes) -> tuple:
                 continue
             name, _, value = line.partition(b":")
             name = name.strip().lower()
-            if name not in _CONNECTION_SPECIFIC:
+            if name not in H2_CONNECTION_SPECIFIC:
                 out.append((name, value.strip(b" \t")))
         fields = remember(_FIELDS, block, tuple(out))
     return fields
@@ -58,7 +59,7 @@ def response_fields(block: bytes) -> tuple:
 
 def lower_fields(fields) -> list:
     return [(name.lower(), value) for name, value in fields
-            if name.lower() not in _CONNECTION_SPECIFIC]
+            if name.lower() not in H2_CONNECTION_SPECIFIC]
 
 
 class MalformedRequest(Exception):
@@ -80,7 +81,7 @@ _NAMES: dict = {}
 def _field_name(name: bytes) -> bytes:
     key = _NAMES.get(name)
     if key is None:
-        if name.lower() != name or name in _CONNECTION_SPECIFIC:
+        if name.lower() != name or name in H2_CONNECTION_SPECIFIC:
             raise MalformedRequest(name)
         try:
             key = remember(_NAMES, name, canonical_name(name))

@@ -18,6 +18,7 @@ from keda_proxy.upstream._http1client import (
 )
 from keda_proxy.wire._framing import content_length
 from keda_proxy.wire._headers import (
+    H2_CONNECTION_SPECIFIC,
     HOP_BY_HOP,
     BadTrailer,
     InvalidHeaderName,
@@ -29,12 +30,9 @@ from keda_proxy.wire._status import status_text
 __all__ = ["NO_BODY_CODES", "request_fields", "request_trailers", "response_head",
            "trailer_fields"]
 
-#: request fields HTTP/2 has no place for (RFC 9113 §8.2.2); Host becomes
-#: C{:authority}, and TE passes only as C{trailers}
-_NOT_SENT = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-    b"upgrade", b"host", b"te",
-})
+#: request fields not sent as they are: those HTTP/2 has no place for;
+#: Host becomes C{:authority}, and TE passes only as C{trailers}
+_NOT_SENT = H2_CONNECTION_SPECIFIC | {b"host", b"te"}
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 #: responses that never have a body
 NO_BODY_CODES = frozenset({204, 304})

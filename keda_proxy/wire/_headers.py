@@ -176,6 +176,14 @@ _DROP = HOP_BY_HOP | _FRAMING
 _DROP_TRACED = _DROP | _TRACEPARENT
 
 
+#: fields HTTP/2 has no place for (RFC 9113 §8.2.2), lowercase as HTTP/2
+#: writes names: neither of the proxy's HTTP/2 sides sends them, and a
+#: request that carries one is malformed
+H2_CONNECTION_SPECIFIC: FrozenSet[bytes] = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+})
+
+
 #: fields that must not travel as trailers (RFC 9110 §6.5.1): framing,
 #: routing, authentication and content description, and the hop-by-hop
 #: ones; dropped from trailers in both directions
