@@ -13,9 +13,9 @@ from twisted.web.http import datetimeToString
 
 from keda_proxy.wire._headers import (
     H2_CONNECTION_SPECIFIC,
-    NOT_TRAILERS,
     InvalidHeaderName,
     canonical_name,
+    sendable_trailers,
 )
 from keda_proxy.wire._memo import remember
 
@@ -158,14 +158,6 @@ def is_grpc(headers: dict) -> bool:
 
 
 def lower_trailers(trailers) -> list:
-    """Response trailers as HTTP/2 fields: lowercase names, without those
-    that must not be trailers (L{NOT_TRAILERS})."""
-    out = []
-    for name, value in trailers:
-        try:
-            if canonical_name(name) in NOT_TRAILERS:
-                continue
-        except InvalidHeaderName:
-            continue
-        out.append((name.lower(), value))
-    return out
+    """Response trailers as HTTP/2 fields: lowercase names, those that may
+    be sent only (L{sendable_trailers})."""
+    return [(name.lower(), value) for name, value in sendable_trailers(trailers)]

@@ -11,10 +11,8 @@ import re
 from typing import Optional
 
 from keda_proxy.upstream._http1client import (
-    NOT_TRAILERS,
     ResponseHead,
     UpstreamProtocolError,
-    _trailer_names,
 )
 from keda_proxy.wire._framing import content_length
 from keda_proxy.wire._headers import (
@@ -23,6 +21,8 @@ from keda_proxy.wire._headers import (
     BadTrailer,
     InvalidHeaderName,
     canonical_name,
+    sendable_trailers,
+    trailer_names,
     trailer_pairs,
 )
 from keda_proxy.wire._status import status_text
@@ -130,7 +130,7 @@ def response_head(headers, head_only: bool = False, ended: bool = False) -> Resp
                 parts.append(b"Content-Length: 0\r\n")
                 length = 0
         elif announced is not None:
-            names = _trailer_names(announced)
+            names = trailer_names(announced)
             if names:
                 parts.append(b"Trailer: %s\r\n" % names)
     return ResponseHead(code, status_text(code), b"HTTP/2", b"".join(parts), length,
@@ -150,13 +150,5 @@ def trailer_fields(headers) -> Optional[list]:
 
 def request_trailers(trailers) -> list:
     """The request's trailer fields as HTTP/2 takes them: lower-case
-    names, those that may be trailers only."""
-    fields = []
-    for name, value in trailers:
-        try:
-            key = canonical_name(name)
-        except InvalidHeaderName:
-            continue
-        if key not in NOT_TRAILERS:
-            fields.append((name.lower(), value))
-    return fields
+    names, those that may be sent only (L{sendable_trailers})."""
+    return [(name.lower(), value) for name, value in sendable_trailers(trailers)]

@@ -36,10 +36,11 @@ from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, content_lengt
 from keda_proxy.wire._headers import (
     _HOP_KEYS,
     CANONICAL_NAMES,
-    NOT_TRAILERS,
     BadTrailer,
     InvalidHeaderName,
     canonical_name,
+    sendable_trailers,
+    trailer_names,
 )
 from keda_proxy.wire._headers import trailer_fields as _trailer_fields
 from keda_proxy.wire._memo import remember
@@ -185,7 +186,7 @@ def parse_head(head: bytes) -> ResponseHead:
         parts = [p for p in parts if p[:p.index(b":")].lower() not in named]
         has_date = has_date and b"date" not in named
     if announced is not None and chunked:
-        names = _trailer_names(announced)
+        names = trailer_names(announced)
         if names:
             parts.append(b"Trailer: %s\r\n" % names)
     length = None
@@ -231,36 +232,10 @@ def trailer_fields(lines) -> Optional[list]:
         raise UpstreamProtocolError(str(e)) from None
 
 
-def _trailer_names(announced: bytes) -> bytes:
-    """A ``Trailer`` value (every line, joined by commas) to announce
-    again: canonical names, once each, those that may be trailers only;
-    what is not a token is left out."""
-    names = []
-    for token in announced.split(b","):
-        try:
-            key = canonical_name(token.strip(b" \t"))
-        except InvalidHeaderName:
-            continue
-        if key not in NOT_TRAILERS and key not in names:
-            names.append(key)
-    return b", ".join(names)
-
-
 def _request_trailers(fields) -> bytes:
-    """Request trailer fields, as lines to send after the last chunk: those
-    that may be trailers (L{NOT_TRAILERS}), with a token for a name and a
-    value without CR, LF or NUL; the rest are dropped, whatever the
-    client's side let through."""
-    lines = []
-    for name, value in fields or ():
-        try:
-            key = canonical_name(name)
-        except InvalidHeaderName:
-            continue
-        if key in NOT_TRAILERS or 0 in value or 10 in value or 13 in value:
-            continue
-        lines.append(b"%s: %s\r\n" % (key, value))
-    return b"".join(lines)
+    """Request trailer fields, as lines to send after the last chunk
+    (L{sendable_trailers})."""
+    return b"".join(b"%s: %s\r\n" % field for field in sendable_trailers(fields))
 
 
 #: the end of a response head, bare LFs allowed (as Go's reader allows

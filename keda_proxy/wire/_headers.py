@@ -232,3 +232,35 @@ def trailer_pairs(pairs) -> Optional[list]:
         if key not in NOT_TRAILERS:
             fields.append((key, value))
     return fields or None
+
+
+def trailer_names(announced: bytes) -> bytes:
+    """A ``Trailer`` value (every line, joined by commas) to announce
+    again: canonical names, once each, those that may be trailers only;
+    what is not a token is left out."""
+    names = []
+    for token in announced.split(b","):
+        try:
+            key = canonical_name(token.strip(b" \t"))
+        except InvalidHeaderName:
+            continue
+        if key not in NOT_TRAILERS and key not in names:
+            names.append(key)
+    return b", ".join(names)
+
+
+def sendable_trailers(fields) -> list:
+    """Trailer fields to send on, from any side, as C{(canonical name,
+    value)} pairs: those that may be trailers (L{NOT_TRAILERS}), with a
+    token for a name and a value without CR, LF or NUL; the rest are
+    dropped, whatever the side they came from let through."""
+    out = []
+    for name, value in fields or ():
+        try:
+            key = canonical_name(name)
+        except InvalidHeaderName:
+            continue
+        if key in NOT_TRAILERS or 0 in value or 10 in value or 13 in value:
+            continue
+        out.append((key, value))
+    return out
