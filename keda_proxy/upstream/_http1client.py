@@ -95,8 +95,8 @@ def parse_head(head: bytes) -> ResponseHead:
     ``Trailer`` is hop-by-hop, but a chunked response announces its
     trailers again, in one ``Trailer`` line of the names that may be
     trailers (L{keda_proxy.wire._headers.trailer_names}), as Go's
-    ReverseProxy does; the announcement of a body that is not chunked is dropped, as it has no
-    trailers to announce.
+    ReverseProxy does; the announcement of a body that is not chunked is
+    dropped, as it has no trailers to announce.
 
     A head seen before, byte for byte, gets the same (immutable) answer
     from L{_HEADS} without any of that.
