@@ -76,7 +76,9 @@ def bench_routes(n=200):
     return rs
 
 
-def setup(routes=200):
+def setup_connected(routes=200):
+    """The harness with the routes loaded, as in production, and one client
+    connection to it."""
     h = Harness()
     h.pipeline.metrics = ProxyMetrics(h.clock, h.counter)  # as in production
     if os.environ.get("KEDA_BENCH_TRACING"):
@@ -88,6 +90,11 @@ def setup(routes=200):
     rs = bench_routes(routes)
     load(h.store, routes=rs, services=[service()], slices=[endpoint_slice()])
     proto, client = h.connect()
+    return h, proto, client
+
+
+def setup(routes=200):
+    h, proto, client = setup_connected(routes)
     proto.dataReceived(REQUEST)
     up = h.upstream()
     up.respond(RESPONSE)
@@ -117,7 +124,7 @@ class H2Bench:
         from h2.connection import H2Connection
 
         self.m = streams
-        self.h, self.proto, self.client = setup_plain()
+        self.h, self.proto, self.client = setup_connected()
         c = self.c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
         c.initiate_connection()
         c.increment_flow_control_window(1 << 30)
@@ -167,15 +174,6 @@ class H2Bench:
             done += sum(type(e).__name__ == "StreamEnded" for e in c.receive_data(out))
         assert done == n - n % self.m, done
         return spent
-
-
-def setup_plain(routes=200):
-    h = Harness()
-    h.pipeline.metrics = ProxyMetrics(h.clock, h.counter)
-    rs = bench_routes(routes)
-    load(h.store, routes=rs, services=[service()], slices=[endpoint_slice()])
-    proto, client = h.connect()
-    return h, proto, client
 
 
 def one_turn(clock):
