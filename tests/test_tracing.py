@@ -127,13 +127,46 @@ def test_an_unsampled_parent_is_continued_but_not_recorded():
     assert _exported(h) == []
 
 
-def test_the_queue_drops_the_oldest_spans_when_the_collector_is_away():
+def test_a_full_queue_drops_new_spans_and_counts_them():
     tracer = Tracer()
     trace = tracer.start(None)
-    for _ in range(tracing.MAX_QUEUE + 10):
+    for _ in range(tracing.MAX_QUEUE):
         tracer.finish(trace, b"GET", b"/", 200, None, None)
+    assert tracer.batch_ready.is_set() and tracer.dropped == 0
+    first = tracer.queue[0]
+    late = tracer.start(None)
+    for _ in range(10):
+        tracer.finish(late, b"GET", b"/late", 200, None, None)
     assert len(tracer.queue) == tracing.MAX_QUEUE
-    assert tracer.batch_ready.is_set()
+    assert tracer.queue[0] is first and all(r[0] is trace for r in tracer.queue)
+    assert tracer.dropped == 10
+
+
+
+class _InlineReactor:
+    """callFromThread, run at once: the test is the export thread."""
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+def test_the_export_round_says_how_many_spans_were_dropped_once():
+    from twisted.logger import capturedLogs
+
+    tracer = Tracer()
+    trace = tracer.start(None)
+    for _ in range(tracing.MAX_QUEUE + 7):
+        tracer.finish(trace, b"GET", b"/", 200, None, None)
+    batches = []
+    sink = type("Sink", (), {"export": lambda self, batch: batches.append(batch)})()
+    exporter = SpanExporter(tracer, sink, _InlineReactor())
+    exporter._resource, exporter._scope = tracing.resource(), None
+    with capturedLogs() as events:
+        exporter.export_queued()
+        exporter.export_queued()  # nothing new dropped: nothing said
+    dropped = [e for e in events if "dropped" in e["log_format"]]
+    assert len(dropped) == 1 and dropped[0]["n"] == 7
+    assert sum(len(b) for b in batches) == tracing.MAX_QUEUE and not tracer.queue
 
 
 # -- a real OTLP/HTTP collector ------------------------------------------------
