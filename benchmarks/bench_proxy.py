@@ -96,6 +96,11 @@ def parse_args(argv=None):
                     help="run keda-interceptor with twistd -r NAME, e.g. epoll (the one twistd "
                          "picks on Linux without -r, the default here) or keda-epoll. Repeat "
                          "to compare reactors side by side: one row per source and reactor")
+    ap.add_argument("--processes", type=int, default=1, metavar="K",
+                    help="start each keda-interceptor row as K processes, each measured "
+                         "--repeat times; the row's median is over all K x repeat runs. "
+                         "Processes of the same code differ by up to 15%% in req/s (memory "
+                         "layout, hash seed), so a ratio between two rows needs K >= 3")
     ap.add_argument("--routes", type=int, default=200, help="InterceptorRoutes loaded (200)")
     ap.add_argument("--server-cpu", type=int, default=0,
                     help="core of the server under test (0)")
@@ -196,6 +201,8 @@ class Bench:
                 self.server_pids[t] = [p.pid]
                 bl.wait_listening(port, p, td.dir / f"{t}.log")
         self.keda = {}
+        #: row key -> the keys of its processes (the row's own key first)
+        self.copies = {}
         self.sources = {}
         self.reactor_opts = {}
         if "keda" in a.targets:
@@ -212,13 +219,19 @@ class Bench:
                 src = self.src[key] = srcs[spec]
                 self.sources[key] = bl.describe_source(src, spec) + (
                     f", twistd -r {reactor}" if opts else ", twistd's default reactor")
-                bl.log(f"starting {LABELS[key]} with {a.routes} routes "
-                       f"from {self.sources[key]}")
-                k = self.keda[key] = bl.start_interceptor(
-                    td.procs, td.dir, be_port, a.server_cpu, routes=a.routes, src=src,
-                    name=LABELS[key], twistd_opts=opts, extra_env=extra_env)
-                self.urls[key] = f"http://127.0.0.1:{k['proxy_port']}/"
-                self.server_pids[key] = [k["pid"]]
+                copies = self.copies[key] = [key] + [f"{key}.p{j}"
+                                                     for j in range(2, a.processes + 1)]
+                for copy in copies:
+                    LABELS[copy] = LABELS[key]
+                    bl.log(f"starting {LABELS[key]} with {a.routes} routes "
+                           f"from {self.sources[key]}")
+                    k = bl.start_interceptor(
+                        td.procs, td.dir, be_port, a.server_cpu, routes=a.routes, src=src,
+                        name=LABELS[key], twistd_opts=opts, extra_env=extra_env)
+                    if copy == key:
+                        self.keda[key] = k
+                    self.urls[copy] = f"http://127.0.0.1:{k['proxy_port']}/"
+                    self.server_pids[copy] = [k["pid"]]
         for url in self.urls.values():
             bl.check_body(url, bl.BENCH_HOST)
         self.all_ours = {p for pids in self.server_pids.values() for p in pids}
@@ -457,6 +470,8 @@ def main(argv=None) -> int:
         bench = Bench(args, td, tools)
         bench.start()
         keys = [t for t in TARGETS if t in args.targets and t != "keda"] + list(bench.keda)
+        row_of = {copy: key for key, copies in bench.copies.items() for copy in copies}
+        measured = [k for k in keys if k not in bench.copies] + list(row_of)
         idle_bg = background_check()
         deadline = time.monotonic() + args.wait_quiet
         while idle_bg > 10 and time.monotonic() < deadline:
@@ -467,11 +482,12 @@ def main(argv=None) -> int:
         runs = {}
         for rep in range(args.repeat):
             for conns in conn_list:
-                for t in keys:
-                    bl.log(f"run {rep + 1}/{args.repeat}: {LABELS[t]}, {conns} conn(s), "
-                           f"{args.duration}s")
+                for t in measured:
+                    bl.log(f"run {rep + 1}/{args.repeat}: {LABELS[t]}"
+                           + (f" (process {t.rpartition('.p')[2]})" if ".p" in t else "")
+                           + f", {conns} conn(s), {args.duration}s")
                     r = bench.measure(t, conns, args.duration, args.warmup)
-                    runs.setdefault((t, conns), []).append(r)
+                    runs.setdefault((row_of.get(t, t), conns), []).append(r)
         results = {}
         for key, rs in runs.items():
             rs = sorted(rs, key=lambda r: r["rps"])
@@ -488,7 +504,8 @@ def main(argv=None) -> int:
             print(f"- {LABELS[key]}: {where}")
         print(f"- wrk -t1 keep-alive GET, {args.duration}s per row after {args.warmup}s "
               f"warm-up; {args.repeat} run(s) per row"
-              + (" (median by req/s)" if args.repeat > 1 else "")
+              + (f" on each of {args.processes} processes" if args.processes > 1 else "")
+              + (" (median by req/s)" if args.repeat * args.processes > 1 else "")
               + f"; {args.routes} InterceptorRoutes loaded")
         for line in bench.pinning_lines():
             print(f"- pinned: {line}")
