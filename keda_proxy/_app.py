@@ -401,6 +401,10 @@ def build_service(reactor, config: Config, source_factory, interface: str = "",
         host, port = parse_bind_address(config.profiling_bind_address)
         Listener(reactor, port, profiling_site(reactor), "profiling",
                  interface=host or interface).setServiceParent(svc)
+    if ic.pipeline.tracer is not None or config.otlp_metrics_enabled:
+        from keda_proxy.ops._sdklog import route_sdk_logging
+
+        route_sdk_logging(reactor)
     if ic.pipeline.tracer is not None:
         SpanExporter(ic.pipeline.tracer, exporter_for(config.otlp_traces_protocol),
                      reactor).setServiceParent(svc)

@@ -169,6 +169,55 @@ def test_the_export_round_says_how_many_spans_were_dropped_once():
     assert sum(len(b) for b in batches) == tracing.MAX_QUEUE and not tracer.queue
 
 
+
+@pytest.fixture
+def sdk_log():
+    """The SDK's loggers routed to Twisted's log (as the app does), and
+    restored afterwards."""
+    import logging
+
+    from keda_proxy.ops._sdklog import route_sdk_logging
+
+    sdk = logging.getLogger("opentelemetry")
+    saved = sdk.handlers[:], sdk.level, sdk.propagate
+    handler = route_sdk_logging(_InlineReactor())
+    yield
+    sdk.removeHandler(handler)
+    sdk.handlers[:], sdk.propagate = saved[0], saved[2]
+    sdk.setLevel(saved[1])
+
+
+def test_the_sdks_warnings_are_lines_of_our_log(sdk_log, capsys):
+    import logging
+
+    from twisted.logger import LogLevel, capturedLogs
+
+    with capturedLogs() as events:
+        logging.getLogger("opentelemetry.exporter.otlp").warning("collector %s", "away")
+        logging.getLogger("opentelemetry.sdk").info("chatter")
+    assert [(e["log_level"], e["logger"], e["text"]) for e in events] == [
+        (LogLevel.warn, "opentelemetry.exporter.otlp", "collector away")]
+    assert capsys.readouterr().err == ""
+
+
+def test_an_unreachable_collector_is_reported_in_our_log(sdk_log, monkeypatch):
+    from twisted.logger import capturedLogs
+
+    from tests.netsupport import free_port
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                       f"http://127.0.0.1:{free_port()}/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0.5")
+    tracer = Tracer()
+    tracer.finish(tracer.start(None), b"GET", b"/", 200, None, None)
+    exporter = SpanExporter(tracer, tracing.exporter_for("http/protobuf"), _InlineReactor())
+    exporter._resource, exporter._scope = tracing.resource(), None
+    with capturedLogs() as events:
+        exporter.export_queued()
+    texts = [e["text"] for e in events if e.get("logger", "").startswith("opentelemetry")]
+    assert texts and any("export" in t for t in texts)
+
+
 # -- a real OTLP/HTTP collector ------------------------------------------------
 
 class _Collector(resource.Resource):
