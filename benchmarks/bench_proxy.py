@@ -489,7 +489,11 @@ def main(argv=None) -> int:
                     r = bench.measure(t, conns, args.duration, args.warmup)
                     runs.setdefault((row_of.get(t, t), conns), []).append(r)
         results = {}
+        spreads = []
         for key, rs in runs.items():
+            if len(rs) > 1:
+                spreads.append(f"{LABELS[key[0]]} at {key[1]} conn(s), req/s of each run in "
+                               "order: " + ", ".join(f"{r['rps']:,.0f}" for r in rs))
             rs = sorted(rs, key=lambda r: r["rps"])
             results[key] = rs[len(rs) // 2]
 
@@ -550,7 +554,7 @@ def main(argv=None) -> int:
         if stolen:
             notes.append("the hypervisor stole CPU (steal time, % of one core) during: "
                          + ", ".join(stolen))
-        for n in notes:
+        for n in notes + spreads:
             print(f"- {n}")
         sys.stdout.flush()
         rc = 1 if args.check and failed else 0
