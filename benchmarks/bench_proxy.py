@@ -471,7 +471,10 @@ def main(argv=None) -> int:
         bench.start()
         keys = [t for t in TARGETS if t in args.targets and t != "keda"] + list(bench.keda)
         row_of = {copy: key for key, copies in bench.copies.items() for copy in copies}
-        measured = [k for k in keys if k not in bench.copies] + list(row_of)
+        # the rows' processes take turns (row 1's first, row 2's first, ..., row 1's
+        # second, ...), so that a slow stretch of the machine falls on every row alike
+        measured = [k for k in keys if k not in bench.copies] + [
+            copies[j] for j in range(args.processes) for copies in bench.copies.values()]
         idle_bg = background_check()
         deadline = time.monotonic() + args.wait_quiet
         while idle_bg > 10 and time.monotonic() < deadline:
