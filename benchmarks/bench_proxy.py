@@ -205,13 +205,15 @@ class Bench:
         self.copies = {}
         self.sources = {}
         self.reactor_opts = {}
+        self.extra_env = {}
         if "keda" in a.targets:
             srcs = {spec: bl.interceptor_source(spec, td.dir) for spec in a.interceptor}
             rows = [(spec, r, e) for spec in a.interceptor for r in a.reactor for e in a.env]
             for i, (spec, reactor, env) in enumerate(rows):
                 key = "keda" if i == 0 else f"keda{i}"
                 opts = self.reactor_opts[key] = ["-r", reactor] if reactor else []
-                extra_env = dict(kv.split("=", 1) for kv in env.split(",") if kv)
+                extra_env = self.extra_env[key] = dict(kv.split("=", 1)
+                                                       for kv in env.split(",") if kv)
                 tags = ([spec] if len(a.interceptor) > 1 else []) + (
                     [" ".join(opts) or "no -r"] if len(a.reactor) > 1 or reactor else []) + (
                     [env or "no env"] if len(a.env) > 1 else [])
@@ -370,11 +372,13 @@ def profile(bench, out_path: Path, conns, duration):
 
 
 def cprofile(bench, out_path: Path, conns, duration, top=25):
-    """One more interceptor (same code as the first keda row) under cProfile."""
+    """One more interceptor (the first keda row's code, reactor and environment)
+    under cProfile."""
     a = bench.args
     k = bl.start_cprofiled(bench.td, bench.backend_port, a.server_cpu, out_path, a.routes,
                            src=bench.src.get("keda"),
-                           twistd_opts=bench.reactor_opts.get("keda", []))
+                           twistd_opts=bench.reactor_opts.get("keda", []),
+                           extra_env=bench.extra_env.get("keda"))
     bench.placement("keda")
     url = f"http://127.0.0.1:{k['proxy_port']}/"
     bl.check_body(url, bl.BENCH_HOST)
