@@ -218,6 +218,45 @@ def test_an_unreachable_collector_is_reported_in_our_log(sdk_log, monkeypatch):
     assert texts and any("export" in t for t in texts)
 
 
+
+class _StuckExporter:
+    """An exporter whose export blocks, as the SDK's does while it retries a
+    collector that is down, until it is shut down."""
+
+    def __init__(self):
+        import threading
+
+        self.exporting = threading.Event()
+        self.shut = threading.Event()
+        self.batches = 0
+
+    def export(self, batch):
+        self.batches += 1
+        self.exporting.set()
+        self.shut.wait(30)
+
+    def shutdown(self):
+        self.shut.set()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_stop_waits_for_a_stuck_export_only_so_long():
+    from twisted.internet.threads import deferToThread
+
+    tracer = Tracer()
+    for _ in range(tracing.MAX_BATCH * 2):  # a second batch is never tried
+        tracer.finish(tracer.start(None), b"GET", b"/", 200, None, None)
+    stuck = _StuckExporter()
+    exporter = SpanExporter(tracer, stuck, reactor, schedule_delay=0.01, stop_flush=0.3)
+    exporter.startService()
+    assert (yield deferToThread(stuck.exporting.wait, 10))
+    start = reactor.seconds()
+    yield exporter.stopService()
+    assert 0.25 <= reactor.seconds() - start < 2.5
+    assert stuck.shut.is_set() and stuck.batches == 1
+    assert not exporter._thread.is_alive()
+
+
 # -- a real OTLP/HTTP collector ------------------------------------------------
 
 class _Collector(resource.Resource):

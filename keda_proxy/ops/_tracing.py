@@ -46,6 +46,10 @@ log = Logger()
 MAX_QUEUE = 2048
 #: spans per export call (the SDK's default)
 MAX_BATCH = 512
+#: seconds a stop waits for the last spans to be exported before it
+#: interrupts the exporter (a collector that is down would hold the
+#: process's exit for the exporter's retries, 10 s or more)
+STOP_FLUSH = 5.0
 #: the default service.name, unless OTEL_SERVICE_NAME or
 #: OTEL_RESOURCE_ATTRIBUTES say otherwise
 SERVICE_NAME = "keda-http-interceptor"
@@ -230,10 +234,13 @@ class SpanExporter(Service):
     reactor: object
     schedule_delay: float = field(
         factory=lambda: float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000")) / 1000)
+    stop_flush: float = STOP_FLUSH
     _thread: Optional[threading.Thread] = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
     #: L{Tracer.dropped} as last logged
     _dropped: int = field(default=0, init=False)
+    _shut: bool = field(default=False, init=False)
+    _shut_lock: threading.Lock = field(factory=threading.Lock, init=False)
 
     def startService(self):
         super().startService()
@@ -246,8 +253,9 @@ class SpanExporter(Service):
         self._thread.start()
 
     def stopService(self):
-        """Export what is queued (bounded by the exporter's own timeout),
-        off the reactor thread."""
+        """Export what is queued, off the reactor thread, for at most
+        C{stop_flush} seconds; then shut the exporter down, which ends its
+        retries."""
         super().stopService()
         self._stopping = True
         self.tracer.batch_ready.set()
@@ -255,7 +263,10 @@ class SpanExporter(Service):
         thread = self._thread
 
         def join():
-            thread.join(timeout=10)
+            thread.join(timeout=self.stop_flush)
+            if thread.is_alive():
+                self._shut_exporter()
+                thread.join(timeout=1)
             self.reactor.callFromThread(done.callback, None)
 
         threading.Thread(target=join, name="otlp-spans-stop", daemon=True).start()
@@ -269,11 +280,20 @@ class SpanExporter(Service):
             stopping = self._stopping
             self.export_queued()
             if stopping:
-                try:
-                    self.exporter.shutdown()
-                except Exception:  # noqa: BLE001 - nothing to tell at shutdown
-                    pass
+                self._shut_exporter()
                 return
+
+    def _shut_exporter(self) -> None:
+        """Shut the exporter down once, from whichever thread gets here
+        first (the export thread, or a stop that waited long enough)."""
+        with self._shut_lock:
+            if self._shut:
+                return
+            self._shut = True
+        try:
+            self.exporter.shutdown()
+        except Exception:  # noqa: BLE001 - nothing to tell at shutdown
+            pass
 
     def _log_dropped(self) -> None:
         """One line per export round after which the queue overflowed."""
@@ -289,7 +309,7 @@ class SpanExporter(Service):
         were dropped since the last round (export thread)."""
         self._log_dropped()
         queue = self.tracer.queue
-        while queue:
+        while queue and not self._shut:  # a stop gave up on the exporter: drop the rest
             batch = []
             while queue and len(batch) < MAX_BATCH:
                 batch.extend(_spans(queue.popleft(), self._resource, self._scope))
