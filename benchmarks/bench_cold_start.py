@@ -935,7 +935,8 @@ def run_scenario(sc: Scenario, args) -> dict:
         for item in args.env:
             k, _, v = item.partition("=")
             env[k] = v
-        argv = [bl.twistd_path(), "-n", "--pidfile=", "keda-interceptor"]
+        argv = [bl.twistd_path(), "-n", "--pidfile=",
+                *(["-r", args.reactor] if args.reactor else []), "keda-interceptor"]
         if cpu_ic is not None:
             argv = ["taskset", "-c", str(cpu_ic), *argv]
         logfile = td.dir / "keda-interceptor.log"
@@ -1032,6 +1033,7 @@ def print_report(args, results, argv) -> bool:
     print(f"- machine: {os.cpu_count()} CPUs, {platform.python_implementation()} "
           f"{platform.python_version()}, Linux {platform.release()}")
     print(f"- keda-interceptor: {args.where}"
+          + (f"; twistd -r {args.reactor}" if args.reactor else "; twistd's default reactor")
           + (f"; extra environment: {' '.join(args.env)}" if args.env else ""))
     print(f"- D (Service address opens D s after the readiness update): {args.delay:g} s")
     first = next(iter(results.values()), None)
@@ -1181,6 +1183,8 @@ def parse_args(argv=None):
                     help="code to run: 'worktree' (this checkout as it is), a git ref "
                          "(exported read-only with git archive), or a directory holding "
                          "keda_proxy/ (see bench_proxy.py)")
+    ap.add_argument("--reactor", metavar="NAME",
+                    help="twistd -r NAME, e.g. keda-epoll (the image's); default: twistd's own")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for keda-interceptor, for experiments "
                          "(repeatable), e.g. KEDA_HTTP_CONNECT_TIMEOUT=10s")
