@@ -142,7 +142,6 @@ def test_a_full_queue_drops_new_spans_and_counts_them():
     assert tracer.dropped == 10
 
 
-
 class _InlineReactor:
     """callFromThread, run at once: the test is the export thread."""
 

@@ -20,7 +20,7 @@ full queue drops new spans, as Go's batch span processor does, and the
 export thread logs how many.  (Dropping the oldest instead, as Python's
 SDK does, frees a record made thousands of requests earlier on every
 request while the collector is down: memory long out of the cache, which
-cost over a tenth of the throughput.)
+cost about 5% of the throughput.)
 
 Sampling follows the SDK's default, parent-based always-on: a request is
 traced unless its ``traceparent`` says its parent was not sampled.
