@@ -32,6 +32,10 @@ and so on.  Reported per reactor: the medians of req/s and of requests per
 CPU-second of the interceptor's own, on and off, and their ratios (the
 target: on / off >= 0.9), with each process's ratio.
 
+Memory: one more interceptor per reactor, started without tracing, gets
+the same rounds (``--rounds`` x 2 runs); then the peak RSS (VmHWM) of the
+traced processes (median) is compared with its.
+
 Pinning: the interceptors on ``--server-cpu`` (0), wrk and nginx on
 ``--load-cpu`` (1).  ``--check`` exits 1 when a ratio is under 0.9.
 """
@@ -110,8 +114,21 @@ def cpu_seconds(pid: int) -> float:
     return bl.proc_ticks(pid) / os.sysconf("SC_CLK_TCK")
 
 
+def untraced_peak_kb(args, tools, td, reactor: str, backend_port: int) -> int:
+    """The peak RSS of an interceptor without tracing, loaded as the traced
+    ones are."""
+    k = bl.start_interceptor(td.procs, td.dir, backend_port, args.server_cpu,
+                             twistd_opts=["-r", reactor],
+                             name=f"keda-interceptor -r {reactor} untraced")
+    url = f"http://127.0.0.1:{k['proxy_port']}/"
+    for _ in range(1 + 2 * args.rounds):  # the warm-up, then both runs of each round
+        bp.run_wrk(tools, url, 32, args.duration, args.load_cpu, td.dir / "report.lua")
+    return bl.rss_kb(k["pid"])["VmHWM"]
+
+
 def measure(args, tools, td, reactor: str, n: int, backend_port: int, closed_port: int):
-    """One interceptor's rounds: a list of (tracing on?, req/s, req per CPU-s, requests)."""
+    """One interceptor's rounds: a list of (tracing on?, req/s, req per CPU-s, requests),
+    and its peak RSS in kB."""
     site = td.dir / f"site-{reactor}-{n}"
     site.mkdir()
     status = site / "started"
@@ -142,7 +159,7 @@ def measure(args, tools, td, reactor: str, n: int, backend_port: int, closed_por
     os.kill(pid, signal.SIGUSR2)  # one more line: the count after the last run
     time.sleep(0.2)
     check_toggles(name, status, runs)
-    return runs
+    return runs, bl.rss_kb(pid)["VmHWM"]
 
 
 def check_toggles(name: str, status: Path, runs) -> None:
@@ -168,7 +185,7 @@ def check_toggles(name: str, status: Path, runs) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     tools = bl.ensure_tools(["nginx", "wrk"])
-    results = {}
+    results, peaks, untraced = {}, {}, {}
     with bl.Teardown("keda-bench-tracing-", keep=args.keep) as td:
         (td.dir / "report.lua").write_text(bp.WRK_LUA)
         backend_port, closed_port = bl.free_ports(2)
@@ -178,8 +195,11 @@ def main(argv=None) -> int:
         for reactor in args.reactor:
             for n in range(1, args.processes + 1):
                 bl.log(f"-r {reactor}, process {n}/{args.processes}: {args.rounds} rounds")
-                results.setdefault(reactor, []).append(
-                    measure(args, tools, td, reactor, n, backend_port, closed_port))
+                runs, peak = measure(args, tools, td, reactor, n, backend_port, closed_port)
+                results.setdefault(reactor, []).append(runs)
+                peaks.setdefault(reactor, []).append(peak)
+            bl.log(f"-r {reactor}, without tracing: the same load, for its peak RSS")
+            untraced[reactor] = untraced_peak_kb(args, tools, td, reactor, backend_port)
     print()
     print("## Tracing on, collector down, against tracing off, in the same process")
     print()
@@ -189,8 +209,8 @@ def main(argv=None) -> int:
           f"{args.server_cpu}, wrk and nginx on core {args.load_cpu}")
     print()
     print("| reactor | off req/s | on req/s | on ÷ off | off req/CPU-s | on req/CPU-s | on ÷ off "
-          "| per process (req/s) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+          "| per process (req/s) | peak RSS MB, untraced / traced |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     failed = False
     for reactor, procs in results.items():
         def med(on, i, runs):
@@ -203,7 +223,8 @@ def main(argv=None) -> int:
         failed = failed or rps < TARGET or cpu < TARGET
         print(f"| {reactor} | {med(False, 1, every):,.0f} | {med(True, 1, every):,.0f} | "
               f"**{rps:.3f}** | {med(False, 2, every):,.0f} | {med(True, 2, every):,.0f} | "
-              f"{cpu:.3f} | {each} |")
+              f"{cpu:.3f} | {each} | {untraced[reactor] / 1024:.1f} / "
+              f"{statistics.median(peaks[reactor]) / 1024:.1f} |")
     print()
     print(f"- target: on ÷ off >= {TARGET}: {'FAIL' if failed else 'PASS'}")
     return 1 if args.check and failed else 0
