@@ -64,8 +64,10 @@ CAP_SYS_RESOURCE, which this sandbox lacks: the hard limit here is 20,000).
 Diagnostics (none changes keda_proxy):
 
 - ``--diag`` puts a generated ``sitecustomize.py`` on the interceptor's
-  PYTHONPATH that times every garbage collection and every reactor turn
-  longer than 20 ms; the report gives both between T0 and the last response;
+  PYTHONPATH that times every garbage collection, every reactor turn
+  longer than 20 ms and the release's timeline (when the EndpointSlice
+  change reached the reactor, and each release turn); the report gives them
+  between T0 and the last response;
 - ``--profile SCENARIO`` (e.g. ``direct:1000``) attaches ``py-spy record
   --nonblocking`` to the interceptor from just before T0 until the queue is
   empty again and prints its hot spots;
@@ -540,7 +542,31 @@ if _OUT:
 
     gc.callbacks.append(_cb)
 
+    # the release's timeline: each EndpointSlice change handed over by a watch
+    # thread, and each ReadinessGate release turn (start, length, requests left)
+    _marks = {"delivered": [], "turns": []}
+
+    def _instrument():
+        from keda_proxy.state._kube_source import KubernetesSource
+        from keda_proxy.steps._readiness import ReadinessGate
+
+        delivered, release = KubernetesSource._delivered, ReadinessGate._release
+
+        def _delivered(self, watcher, op, args):
+            if op in ("apply", "put") and watcher.kind.kind == "EndpointSlice":
+                _marks["delivered"].append(time.monotonic())
+            return delivered(self, watcher, op, args)
+
+        def _release(self):
+            start = time.monotonic()
+            release(self)
+            _marks["turns"].append((start, time.monotonic() - start, len(self._releasing)))
+
+        KubernetesSource._delivered = _delivered
+        ReadinessGate._release = _release
+
     def _monitor():
+        _instrument()
         while "twisted.internet.reactor" not in sys.modules:
             time.sleep(0.05)
         from twisted.internet import reactor
@@ -571,7 +597,7 @@ if _OUT:
             return
         _dumped.append(True)
         with open(f"{_OUT}.{os.getpid()}", "w") as f:
-            json.dump({"gc": _gc, "stalls": _stalls,
+            json.dump({"gc": _gc, "stalls": _stalls, "marks": _marks,
                        "gc_threshold": gc.get_threshold()}, f)
 
     atexit.register(_dump)
@@ -607,6 +633,20 @@ def diag_summary(path: Path, t0: float, t_end: float) -> List[str]:
                    f"T0{s - t0:+.3f} s for {d * 1000:.0f} ms "
                    f"({gc_in(s, d) * 1000:.0f} ms of it in GC)"
                    for s, d in sorted(stalls, key=lambda x: -x[1])[:5]))
+    marks = data.get("marks", {})
+    slices = [t for t in marks.get("delivered", []) if t >= t0]
+    turns = [(s, d, left) for s, d, left in marks.get("turns", []) if t0 <= s <= t_end]
+    if slices and turns:
+        first, rest = turns[0], turns[1:]
+        gaps = [b[0] - (a[0] + a[1]) for a, b in zip(turns, turns[1:], strict=False)]
+        out.append(f"release timeline: the EndpointSlice change reached the reactor at "
+                   f"T0 + {(slices[0] - t0) * 1000:.1f} ms, the first release turn began at "
+                   f"T0 + {(first[0] - t0) * 1000:.1f} ms and took {first[1] * 1000:.2f} ms; "
+                   f"{len(turns)} release turns, the last ending at "
+                   f"T0 + {(turns[-1][0] + turns[-1][1] - t0) * 1000:.1f} ms"
+                   + (f"; later turns {sum(d for _s, d, _l in rest) / len(rest) * 1000:.2f} ms "
+                      f"each on average, with {sum(gaps) / len(gaps) * 1000:.2f} ms between "
+                      "turns (answering the pod's responses, and the loop)" if rest else ""))
     return out
 
 
