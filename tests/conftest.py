@@ -42,3 +42,11 @@ def test_reactor():
     from twisted.internet import reactor
 
     return chosen_reactor(), type(reactor)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    """A certificate authority made for the test module (trustme)."""
+    import trustme
+
+    return trustme.CA()

@@ -147,11 +147,6 @@ def infos(events) -> list:
     return [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
 
 
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
 @pytest.fixture
 def main(tmp_path, ca):
     """A listener with a main certificate for old.example; its logs."""

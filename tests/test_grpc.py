@@ -23,7 +23,6 @@ import queue
 import grpc
 import pytest
 import pytest_twisted
-import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -51,11 +50,6 @@ KEY = "default/grpc"
 AUTHORITY = "grpc.example"
 #: every call's deadline (seconds), but the 8 MiB ones
 DEADLINE = 10.0
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
 
 
 class Rig:

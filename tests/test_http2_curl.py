@@ -22,7 +22,6 @@ import shutil
 
 import pytest
 import pytest_twisted
-import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -175,11 +174,6 @@ class H2Backend(Factory):
 #: plain listener -> h1 (HTTP/1.1) and h2c; TLS listener -> h1s and h2s
 BACKENDS = ("h1", "h2c", "h1s", "h2s")
 NAMES = [f"{b}.example" for b in BACKENDS] + ["unknown.example"]
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import struct
 
 import pytest
 import pytest_twisted
-import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded, WindowUpdated
@@ -183,11 +182,6 @@ def grpc_request(path: bytes, message: bytes, host: bytes = HOST) -> bytes:
 
 
 # -- the rig -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
 
 
 class Rig:

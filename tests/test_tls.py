@@ -198,11 +198,6 @@ def ports():
         pytest_twisted.blockon(maybeDeferred(port.stopListening))
 
 
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
 @implementer(IOpenSSLServerConnectionCreator)
 class PodTLS:
     """A fake pod's TLS: presents C{cert}, speaks http/1.1, and requires a

@@ -43,11 +43,6 @@ class QuietSite(server.Site):
         pass
 
 
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
 @pytest.fixture
 def rig(tmp_path, ca):
     listening = []
