@@ -71,6 +71,7 @@ from keda_proxy.downstream._h2guard import AnsweredFrame, FrameBudget, ServerH2
 from keda_proxy.downstream._handler import run_handler
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._h2state import release
+from keda_proxy.wire._producers import steer
 from keda_proxy.wire._status import status_text
 
 __all__ = [
@@ -363,13 +364,9 @@ class HTTP2Exchange:
         producer = self._producer
         if producer is None:
             return
-        hold = self.queued > RESPONSE_HIGH_WATER or self._connection.write_paused
-        if hold and not self._producer_paused:
-            self._producer_paused = True
-            producer.pauseProducing()
-        elif not hold and self._producer_paused:
-            self._producer_paused = False
-            producer.resumeProducing()
+        self._producer_paused = steer(
+            producer, self._producer_paused,
+            self.queued > RESPONSE_HIGH_WATER or self._connection.write_paused)
 
     # -- the exchange's end -----------------------------------------------------
 

@@ -77,6 +77,7 @@ from keda_proxy.upstream._http1client import (
     UpstreamProtocolError,
 )
 from keda_proxy.wire._h2state import graceful, release
+from keda_proxy.wire._producers import steer
 
 #: The window of each stream's response: enough for an 8 MiB gRPC message
 #: to stream at full speed, and what the proxy holds at most of a stream
@@ -286,13 +287,9 @@ class H2Stream:
         producer = self._producer
         if producer is None:
             return
-        full = self._unsent_size > HIGH_WATER or self.connection.write_paused
-        if full and not self._producer_paused:
-            self._producer_paused = True
-            producer.pauseProducing()
-        elif not full and self._producer_paused:
-            self._producer_paused = False
-            producer.resumeProducing()
+        self._producer_paused = steer(
+            producer, self._producer_paused,
+            self._unsent_size > HIGH_WATER or self.connection.write_paused)
 
     # -- IPushProducer: the response body ---------------------------------------
 
