@@ -711,6 +711,7 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
     profiler = None
     if args.profile == sc.name:
         profiler = start_profiler(ctx)
+    perf = start_perf(ctx) if args.perf == sc.name else None
 
     if ctx.nginx_status is not None:
         out["nginx_before"] = nginx_counts(ctx.nginx_status)
@@ -784,7 +785,10 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
         await asyncio.sleep(0.05)
     out["concurrency_after"] = after
     if profiler is not None:
-        out["profile"] = stop_profiler(profiler)
+        # read now: the scenario's temp dir is gone by the time of the report
+        out["profile"] = summarize_profile(stop_profiler(profiler))
+    if perf is not None:
+        out["perf"] = summarize_perf(stop_profiler(perf))
     out["rss_after"] = bl.rss_kb(ctx.pid)
     out["fds_after_burst"] = bl.count_fds(ctx.pid)
     for tr in transports:
@@ -817,6 +821,56 @@ def start_profiler(ctx):
     ctx.td.procs.procs.append(("py-spy", p, open(os.devnull, "wb")))
     time.sleep(1.5)  # attach
     return p, out
+
+
+def start_perf(ctx):
+    """``perf record`` of the interceptor alone, kernel included (Debian's
+    linux-perf), from just before T0: attaching is immediate."""
+    out = ctx.td.dir / "perf.data"
+    argv = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-g", "-p", str(ctx.pid),
+            "-o", str(out)]
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(
+        ctx.td.dir / "perf.log", "wb"), start_new_session=True, preexec_fn=bl._child_setup)
+    ctx.td.procs.procs.append(("perf", p, open(os.devnull, "wb")))
+    time.sleep(0.3)
+    return p, out
+
+
+#: kernel frames that name what a sample of the interceptor was doing
+_SYSCALL = re.compile(r"^(?:__x64_sys_|__do_sys_|__sys_)(\w+)")
+
+
+def summarize_perf(path: str, top: int = 20) -> List[str]:
+    """Where the interceptor's CPU went: user code by library, kernel time
+    by the system call it was in, and the hottest leaf functions."""
+    try:
+        text = subprocess.run(["perf", "script", "-i", path, "-F", "ip,sym,dso"],
+                              capture_output=True, text=True, timeout=300).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [f"(no perf profile: {e})"]
+    where, leaves = Counter(), Counter()
+    total = 0
+    for sample in text.split("\n\n"):
+        frames = [ln.split(None, 1)[1] for ln in sample.strip().splitlines()
+                  if len(ln.split(None, 1)) == 2]
+        if not frames:
+            continue
+        total += 1
+        leaf = frames[0]
+        leaves[leaf.rsplit(" (", 1)[0] + (" [k]" if "kernel" in leaf else "")] += 1
+        if "[kernel" not in leaf:
+            where["user: " + leaf.rsplit("/", 1)[-1].rstrip(")")] += 1
+            continue
+        call = next((m.group(1) for f in frames if (m := _SYSCALL.match(f))), None)
+        where[f"kernel: {call}" if call else "kernel: no system call (interrupt, fault)"] += 1
+    if not total:
+        return ["(no perf samples)"]
+    out = [f"{total} samples of the interceptor (perf, cpu-clock, 4 kHz), from just before T0 "
+           "until /queue was back to 0", "", "by place:"]
+    out += [f"  {100 * c / total:5.1f}%  {k}" for k, c in where.most_common(top)]
+    out += ["", "hottest functions (own time):"]
+    out += [f"  {100 * c / total:5.1f}%  {k}" for k, c in leaves.most_common(top)]
+    return out
 
 
 def stop_profiler(profiler) -> str:
@@ -1172,13 +1226,20 @@ def print_report(args, results, argv) -> bool:
         for line in r.get("diag", ()):
             print(f"- {name} (--diag): {line}")
     for name, r in results.items():
-        if r.get("profile"):
+        if r.get("perf"):
             print()
-            print(f"py-spy, {name}, from just before T0 until /queue was back to 0 "
-                  f"(raw stacks: {r['profile']}):")
+            print(f"perf, {name}:")
             print()
             print("```")
-            for line in summarize_profile(r["profile"]):
+            for line in r["perf"]:
+                print(line)
+            print("```")
+        if r.get("profile"):
+            print()
+            print(f"py-spy, {name}, from just before T0 until /queue was back to 0:")
+            print()
+            print("```")
+            for line in r["profile"]:
                 print(line)
             print("```")
     print()
@@ -1219,6 +1280,9 @@ def parse_args(argv=None):
     ap.add_argument("--profile", default="", metavar="SCENARIO",
                     help="attach py-spy (from the venv or PATH) to the interceptor during "
                          "this scenario's release, e.g. direct:1000")
+    ap.add_argument("--perf", default="", metavar="SCENARIO",
+                    help="record the interceptor with perf (Debian's linux-perf), kernel "
+                         "included, during this scenario's release; report by system call")
     ap.add_argument("--interceptor", default="worktree", metavar="SRC",
                     help="code to run: 'worktree' (this checkout as it is), a git ref "
                          "(exported read-only with git archive), or a directory holding "

@@ -50,7 +50,7 @@ from keda_proxy.downstream._http2 import H2_PREFACE, HTTP2ServerConnection
 from keda_proxy.interfaces import IDownstreamExchange
 from keda_proxy.wire._framing import ChunkedDecoder, ChunkedError, CountedDecoder
 from keda_proxy.wire._headers import BadTrailer, connection_tokens, trailer_fields
-from keda_proxy.wire._sendnow import SendNow
+from keda_proxy.wire._outbox import Writer
 from keda_proxy.wire._status import refusal, status_text
 
 __all__ = [
@@ -391,10 +391,20 @@ class HTTP1ServerProtocol(Protocol):
         self.now = factory.reactor.seconds
         self.idle_timeout = factory.idle_timeout
 
+    #: once connected, the connection's L{Writer}
+    _writer = None
+
     def send(self, data: bytes) -> None:
-        """Write to the client; once connected, at once while nothing is
-        queued (L{SendNow})."""
+        """Write to the client; once connected, at the end of the turn
+        while nothing is queued (L{Writer})."""
         self.transport.write(data)
+
+    def _lose(self) -> None:
+        """Close once what was sent is out."""
+        if self._writer is not None:
+            self._writer.lose()
+        else:
+            self.transport.loseConnection()
 
     def connectionMade(self):
         transport = self.transport
@@ -404,7 +414,8 @@ class HTTP1ServerProtocol(Protocol):
         self.client_port = getattr(peer, "port", None) or 0
         if ISSLTransport.providedBy(transport):
             self.scheme = b"https"
-        self.send = SendNow(transport).write
+        self._writer = Writer(transport, self._clock)
+        self.send = self._writer.write
         transport.registerProducer(self, True)
         self._registered = True
         if self.idle_timeout:
@@ -700,7 +711,7 @@ class HTTP1ServerProtocol(Protocol):
         self._exchange = None
         if not keep_alive:
             self._closing()
-            self.transport.loseConnection()
+            self._lose()
         else:
             self._state = _HEAD
         exchange.end(None)
@@ -733,6 +744,8 @@ class HTTP1ServerProtocol(Protocol):
     def hand_over(self):
         """For L{HTTP1Exchange.take_over}: the transport and what is unread."""
         pending = self._pending
+        if self._writer is not None:
+            self._writer.flush()  # the new owner writes to the transport itself
         self._closing()
         self._state = _TAKEN
         self._producer = None
@@ -747,8 +760,8 @@ class HTTP1ServerProtocol(Protocol):
         self._closing()
         transport = self.transport
         if not transport.disconnecting:
-            transport.write(refusal(code))
-            transport.loseConnection()
+            self.send(refusal(code))
+            self._lose()
         if exchange is not None:
             exchange.end(Failure(ConnectionAborted(f"request refused with {code}")))
 
@@ -770,9 +783,9 @@ class HTTP1ServerProtocol(Protocol):
         exchange = self._exchange
         self._exchange = None
         self._closing()
-        transport = self.transport
-        transport.loseConnection()
-        self._abort_timer = self._clock.callLater(self.abort_timeout, transport.abortConnection)
+        self._lose()
+        self._abort_timer = self._clock.callLater(self.abort_timeout,
+                                                  self.transport.abortConnection)
         if exchange is not None:
             exchange.end(Failure(ConnectionAborted("idle timeout")))
 

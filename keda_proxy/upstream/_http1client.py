@@ -44,7 +44,7 @@ from keda_proxy.wire._headers import (
 )
 from keda_proxy.wire._headers import trailer_fields as _trailer_fields
 from keda_proxy.wire._memo import remember
-from keda_proxy.wire._sendnow import SendNow
+from keda_proxy.wire._outbox import Writer
 
 #: Largest response head accepted from an upstream (Go's default is 1 MiB).
 MAX_HEAD = 1 << 20
@@ -312,8 +312,11 @@ class UpstreamConnection(Protocol):
 
     # -- lifecycle ----------------------------------------------------------
 
+    #: once connected, the connection's L{Writer}
+    _writer = None
+
     def _send(self, data: bytes) -> None:
-        """Until connected; then the connection's L{SendNow} takes over."""
+        """Until connected; then the connection's L{Writer} takes over."""
         self.transport.write(data)
 
     def connectionMade(self):
@@ -323,7 +326,8 @@ class UpstreamConnection(Protocol):
                 set_nodelay(True)
             except OSError:  # pragma: no cover - not a TCP socket
                 pass
-        self._send = SendNow(self.transport).write
+        self._writer = Writer(self.transport, self.clock)
+        self._send = self._writer.write
         self.idle_since = self.clock.seconds()
         callback = self.connected_callback
         if callback is not None:
@@ -631,6 +635,8 @@ class UpstreamConnection(Protocol):
             self.idle_since = self.clock.seconds()
             if self.owner is not None:
                 self.owner.connection_reusable(self)
+        elif self._writer is not None:
+            self._writer.lose()
         elif self.transport is not None:
             self.transport.loseConnection()
 
@@ -645,6 +651,8 @@ class UpstreamConnection(Protocol):
             return
         self._response_started = True
         self.state = TUNNEL
+        if self._writer is not None:
+            self._writer.flush()  # the tunnel writes to the transport itself
         sink, self.sink = self.sink, None
         rest, self._buffer = self._buffer, b""
         sink.response_head(head)
