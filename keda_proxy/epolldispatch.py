@@ -53,6 +53,9 @@ class _EagerClient(Client):
     attempt that ends at once, either way, is reported a turn later, as
     Twisted reports it, so that nothing happens inside C{connectTCP}."""
 
+    #: whether an attempt in progress is registered with the reactor here
+    _watch = True
+
     def _finishInit(self, whenDone, skt, err, reactor):
         if not whenDone or self._requiresResolution or self.addressFamily != AF_INET:
             super()._finishInit(whenDone, skt, err, reactor)  # resolution, IPv6, errors
@@ -67,13 +70,26 @@ class _EagerClient(Client):
             # as doConnect leaves it: its next call, on any event, finishes
             self.doWrite = self.doConnect
             self.doRead = self.doConnect
-            self.startReading()
-            self.startWriting()
+            if self._watch:
+                self._watch_connect()
         elif result in (0, EISCONN):
             reactor.callLater(0, self.doConnect)
         else:
             reactor.callLater(0, self.failIfNotConnected,
                               error.getConnectError((result, strerror(result))))
+
+    def _watch_connect(self) -> None:
+        """Let the reactor tell when the attempt in progress ends."""
+        self.startReading()
+        self.startWriting()
+
+    def _finish_now(self) -> None:
+        """The attempt in progress is over, established (L{_established}):
+        what C{doConnect} would do on its next call, without asking the
+        socket again or registering it twice with epoll on the way."""
+        del self.doWrite
+        del self.doRead
+        self._connectDone()
 
 
 def _established(skt) -> bool:
@@ -89,15 +105,29 @@ def _established(skt) -> bool:
     return True
 
 
+class _AtOnceClient(_EagerClient):
+    """For L{LeanEPollReactor.connect_at_once}: an attempt in progress is
+    not registered with the reactor while it is set up; the caller finishes
+    it (L{_finish_now}) or hands it to the reactor (L{_watch_connect}) as
+    soon as C{connectTCP} returns."""
+
+    _watch = False
+
+
 class _EagerConnector(Connector):
     def _makeTransport(self):
         return _EagerClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
+class _AtOnceConnector(Connector):
+    def _makeTransport(self):
+        return _AtOnceClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
 #: the transports whose reads take the inlined path (exactly these types:
 #: a subclass may read differently), once connected (a client's C{doRead}
 #: finishes its connect until then)
-_PLAIN_TCP = (Server, Client, _EagerClient)
+_PLAIN_TCP = (Server, Client, _EagerClient, _AtOnceClient)
 
 
 class LeanEPollReactor(EPollReactor):
@@ -152,17 +182,23 @@ class LeanEPollReactor(EPollReactor):
         """C{connectTCP}, for a caller that accepts its protocol being
         connected before this returns: an IPv4 dial whose handshake is
         already over when C{connect} returns (to the same host) is finished
-        here by C{doConnect}, the step the reactor would run on the next
-        turn.  Anything else goes on as with C{connectTCP}."""
-        connector = self.connectTCP(host, port, factory, timeout)
+        here, with the one C{epoll_ctl} that registers the connection for
+        reading (C{doConnect}, on the next turn, would make four more and
+        ask the socket twice).  Anything else goes on as with
+        C{connectTCP}."""
+        connector = _AtOnceConnector(host, port, factory, timeout, None, self)
+        connector.connect()
         transport = connector.transport
-        if type(transport) is _EagerClient and transport.doRead == transport.doConnect \
-                and _established(transport.socket):
-            try:
-                transport.doConnect()
-            except BaseException:
-                # the caller's turn goes on; this connection is lost
-                self._lose_on_error(transport, "doConnect", False)
+        if transport.doRead != transport.doConnect:
+            return connector  # ended at once (reported a turn later) or failed
+        if not _established(transport.socket):
+            transport._watch_connect()
+            return connector
+        try:
+            transport._finish_now()
+        except BaseException:
+            # the caller's turn goes on; this connection is lost
+            self._lose_on_error(transport, "connect", False)
         return connector
 
     def _lose_on_error(self, selectable, step: str, is_read: bool) -> None:

@@ -279,6 +279,33 @@ def test_connect_at_once_connects_a_loopback_dial_before_it_returns(reactor, lis
         spin(reactor, lambda: transport.disconnected)
 
 
+def test_connect_at_once_registers_an_established_dial_with_epoll_once(reactor, listener):
+    """Finished in the call, a dial is registered for reading and nothing
+    else: no write watch set up and taken down again."""
+
+    class Counting:
+        def __init__(self, poller):
+            self._poller, self.calls = poller, []
+
+        def __getattr__(self, name):
+            attr = getattr(self._poller, name)
+            if name in ("register", "modify", "unregister"):
+                def counted(*args):
+                    self.calls.append(name)
+                    return attr(*args)
+                return counted
+            return attr
+
+    counting = reactor._poller = Counting(reactor._poller)
+    factory = DialFactory()
+    reactor.connect_at_once("127.0.0.1", listener.getsockname()[1], factory, timeout=5)
+    [(what, proto)] = factory.log
+    assert what == "made"
+    assert counting.calls == ["register"]
+    proto.transport.loseConnection()
+    spin(reactor, lambda: proto.transport.disconnected)
+
+
 def test_connect_at_once_leaves_a_handshake_under_way_to_the_reactor(
         reactor, monkeypatch, listener):
     """A connect not yet established (a pod on another host) is finished

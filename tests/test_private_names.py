@@ -44,6 +44,7 @@ import twisted
 ALLOWED = {
     # the keda-epoll reactor: the dispatch step and the TCP client's set-up
     ("keda_proxy.epolldispatch", "_commonConnection"): "twisted.internet.tcp.BaseClient",
+    ("keda_proxy.epolldispatch", "_connectDone"): "twisted.internet.tcp.BaseClient",
     ("keda_proxy.epolldispatch", "_disconnectSelectable"):
         "twisted.internet.posixbase._DisconnectSelectableMixin",
     ("keda_proxy.epolldispatch", "_doReadOrWrite"): "twisted.internet.posixbase._PollLikeMixin",
