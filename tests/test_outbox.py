@@ -75,32 +75,50 @@ def available(peer) -> bytes:
         got += chunk
 
 
-def test_writes_wait_for_the_end_of_the_turn_then_go_out_in_order(reactor, pairs):
+def busy_turn(clock, pairs):
+    """A turn that has written already: later writes wait for its end."""
+    transport, peer = pairs()
+    Writer(transport, clock).write(b"first")
+    assert available(peer) == b"first"
+    return clock
+
+
+def test_the_first_write_of_a_turn_goes_out_at_once(reactor, pairs):
+    clock = Clock()
+    transport, peer = pairs()
+    Writer(transport, clock).write(b"hello")
+    assert available(peer) == b"hello"
+    assert reactor.getWriters() == []  # nothing was left for the reactor
+    assert len(clock.getDelayedCalls()) == 1  # the turn's end, for later writes
+
+
+def test_later_writes_wait_for_the_end_of_the_turn_then_go_out_in_order(reactor, pairs):
     clock = Clock()
     (t1, p1), (t2, p2) = pairs(), pairs()
     w1, w2 = Writer(t1, clock), Writer(t2, clock)
+    w1.write(b"zero ")  # the turn's first: at once
     w1.write(b"one ")
     w2.write(b"two")
     w1.write(b"three")
-    assert available(p1) == b"" and available(p2) == b""
+    assert available(p1) == b"zero " and available(p2) == b""
     assert len(clock.getDelayedCalls()) == 1  # one end-of-turn call for all
     clock.advance(0)
     assert available(p1) == b"one three"
     assert available(p2) == b"two"
-    assert reactor.getWriters() == []  # nothing was left for the reactor
+    assert reactor.getWriters() == []
     assert clock.getDelayedCalls() == []
 
 
-def test_the_next_turn_is_armed_again(pairs):
+def test_the_next_turn_starts_afresh(pairs):
     clock = Clock()
     transport, peer = pairs()
     writer = Writer(transport, clock)
     writer.write(b"a")
-    clock.advance(0)
     writer.write(b"b")
-    assert len(clock.getDelayedCalls()) == 1
     clock.advance(0)
     assert available(peer) == b"ab"
+    writer.write(b"c")  # a new turn's first write
+    assert available(peer) == b"c"
 
 
 def test_what_the_kernel_refuses_is_queued_and_everything_after_it_too(reactor, pairs):
@@ -121,7 +139,7 @@ def test_what_the_kernel_refuses_is_queued_and_everything_after_it_too(reactor, 
 
 
 def test_lose_sends_what_waits_before_the_close(reactor, pairs):
-    clock = Clock()
+    clock = busy_turn(Clock(), pairs)
     transport, peer = pairs()
     transport.protocol.makeConnection(transport)
     writer = Writer(transport, clock)
@@ -142,16 +160,17 @@ def test_lose_sends_what_waits_before_the_close(reactor, pairs):
 
 
 def test_flush_sends_at_once(pairs):
-    clock = Clock()
+    clock = busy_turn(Clock(), pairs)
     transport, peer = pairs()
     writer = Writer(transport, clock)
     writer.write(b"now")
+    assert available(peer) == b""
     writer.flush()
     assert available(peer) == b"now"
 
 
 def test_a_closing_transport_gets_the_write(pairs):
-    clock = Clock()
+    clock = busy_turn(Clock(), pairs)
     transport, _ = pairs()
     seen = []
     transport.write = seen.append  # the transport decides what a late write does
@@ -163,7 +182,7 @@ def test_a_closing_transport_gets_the_write(pairs):
 
 
 def test_one_connections_failure_does_not_keep_the_others_bytes(pairs):
-    clock = Clock()
+    clock = busy_turn(Clock(), pairs)
     (t1, _), (t2, p2) = pairs(), pairs()
     aborted = []
     t1.abortConnection = lambda: aborted.append(t1)

@@ -1,6 +1,6 @@
 """
-Writes collected over a reactor turn and sent at its end, one send per
-connection.
+Writes sent straight to the socket, and within a busy reactor turn
+collected and sent at its end, one send per connection.
 
 Twisted's C{transport.write} always queues and asks the reactor to watch
 the socket for writability: two C{epoll_ctl} calls and one more trip round
@@ -9,15 +9,17 @@ request costs.  A protocol that is the only writer of its plain TCP
 connection can send to the socket itself (L{ISystemHandle.getHandle},
 public) for as long as nothing it wrote has been queued.
 
-It does so at the end of the turn, not at each write: a send to a peer
-that sleeps in C{epoll_wait} also wakes it, and on loopback or the same
-host the waking is about a third of the send (perf, during a cold-start
-release).  Sent together, a turn's messages wake each peer once, and a
-peer woken by the first is usually still at work when the next arrive; a
-connection written to twice in a turn gets one send.  The end of the turn
-is a C{callLater(0)}: it runs right after the events of the turn, before
-the reactor polls again (or, for writes made by a timed call, right after
-the next poll).
+When: a send to a peer that sleeps in C{epoll_wait} also wakes it, and on
+loopback or the same host the waking is about a third of the send (perf,
+during a cold-start release).  The first write of a turn goes out at once,
+so that its peer starts on it while the turn goes on (alone in its turn,
+as at one connection, it would otherwise wait for the turn to end, and the
+peer would find this process asleep when it answers).  The turn's later
+writes wait for its end and go out together: a peer gets its messages in
+one burst and is woken about once, and a connection written to twice gets
+one send.  The end of the turn is a C{callLater(0)}: it runs right after
+the turn's events, before the reactor polls again (or, for writes made by
+a timed call, right after the next poll).
 
 The first time the kernel takes less than everything, the rest goes to
 C{transport.write}, and so does everything after it on that connection,
@@ -49,10 +51,16 @@ class Outbox:
         self._waiting: list = []
         self._call = None
 
-    def add(self, writer: "Writer") -> None:
-        self._waiting.append(writer)
+    def busy(self) -> bool:
+        """Whether this turn has written already; if not, it now has."""
         if self._call is None:
             self._call = self._clock.callLater(0, self.flush)
+            return False
+        return True
+
+    def add(self, writer: "Writer") -> None:
+        """C{writer} has bytes for the end of the turn (L{busy} said so)."""
+        self._waiting.append(writer)
 
     def flush(self) -> None:
         """Send everything waiting (the end of the turn)."""
@@ -100,8 +108,12 @@ class Writer:
             return
         pending = self._pending
         if pending is None:
-            self._pending = data
-            self._outbox.add(self)
+            outbox = self._outbox
+            if outbox.busy():
+                self._pending = data
+                outbox.add(self)
+            else:
+                self._send(data)  # the turn's first write
         elif type(pending) is list:
             pending.append(data)
         else:
@@ -114,7 +126,9 @@ class Writer:
         if pending is None:
             return
         self._pending = None
-        data = b"".join(pending) if type(pending) is list else pending
+        self._send(b"".join(pending) if type(pending) is list else pending)
+
+    def _send(self, data: bytes) -> None:
         transport = self.transport
         sock = self._socket
         if sock is None or transport.disconnecting or not transport.connected:
