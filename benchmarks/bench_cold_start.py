@@ -56,8 +56,13 @@ answer): it needs about four times nginx's CPU per request, on the two
 cores the interceptor also runs on, where in a cluster the pod runs on
 another node.  With nginx, the pod's counts come from its ``stub_status``.
 
-Nothing is pinned unless ``--pin`` is given (the interceptor on core 0,
-everything else on core 1).  File limits: this process raises its own soft
+The interceptor runs alone on core 0 and everything else on core 1, as in
+``bench_proxy.py`` and ``bench_burst.py``: in a cluster it has its own CPU,
+and the pod, the clients and the API server run elsewhere.  ``--no-pin``
+lets them all share both cores; the pod's and the client's wake-ups then
+preempt the interceptor tens to hundreds of times in a release (the
+report counts them), which adds as much as the release's own cost varies.
+File limits: this process raises its own soft
 RLIMIT_NOFILE to the hard limit; the interceptor raises its own at startup,
 so no ``prlimit`` is needed (a hard limit cannot be raised without
 CAP_SYS_RESOURCE, which this sandbox lacks: the hard limit here is 20,000).
@@ -722,6 +727,8 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
     all0 = bl.all_ticks()
     steal0 = bl.steal_ticks()
     ticks0 = {"interceptor": bl.proc_ticks(ctx.pid), "pod": bl.proc_ticks(ctx.pod_pid)}
+    switches0 = context_switches(ctx.pid)
+    ns0 = cpu_ns(ctx.pid)
     me0 = os.times()
     ovf0 = listen_overflows()
     refused0 = tcp_attempt_fails()
@@ -760,6 +767,8 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
     await loop.run_in_executor(None, collector.join)
     t_end = time.monotonic()
     ticks1 = {"interceptor": bl.proc_ticks(ctx.pid), "pod": bl.proc_ticks(ctx.pod_pid)}
+    switches1 = context_switches(ctx.pid)
+    out["cpu_ns"] = cpu_ns(ctx.pid) - ns0
     me1 = os.times()
     all1 = bl.all_ticks()
     out["steal_pct"] = 100.0 * (bl.steal_ticks() - steal0) / bl.CLK_TCK / max(1e-6, t_end - t0)
@@ -771,6 +780,7 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
     out["refused"] = tcp_attempt_fails() - refused0
     out["cpu_s"] = {k: (ticks1[k] - ticks0[k]) / bl.CLK_TCK for k in ticks0}
     out["cpu_s"]["client"] = (me1.user + me1.system) - (me0.user + me0.system)
+    out["switches"] = tuple(b - a for a, b in zip(switches0, switches1))
     out["burst_s"] = t_end - t0
     out["t0"], out["t_end"] = t0, t_end
     out["put_ms"] = (t_put - t0) * 1000
@@ -822,6 +832,33 @@ def start_profiler(ctx):
     ctx.td.procs.procs.append(("py-spy", p, open(os.devnull, "wb")))
     time.sleep(1.5)  # attach
     return p, out
+
+
+def cpu_ns(pid: int) -> int:
+    """The process's time on a CPU, all threads, in ns: its CPU-time clock
+    (clock_gettime on MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)), exact
+    where /proc's ticks are 10 ms."""
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | 2)
+    except OSError:
+        return 0
+
+
+def context_switches(pid: int):
+    """The process's voluntary (it waited) and involuntary (it was
+    preempted) context switches, all threads."""
+    counts = [0, 0]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        counts[0] += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        counts[1] += int(line.split()[1])
+    except OSError:
+        pass
+    return tuple(counts)
 
 
 def start_perf(ctx):
@@ -1137,7 +1174,7 @@ def print_report(args, results, argv) -> bool:
     if first is not None and "affinity" in first:
         where = ", ".join(f"{k} on CPUs {v}" for k, v in first["affinity"].items())
         print(f"- where things ran: {where}"
-              + (" (pinned with --pin)" if args.pin else " (nothing pinned)"))
+              + (" (pinned)" if args.pin else " (nothing pinned: --no-pin)"))
         print(f"- keda-interceptor open-file limit (soft/hard, raised by itself to the hard "
               f"limit): {first['limits']}; this client: "
               f"{'/'.join(map(str, resource.getrlimit(resource.RLIMIT_NOFILE)))}")
@@ -1216,7 +1253,10 @@ def print_report(args, results, argv) -> bool:
               f"{r['other_cpu_pct']:.0f}% of a core (before the scenario: "
               f"{r['other_before']:.0f}%), steal "
               + (f"{r['steal_pct']:.0f}%; " if r["burst_s"] >= 1 else "n/a (< 1 s); ")
-              + f"listen-queue overflows {r['overflows']}; refused dials (TCP AttemptFails) "
+              + f"interceptor CPU per request (its CPU clock): {r['cpu_ns'] / 1000 / max(1, r['n']):.1f} us; "
+              f"interceptor context switches in that time: {r['switches'][0]:,} waiting, "
+              f"{r['switches'][1]:,} preempted; "
+              f"listen-queue overflows {r['overflows']}; refused dials (TCP AttemptFails) "
               f"{r['refused']:,}"
               + (f"; Service address up at T0 + "
                  f"{r['pod_stats']['service_up'] - r['pod_stats']['armed'] + args.delay:.3f} s"
@@ -1278,8 +1318,9 @@ def parse_args(argv=None):
     ap.add_argument("--pod", choices=("python", "nginx"), default="nginx",
                     help="what plays the pod: nginx (default), or the raw-Twisted "
                          "coldstart_pod.py, which needs four times its CPU per request")
-    ap.add_argument("--pin", action="store_true",
-                    help="pin the interceptor to core 0 and everything else to core 1")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let every process use both cores (by default the interceptor "
+                         "runs alone on core 0 and everything else on core 1)")
     ap.add_argument("--profile", default="", metavar="SCENARIO",
                     help="attach py-spy (from the venv or PATH) to the interceptor during "
                          "this scenario's release, e.g. direct:1000")
@@ -1316,6 +1357,9 @@ def main(argv=None) -> int:
     if limit < biggest + 100:
         sys.exit(f"this process's open-file limit is {limit}; {biggest:,} client "
                  "connections need more (the hard limit cannot be raised here)")
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        bl.log("one core only: nothing pinned")
+        args.pin = False
     if args.pin:
         os.sched_setaffinity(0, {1})
     if args.interceptor in ("", "worktree"):
