@@ -62,10 +62,10 @@ and the pod, the clients and the API server run elsewhere.  ``--no-pin``
 lets them all share both cores; the pod's and the client's wake-ups then
 preempt the interceptor tens to hundreds of times in a release (the
 report counts them), which adds as much as the release's own cost varies.
-File limits: this process raises its own soft
-RLIMIT_NOFILE to the hard limit; the interceptor raises its own at startup,
-so no ``prlimit`` is needed (a hard limit cannot be raised without
-CAP_SYS_RESOURCE, which this sandbox lacks: the hard limit here is 20,000).
+
+File limits: this process raises its own soft RLIMIT_NOFILE to the hard
+limit; the interceptor raises its own at startup, so no ``prlimit`` is
+needed (a hard limit cannot be raised without CAP_SYS_RESOURCE).
 
 Diagnostics (none changes keda_proxy):
 
@@ -780,7 +780,7 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
     out["refused"] = tcp_attempt_fails() - refused0
     out["cpu_s"] = {k: (ticks1[k] - ticks0[k]) / bl.CLK_TCK for k in ticks0}
     out["cpu_s"]["client"] = (me1.user + me1.system) - (me0.user + me0.system)
-    out["switches"] = tuple(b - a for a, b in zip(switches0, switches1))
+    out["switches"] = tuple(b - a for a, b in zip(switches0, switches1, strict=True))
     out["burst_s"] = t_end - t0
     out["t0"], out["t_end"] = t0, t_end
     out["put_ms"] = (t_put - t0) * 1000
@@ -1253,7 +1253,8 @@ def print_report(args, results, argv) -> bool:
               f"{r['other_cpu_pct']:.0f}% of a core (before the scenario: "
               f"{r['other_before']:.0f}%), steal "
               + (f"{r['steal_pct']:.0f}%; " if r["burst_s"] >= 1 else "n/a (< 1 s); ")
-              + f"interceptor CPU per request (its CPU clock): {r['cpu_ns'] / 1000 / max(1, r['n']):.1f} us; "
+              + "interceptor CPU per request (its CPU clock): "
+              f"{r['cpu_ns'] / 1000 / max(1, r['n']):.1f} us; "
               f"interceptor context switches in that time: {r['switches'][0]:,} waiting, "
               f"{r['switches'][1]:,} preempted; "
               f"listen-queue overflows {r['overflows']}; refused dials (TCP AttemptFails) "
@@ -1269,22 +1270,13 @@ def print_report(args, results, argv) -> bool:
         for line in r.get("diag", ()):
             print(f"- {name} (--diag): {line}")
     for name, r in results.items():
-        if r.get("perf"):
-            print()
-            print(f"perf, {name}:")
-            print()
-            print("```")
-            for line in r["perf"]:
-                print(line)
-            print("```")
-        if r.get("profile"):
-            print()
-            print(f"py-spy, {name}, from just before T0 until /queue was back to 0:")
-            print()
-            print("```")
-            for line in r["profile"]:
-                print(line)
-            print("```")
+        for key, title in (("perf", f"perf, {name}"),
+                           ("profile", f"py-spy, {name}, from just before T0 until /queue "
+                                       "was back to 0")):
+            if r.get(key):
+                print(f"\n{title}:\n\n```")
+                print("\n".join(r[key]))
+                print("```")
     print()
     print("PASS" if all_ok else "FAIL: a target was missed (see the target column)")
     return all_ok

@@ -395,8 +395,8 @@ class HTTP1ServerProtocol(Protocol):
     _writer = None
 
     def send(self, data: bytes) -> None:
-        """Write to the client; once connected, at the end of the turn
-        while nothing is queued (L{Writer})."""
+        """Write to the client; once connected, through the connection's
+        L{Writer}: at once, or with the turn's other writes at its end."""
         self.transport.write(data)
 
     def _lose(self) -> None:
