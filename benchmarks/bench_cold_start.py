@@ -903,11 +903,18 @@ def summarize_perf(path: str, top: int = 20) -> List[str]:
         where[f"kernel: {call}" if call else "kernel: no system call (interrupt, fault)"] += 1
     if not total:
         return ["(no perf samples)"]
-    out = [f"{total} samples of the interceptor (perf, cpu-clock, 4 kHz), from just before T0 "
-           "until /queue was back to 0", "", "by place:"]
-    out += [f"  {100 * c / total:5.1f}%  {k}" for k, c in where.most_common(top)]
-    out += ["", "hottest functions (own time):"]
-    out += [f"  {100 * c / total:5.1f}%  {k}" for k, c in leaves.most_common(top)]
+    return _shares(f"{total} samples of the interceptor (perf, cpu-clock, 4 kHz), from just "
+                   "before T0 until /queue was back to 0", total,
+                   [("by place", where, top), ("hottest functions (own time)", leaves, top)])
+
+
+def _shares(header: str, total: int, sections) -> List[str]:
+    """A profile's report: for each (title, Counter, how many), the most
+    common entries as shares of C{total}."""
+    out = [header]
+    for title, counter, most in sections:
+        out += ["", f"{title}:"]
+        out += [f"  {100 * c / total:5.1f}%  {k}" for k, c in counter.most_common(most)]
     return out
 
 
@@ -942,12 +949,9 @@ def summarize_profile(path: str, top: int = 25) -> List[str]:
             incl[f] += c
     if not total:
         return ["(no samples)"]
-    out = [f"{total} samples of the reactor thread (500/s, --nonblocking; py-spy's idle "
-           "filter on; the watch threads left out)", "", "own time:"]
-    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(top)]
-    out += ["", "inclusive time:"]
-    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in incl.most_common(top + 12)]
-    return out
+    return _shares(f"{total} samples of the reactor thread (500/s, --nonblocking; py-spy's idle "
+                   "filter on; the watch threads left out)", total,
+                   [("own time", own, top), ("inclusive time", incl, top + 12)])
 
 
 def _short(frame: str) -> str:
@@ -1318,7 +1322,9 @@ def parse_args(argv=None):
                          "this scenario's release, e.g. direct:1000")
     ap.add_argument("--perf", default="", metavar="SCENARIO",
                     help="record the interceptor with perf (Debian's linux-perf), kernel "
-                         "included, during this scenario's release; report by system call")
+                         "included, during this scenario's release; report by system call "
+                         "(not on the scenario --profile attaches py-spy to: perf then "
+                         "records nothing)")
     ap.add_argument("--interceptor", default="worktree", metavar="SRC",
                     help="code to run: 'worktree' (this checkout as it is), a git ref "
                          "(exported read-only with git archive), or a directory holding "
