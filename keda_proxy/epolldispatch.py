@@ -115,13 +115,14 @@ class _AtOnceClient(_EagerClient):
 
 
 class _EagerConnector(Connector):
+    client = _EagerClient
+
     def _makeTransport(self):
-        return _EagerClient(self.host, self.port, self.bindAddress, self, self.reactor)
+        return self.client(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
-class _AtOnceConnector(Connector):
-    def _makeTransport(self):
-        return _AtOnceClient(self.host, self.port, self.bindAddress, self, self.reactor)
+class _AtOnceConnector(_EagerConnector):
+    client = _AtOnceClient
 
 
 #: the transports whose reads take the inlined path (exactly these types:
