@@ -391,20 +391,10 @@ class HTTP1ServerProtocol(Protocol):
         self.now = factory.reactor.seconds
         self.idle_timeout = factory.idle_timeout
 
-    #: once connected, the connection's L{Writer}
-    _writer = None
-
     def send(self, data: bytes) -> None:
         """Write to the client; once connected, through the connection's
         L{Writer}: at once, or with the turn's other writes at its end."""
         self.transport.write(data)
-
-    def _lose(self) -> None:
-        """Close once what was sent is out."""
-        if self._writer is not None:
-            self._writer.lose()
-        else:
-            self.transport.loseConnection()
 
     def connectionMade(self):
         transport = self.transport
@@ -711,7 +701,7 @@ class HTTP1ServerProtocol(Protocol):
         self._exchange = None
         if not keep_alive:
             self._closing()
-            self._lose()
+            self._writer.lose()
         else:
             self._state = _HEAD
         exchange.end(None)
@@ -744,8 +734,7 @@ class HTTP1ServerProtocol(Protocol):
     def hand_over(self):
         """For L{HTTP1Exchange.take_over}: the transport and what is unread."""
         pending = self._pending
-        if self._writer is not None:
-            self._writer.flush()  # the new owner writes to the transport itself
+        self._writer.flush()  # the new owner writes to the transport itself
         self._closing()
         self._state = _TAKEN
         self._producer = None
@@ -761,7 +750,7 @@ class HTTP1ServerProtocol(Protocol):
         transport = self.transport
         if not transport.disconnecting:
             self.send(refusal(code))
-            self._lose()
+            self._writer.lose()
         if exchange is not None:
             exchange.end(Failure(ConnectionAborted(f"request refused with {code}")))
 
@@ -783,7 +772,7 @@ class HTTP1ServerProtocol(Protocol):
         exchange = self._exchange
         self._exchange = None
         self._closing()
-        self._lose()
+        self._writer.lose()
         self._abort_timer = self._clock.callLater(self.abort_timeout,
                                                   self.transport.abortConnection)
         if exchange is not None:

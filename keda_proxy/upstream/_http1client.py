@@ -312,9 +312,6 @@ class UpstreamConnection(Protocol):
 
     # -- lifecycle ----------------------------------------------------------
 
-    #: once connected, the connection's L{Writer}
-    _writer = None
-
     def _send(self, data: bytes) -> None:
         """Until connected; then the connection's L{Writer} takes over."""
         self.transport.write(data)
@@ -635,10 +632,8 @@ class UpstreamConnection(Protocol):
             self.idle_since = self.clock.seconds()
             if self.owner is not None:
                 self.owner.connection_reusable(self)
-        elif self._writer is not None:
-            self._writer.lose()
         elif self.transport is not None:
-            self.transport.loseConnection()
+            self._writer.lose()  # the connection's L{Writer}, made with it
 
     def _upgrade(self, head: ResponseHead) -> None:
         offered = _upgrade_offered(head)
@@ -651,8 +646,7 @@ class UpstreamConnection(Protocol):
             return
         self._response_started = True
         self.state = TUNNEL
-        if self._writer is not None:
-            self._writer.flush()  # the tunnel writes to the transport itself
+        self._writer.flush()  # the tunnel writes to the transport itself
         sink, self.sink = self.sink, None
         rest, self._buffer = self._buffer, b""
         sink.response_head(head)

@@ -130,12 +130,11 @@ class Writer:
 
     def _send(self, data: bytes) -> None:
         transport = self.transport
-        sock = self._socket
-        if sock is None or transport.disconnecting or not transport.connected:
+        if transport.disconnecting or not transport.connected:
             transport.write(data)  # the transport decides what a late write does
             return
         try:
-            sent = sock.send(data)
+            sent = self._socket.send(data)
         except OSError:
             # full (would block), or broken: the transport takes it from
             # here and notices either
