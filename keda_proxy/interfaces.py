@@ -292,6 +292,10 @@ class IEndpointSelector(Interface):
     """Chooses which ready pod receives a request (direct-pod routing).
 
     One selector serves the whole interceptor, on the reactor thread.
+
+    A selector that weighs nothing by requests in flight may have a false
+    C{counts_requests} attribute: the proxy then saves the L{started} and
+    L{finished} calls of every request.  Without one, they are made.
     """
 
     def select(candidates, request):

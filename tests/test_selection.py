@@ -14,6 +14,7 @@ from twisted.internet.error import ConnectionRefusedError
 from zope.interface.verify import verifyObject
 
 from keda_proxy.interfaces import IEndpointSelector
+from keda_proxy.state._model import KIND_ENDPOINT_SLICE
 from keda_proxy.steps._selection import (
     LeastPendingSelector,
     RandomSelector,
@@ -120,3 +121,66 @@ def test_an_unknown_selector_stops_startup_with_one_line(tmp_path):
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "fastest" in lines[0], proc.stderr
+
+
+class _Told(RandomSelector):
+    """A random selector that keeps what it is told."""
+
+    def __init__(self, counts):
+        super().__init__(random.Random(1))
+        self.counts_requests = counts
+        self.told = []
+
+    def started(self, pod):
+        self.told.append(("started", pod))
+
+    def finished(self, pod):
+        self.told.append(("finished", pod))
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_a_selector_is_told_of_requests_unless_it_counts_none(counts):
+    selector = _Told(counts)
+    h = _harness(selector)
+    h.get()
+    h.upstream().respond(OK_5)
+    (pod,) = [p for what, p in selector.told if what == "started"] or [None]
+    expected = [("started", pod), ("finished", pod)] if counts else []
+    assert selector.told == expected and (pod is not None) == counts
+
+
+def test_the_shipped_selectors_that_weigh_nothing_say_so():
+    assert RandomSelector.counts_requests is False
+    assert RoundRobinSelector.counts_requests is False
+    assert getattr(LeastPendingSelector(), "counts_requests", True) is True
+
+
+class _Prefers(RandomSelector):
+    """Always the given pod when it is ready, else the first candidate."""
+
+    def __init__(self, pod):
+        super().__init__()
+        self.pod = pod
+
+    def select(self, candidates, request):
+        return self.pod if self.pod in candidates else candidates[0]
+
+
+def test_a_stale_pod_is_retried_on_the_pods_ready_now_not_on_earlier_ones():
+    """A pod's target is reused while the ready pods stay the same: a
+    change of them reaches the retries."""
+    stale, before, now = PODS[0], PODS[1], "10.0.0.9"
+    h = _harness(_Prefers((stale, 8080)))
+    warm(h, slices=[endpoint_slice(ips=(stale, before))])
+    h.get()
+    up = h.upstream()
+    up.respond(OK_5)
+    up.close()  # no pooled connection left to the pod
+    # only the endpoints change, as when a pod is replaced
+    ready = endpoint_slice(ips=(stale, now))
+    h.store.put(KIND_ENDPOINT_SLICE, ready.key, ready)
+    h.store.flush()
+    h.get()
+    assert h.dials[-1].key[1] == stale
+    h.dials[-1].fail(ConnectionRefusedError())
+    assert h.dials[-1].key[1] == now

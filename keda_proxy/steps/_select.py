@@ -21,13 +21,22 @@ class SelectEndpoint:
     one the gate picked on release, or one the endpoint selector picks
     now), keeping the Service's TLS name, with the other ready pods and
     then the Service to retry on.  A target that cannot be resolved is a
-    500."""
+    500.
+
+    A pod's target is made once per (Service target, pod, ready pods) and
+    reused: a release after a scale from zero sends thousands of requests
+    to the same pod in a few turns.  The selector hears of each request
+    (C{started}, C{finished}) unless it says it does not count them
+    (C{counts_requests}, see L{keda_proxy.interfaces.IEndpointSelector}).
+    """
 
     def __init__(self, gate, targets, settings, next):
         self.gate = gate
         self.targets = targets
         self.settings = settings
         self.next = next
+        #: (id(Service target), pod) -> (Service target, ready pods, pod target)
+        self._pod_targets: dict = {}
 
     def handle(self, context) -> None:
         route = context.route
@@ -46,12 +55,24 @@ class SelectEndpoint:
                 log.debug("{route}: no ready pod for port {port!r}; using the Service address",
                           route=route.key, port=target.port_name)
             else:
-                eps = context.snapshot.endpoints_for(route.service_key)
-                switch_pod(context, self.gate.selector, pod)
-                context.on_end(lambda gone: switch_pod(context, self.gate.selector, None))
-                target = Target(target.scheme, pod[0], pod[1], target.server_name,
-                                target.port_name,
-                                alternatives=eps.candidates.get(target.port_name, ()),
-                                service=target)
+                selector = self.gate.selector
+                if getattr(selector, "counts_requests", True):
+                    switch_pod(context, selector, pod)
+                    context.on_end(lambda gone: switch_pod(context, selector, None))
+                candidates = context.snapshot.endpoints_for(route.service_key) \
+                    .candidates.get(target.port_name, ())
+                target = self._pod_target(target, pod, candidates)
         context.target = target
         self.next.handle(context)
+
+    def _pod_target(self, service: Target, pod, candidates) -> Target:
+        key = (id(service), pod)
+        hit = self._pod_targets.get(key)
+        if hit is not None and hit[0] is service and hit[1] is candidates:
+            return hit[2]
+        target = Target(service.scheme, pod[0], pod[1], service.server_name,
+                        service.port_name, alternatives=candidates, service=service)
+        if len(self._pod_targets) > 10_000:
+            self._pod_targets.clear()
+        self._pod_targets[key] = (service, candidates, target)
+        return target

@@ -36,6 +36,8 @@ class UnknownSelector(Exception):
 class RandomSelector:
     """Pick a ready pod uniformly at random, as the Go interceptor does."""
 
+    counts_requests = False
+
     def __init__(self, rng: Optional[random.Random] = None):
         self._choice = (rng or random.Random()).choice
 
@@ -55,6 +57,8 @@ class RandomSelector:
 class RoundRobinSelector:
     """Each ready pod in turn, in address order, whatever order the
     EndpointSlices list them in."""
+
+    counts_requests = False
 
     def __init__(self):
         self._turn = 0
