@@ -91,6 +91,14 @@ class IDownstreamExchange(IConsumer):
             and the upstream's end-to-end header lines.
         """
 
+    def respond_whole(head, body):
+        """L{respond}, then the whole body, then L{finish}: a response with
+        a Content-Length whose body came with its head, the usual small
+        one, which a protocol may send at once.
+
+        @param body: bytes, as many as the head's Content-Length says.
+        """
+
     def informational(head):
         """Pass on a 1xx response (103 Early Hints) ahead of the final one;
         protocols or clients that cannot take one drop it."""

@@ -368,6 +368,30 @@ def test_the_head_goes_out_with_the_first_body_bytes_in_one_write():
     assert not t.disconnecting
 
 
+def test_a_whole_response_is_one_write_and_the_next_pipelined_request_follows():
+    s = Server()
+    _, t = s.send(get(b"/1") + get(b"/2"))
+    ex = s.exchanges[0]
+    ex.response_headers[b"X-KEDA-HTTP-Cold-Start"] = [b"true"]
+    ex.respond_whole(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1"), b"hello")
+    [first] = t.writes
+    assert first.startswith(b"HTTP/1.1 200 OK\r\nX-Up: 1\r\nContent-Length: 5\r\nDate: ")
+    assert first.endswith(b"\r\nX-KEDA-HTTP-Cold-Start: true\r\n\r\nhello")
+    assert (ex.code, ex.sent_bytes, ex.finished) == (200, 5, True)
+    assert [e.path for e in s.exchanges] == [b"/1", b"/2"] and not t.disconnecting
+
+
+def test_a_whole_response_to_head_or_a_gone_client_sends_no_body():
+    s = Server()
+    _, t = s.send(b"HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    s.exchanges[0].respond_whole(OK, b"hello")
+    assert t.value().endswith(b"\r\n\r\n") and s.exchanges[0].sent_bytes == 0
+    proto, t = s.send(GET)
+    proto.connectionLost(Failure(ConnectionLost()))
+    s.exchanges[1].respond_whole(OK, b"hello")
+    assert t.value() == b""
+
+
 def test_an_unknown_length_is_chunked_on_http11_and_ends_with_the_connection_on_10():
     s = Server()
     _, t = s.send(GET)

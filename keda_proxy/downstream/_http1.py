@@ -176,6 +176,21 @@ class HTTP1Exchange:
         parts.append(self._head_end(code, head.length is not None))
         self._head = b"".join(parts)
 
+    def respond_whole(self, head, body: bytes) -> None:
+        """L{respond}, L{write} and L{finish} in one: the head and the body
+        in one send, and the connection goes on to its next request."""
+        self.respond(head)
+        out = self._head
+        if out is None:  # the client is gone
+            return
+        self._head = None
+        self.response_started = True
+        if body and not self._bodiless:
+            self.sent_bytes = len(body)
+            out += body
+        self._channel.send(out)
+        self._channel.response_done(self)
+
     def _head_end(self, code: int, length_known: bool) -> bytes:
         """The head's last lines: the framing and Connection fields that
         this response and the client's request call for, and the blank line.

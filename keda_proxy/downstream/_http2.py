@@ -290,6 +290,11 @@ class HTTP2Exchange:
         self.write(body)
         self.finish()
 
+    def respond_whole(self, head, body: bytes) -> None:
+        self.respond(head)
+        self.write(body)
+        self.finish()
+
     def informational(self, head) -> None:
         """A 1xx (103 Early Hints) ahead of the final response."""
         if self.code is None and self._head is None and not self.finished:

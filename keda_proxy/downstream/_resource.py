@@ -123,6 +123,11 @@ class _WebExchange:
                 fields.append((name, value.strip()))
         self._head(head.code, head.phrase, fields)
 
+    def respond_whole(self, head, body: bytes) -> None:
+        self.respond(head)
+        self.write(body)
+        self.finish()
+
     def informational(self, head) -> None:
         """twisted.web's Request has no way to send a 1xx: dropped."""
 

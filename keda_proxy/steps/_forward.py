@@ -216,11 +216,8 @@ class _Attempt:
         self._conn = None
         if self.context.over:
             return
-        downstream = self.downstream
         self._head = head
-        downstream.respond(head)
-        downstream.write(body)
-        downstream.finish()
+        self.downstream.respond_whole(head, body)
 
     def response_done(self, trailers=None) -> None:
         if self._body_writer is not None:
