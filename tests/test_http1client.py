@@ -290,6 +290,11 @@ def test_a_response_in_pieces_takes_the_streaming_calls():
      [("head", 304), ("done",)]),
     (b"HTTP/1.1 204 No Content\r\n\r\n", b"GET", False,
      [("head", 204), ("pooled",), ("done",)]),
+    # a body sent anyway, its length as announced: still none, and distrusted
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"HEAD", False,
+     [("head", 200), ("done",)]),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\nhi", b"GET", False,
+     [("head", 304), ("done",)]),
     # bytes past a bodiless response, in the same read: never the next
     # request's response (they would reach another client)
     (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", b"GET",
@@ -306,9 +311,20 @@ def test_a_response_in_pieces_takes_the_streaming_calls():
      [("head", 200), ("data", b"hi"), ("done",)]),
 ])
 def test_whole_responses_are_pooled_only_when_safe(raw, method, has_body, expected):
-    log, conn = _exchange([raw], method=method, has_body=has_body)
-    assert log == expected
-    assert conn.transport.disconnecting == (("pooled",) not in expected)
+    _HEADS.clear()
+    for seen in (False, True):  # parsed, then remembered (the one-read path)
+        log, conn = _exchange([raw], method=method, has_body=has_body)
+        assert log == expected, seen
+        assert conn.transport.disconnecting == (("pooled",) not in expected)
+
+
+def test_an_informational_head_is_one_whatever_its_length_says():
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    raw = b"HTTP/1.1 103 Early Hints\r\nContent-Length: %d\r\n\r\n%s" % (len(final), final)
+    _HEADS.clear()
+    for seen in (False, True):  # parsed, then remembered (the one-read path)
+        log, _ = _exchange([raw])
+        assert log == [("informational", 103), ("pooled",), ("whole", 200, b"hi")], seen
 
 
 @pytest.mark.parametrize("raw", [

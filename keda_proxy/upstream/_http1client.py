@@ -451,6 +451,18 @@ class UpstreamConnection(Protocol):
     # -- receiving ------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.state == SENT and not self._buffer:
+            # The usual response: the whole of it in one read, with a head
+            # seen before (so valid).  What the loop below would do with it.
+            end = data.find(b"\r\n\r\n")
+            parsed = _HEADS.get(data[:end]) if end > 0 else None
+            if parsed is not None and parsed.code >= 200 and parsed.length \
+                    and len(data) - end - 4 == parsed.length and not self._bodiless(parsed.code):
+                self.state = HEAD
+                self.answered = True
+                self._buffer = data[end + 4:]
+                self._whole(parsed)
+                return
         if self.state == BODY:
             if self._remaining is not None:
                 self._counted(data)
