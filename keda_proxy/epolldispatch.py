@@ -187,13 +187,21 @@ class LeanEPollReactor(EPollReactor):
         reading (C{doConnect}, on the next turn, would make four more and
         ask the socket twice).  Anything else goes on as with
         C{connectTCP}."""
-        connector = _AtOnceConnector(host, port, factory, timeout, None, self)
+        # no connect timeout (a DelayedCall made and cancelled) for a dial
+        # that is over before this returns; any other gets it as usual
+        connector = _AtOnceConnector(host, port, factory, None, None, self)
         connector.connect()
+        connector.timeout = timeout  # for a later connect() of the same connector
         transport = connector.transport
-        if transport.doRead != transport.doConnect:
-            return connector  # ended at once (reported a turn later) or failed
-        if not _established(transport.socket):
-            transport._watch_connect()
+        under_way = transport.doRead == transport.doConnect
+        if not under_way or not _established(transport.socket):
+            # ended at once (reported a turn later), failed, still under
+            # way, or not IPv4
+            if under_way:
+                transport._watch_connect()
+            if timeout is not None:
+                connector.timeoutID = self.callLater(
+                    timeout, transport.failIfNotConnected, error.TimeoutError())
             return connector
         try:
             transport._finish_now()

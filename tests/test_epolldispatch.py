@@ -318,6 +318,8 @@ def test_connect_at_once_leaves_a_handshake_under_way_to_the_reactor(
                                         timeout=5)
     assert factory.log == []
     assert connector.transport in reactor.getWriters()
+    [timer] = reactor.getDelayedCalls()  # its connect timeout, as connectTCP's
+    assert timer.getTime() - reactor.seconds() == pytest.approx(5, abs=1)
     spin(reactor, lambda: factory.log)
     assert factory.log[0][0] == "made"
     assert reactor.getDelayedCalls() == []

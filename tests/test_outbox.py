@@ -225,3 +225,20 @@ def test_tls_and_in_memory_transports_always_take_the_normal_path(pairs):
     Writer(tls, clock).write(b"secret")
     assert tls.value() == b"secret"
     assert clock.getDelayedCalls() == []
+
+
+def test_a_handle_that_is_not_a_stream_socket_takes_the_normal_path():
+    """A datagram socket's sends are messages: joining two writes into one
+    send would change them."""
+    clock = Clock()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+
+        @implementer(ISystemHandle)
+        class OverUDP(StringTransport):
+            def getHandle(self):
+                return udp
+
+        transport = OverUDP()
+        Writer(transport, clock).write(b"datagram")
+        assert transport.value() == b"datagram"
+        assert clock.getDelayedCalls() == []

@@ -200,6 +200,24 @@ def test_service_names_resolve_to_the_cluster_ip_and_ip_literals_skip_dns():
     assert hosts == ["10.96.0.7", "fd00::1"]
 
 
+def test_a_pod_endpoint_is_made_once_and_a_service_name_resolved_every_time():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from keda_proxy.state._store import StateStore
+
+    reactor = MemoryReactorClock()
+    store = StateStore(clock=reactor)
+    load(store, services=[service(cluster_ip="10.96.0.7")])
+    endpoints = UpstreamEndpoints(reactor, SnapshotResolver(store))
+    pod = (b"http", "10.0.0.5", 8080, "web.default")
+    assert endpoints.endpoint_for(pod, 0) is endpoints.endpoint_for(pod, 0)
+    name = (b"http", "web.default", 8080, "web.default")
+    endpoints.endpoint_for(name, 0).connect(None)
+    load(store, services=[service(cluster_ip="10.96.0.8")])  # the Service is recreated
+    endpoints.endpoint_for(name, 0).connect(None)
+    assert [c[0] for c in reactor.tcpClients] == ["10.96.0.7", "10.96.0.8"]
+
+
 def test_a_refusing_address_is_probed_by_one_request_at_a_time():
     from keda_proxy.upstream._dial import DialGate
 

@@ -252,14 +252,23 @@ class UpstreamEndpoints:
     #: are https; its creator for the key's server name wraps the dial
     tls: object = None
     gate: DialGate = None
+    #: pool key -> the L{DirectEndpoint} of a plain pod dial
+    _direct: dict = field(factory=dict)
 
     def __attrs_post_init__(self):
         if self.gate is None:
             self.gate = DialGate(self.reactor)
 
     def endpoint_for(self, key, budget: float):
+        if budget <= 0:
+            # a pod (one attempt): its plain TCP endpoint, made once; a cold
+            # start dials the same pod tens of times in a few turns
+            direct = self._direct.get(key)
+            if direct is not None:
+                return direct
         scheme, host, port, server_name = key
-        target = host if ip_version(host) else self.resolver.resolve(host)
+        literal = ip_version(host) is not None
+        target = host if literal else self.resolver.resolve(host)
         tls = self.tls if scheme == HTTPS or scheme == HTTPS_HTTP1 else None
         if tls is not None:
             try:
@@ -283,7 +292,10 @@ class UpstreamEndpoints:
                 return direct
 
             if budget <= 0:
-                return direct  # one attempt (a pod): nothing to retry or queue
+                # one attempt (a pod): nothing to retry or queue
+                if tls is None and literal:  # a name may resolve elsewhere later
+                    remember(self._direct, key, direct, _DIRECT_LIMIT)
+                return direct
 
         return RetryingEndpoint(attempt, self.reactor, budget, self.gate,
                                 (target or host, port))
@@ -378,6 +390,10 @@ class _Refused:
 
     def connect(self, protocolFactory):
         return fail(self.error)
+
+
+#: plain pod endpoints kept (L{UpstreamEndpoints.endpoint_for})
+_DIRECT_LIMIT = 1024
 
 
 #: Connection and handshake errors worth a quiet 502 (anything else is a

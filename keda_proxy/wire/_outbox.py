@@ -31,6 +31,7 @@ L{Writer.lose} or L{Writer.flush} first, so that nothing is overtaken.
 
 from __future__ import annotations
 
+import _socket
 import socket
 from weakref import WeakKeyDictionary
 
@@ -155,6 +156,11 @@ def _plain_socket(transport):
     if ISSLTransport.providedBy(transport) or not ISystemHandle.providedBy(transport):
         return None
     handle = transport.getHandle()
-    if not isinstance(handle, socket.socket) or handle.type != socket.SOCK_STREAM:
+    if not isinstance(handle, socket.socket) or _socket_type(handle) != socket.SOCK_STREAM:
         return None
     return handle
+
+
+#: a socket's type as a plain number (C{socket.type} makes an enum of it,
+#: a good part of setting up a writer)
+_socket_type = _socket.socket.type.__get__
