@@ -131,7 +131,8 @@ class _RouteHistogram:
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = [0, 0.0, [0] * (len(self.bounds) + 1)]
-        value = max(0.0, value)
+        if value < 0:
+            value = 0.0
         cell[0] += 1
         cell[1] += value
         cell[2][bisect_left(self.bounds, value)] += 1

@@ -120,18 +120,17 @@ class _Attempt:
                 upstream_request_head(context)  # it tells whether one is asked for
             if context.upgrade is not None:
                 key = http1_key(key)
-        has_body = self.downstream.body.length != 0
+        if not fresh:
+            conn = pool.take_idle(key, self.downstream.body.length != 0)
+            if conn is not None:
+                self._connected(conn, target)
+                return
         if target.service is not None:
             budget = 0.0  # a pod: one attempt, then the next pod
         elif context.deadline_at is not None:
             budget = max(0.0, context.deadline_at - context.clock.seconds())
         else:
             budget = self.step.settings.dial_budget
-        if not fresh:
-            conn = pool.take_idle(key, has_body)
-            if conn is not None:
-                self._connected(conn, target)
-                return
         d = self._connecting = pool.connect(key, budget)
         d.addCallbacks(self._connected, self._connect_failed,
                        callbackArgs=(target,), errbackArgs=(target,))
