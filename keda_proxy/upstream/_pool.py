@@ -249,13 +249,12 @@ class ConnectionPool:
         idle = self._idle.get(key)
         if not idle:
             return self._h2_stream(key, has_body) if self._h2 else None
-        now = self.clock.seconds()
         while idle:
             conn = idle.pop()
             self._idle_order.pop(conn, None)
             if not conn.usable:
                 continue
-            if has_body and now - conn.idle_since >= FRESH_ENOUGH:
+            if has_body and self.clock.seconds() - conn.idle_since >= FRESH_ENOUGH:
                 self._close(conn)
                 continue
             return conn
@@ -377,7 +376,8 @@ class ConnectionPool:
             self._trim_later()
         elif len(self._idle_order) > self.max_idle > 0:
             self._trim_later()
-        self._ensure_sweeper()
+        if self._sweeper is None:
+            self._ensure_sweeper()
 
     def _trim_later(self, delay: float = None) -> None:
         if self.excess_grace <= 0:
