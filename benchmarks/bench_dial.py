@@ -122,7 +122,7 @@ def child(args) -> None:
     reactor.run()
     print(json.dumps({"raw": statistics.median(raw), "proxy": statistics.median(proxy),
                       # each round against the reference round just before it
-                      "ratio": statistics.median(p / r for p, r in zip(proxy, raw))}))
+                      "ratio": statistics.median(p / r for p, r in zip(proxy, raw, strict=True))}))
 
 
 def main() -> int:
