@@ -205,7 +205,7 @@ class HTTP1Exchange:
         else:
             tail = b""
         if self.keep_alive:
-            if self._channel.factory.draining:  # as Go's server while it shuts down
+            if self._channel.factory._draining:  # as Go's server while it shuts down
                 self.keep_alive = False
                 return tail + b"Connection: close\r\n\r\n"
             if version == b"HTTP/1.0":

@@ -29,7 +29,7 @@ class Admit:
         route = context.route
         if not context.bypass:
             ticket = context.ticket = self.counter.enter(route.key)
-            context.on_end(lambda gone: ticket.release())
+            context.on_end(ticket.release)
             if not self.gate.is_ready(route.service_key) and self._answered_cold(context):
                 return
         deadline = route.timeouts.request

@@ -45,7 +45,9 @@ class Ticket:
     _key: str
     _released: bool = False
 
-    def release(self) -> None:
+    def release(self, gone: bool = False) -> None:
+        """Count the request out (once); also the cleanup
+        L{keda_proxy.steps.RequestContext.on_end} calls, with C{gone}."""
         if not self._released:
             self._released = True
             self._count.concurrency -= 1

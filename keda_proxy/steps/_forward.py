@@ -78,7 +78,7 @@ class Forward:
                 _TRUE if cold_start else _FALSE
         attempt = _Attempt(self, context)
         context.on_deadline = attempt.deadline
-        context.on_end(attempt.ended)
+        context.on_gone(attempt.client_left)
         attempt.send(context.target)
 
 
@@ -211,7 +211,8 @@ class _Attempt:
         self.downstream.write(data)
 
     def response_whole(self, head, body: bytes) -> None:
-        self._release_body()
+        if self._body_writer is not None:
+            self._release_body()
         self._conn = None
         if self.context.over:
             return
@@ -323,11 +324,10 @@ class _Attempt:
         else:
             write_error(self.downstream, 504)
 
-    def ended(self, gone: bool) -> None:
-        if gone:
-            if self._connecting is not None:
-                self._connecting.cancel()
-            self._abort_upstream()
+    def client_left(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self._abort_upstream()
 
 
 class _Timeout(Exception):

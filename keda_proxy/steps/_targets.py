@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from attrs import define
+from attrs import define, field
 
 from keda_proxy.state._endpoints import join_host_port
 from keda_proxy.state._model import ServiceRef
@@ -31,10 +31,11 @@ class Target:
     #: them), then the Service target
     alternatives: Tuple[Tuple[str, int], ...] = ()
     service: Optional["Target"] = None
+    #: the pool key, made once: a target serves many requests
+    key: tuple = field(init=False, eq=False, repr=False)
 
-    @property
-    def key(self):
-        return (self.scheme, self.host, self.port, self.server_name)
+    def __attrs_post_init__(self):
+        self.key = (self.scheme, self.host, self.port, self.server_name)
 
     def describe(self) -> str:
         return f"{self.scheme.decode()}://{join_host_port(self.host, self.port)}"

@@ -457,7 +457,8 @@ class UpstreamConnection(Protocol):
             end = data.find(b"\r\n\r\n")
             parsed = _HEADS.get(data[:end]) if end > 0 else None
             if parsed is not None and parsed.code >= 200 and parsed.length \
-                    and len(data) - end - 4 == parsed.length and not self._bodiless(parsed.code):
+                    and len(data) - end - 4 == parsed.length and not self._head_only \
+                    and parsed.code != 204 and parsed.code != 304:  # not L{_bodiless}
                 self.state = HEAD
                 self.answered = True
                 self._buffer = data[end + 4:]
