@@ -227,3 +227,25 @@ def test_an_unknown_request_step_stops_startup_with_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "'rate-limit'" in lines[0] and "api-key" in lines[0]
+
+
+@pytest.mark.parametrize("gone", [False, True])
+def test_a_steps_cleanups_run_once_and_departures_only_when_the_client_left(gone):
+    from twisted.internet.task import Clock
+
+    from keda_proxy.steps import RequestContext
+
+    class Downstream:
+        finished = False
+
+    context = RequestContext(Downstream(), Clock(), 0.0)
+    calls = []
+    context.on_end(lambda g: calls.append(("end 1", g)))
+    context.on_gone(lambda: calls.append("gone 1"))
+    context.on_end(lambda g: calls.append(("end 2", g)))
+    context.on_gone(lambda: calls.append("gone 2"))
+    context.end(gone)
+    context.end(gone)
+    departures = ["gone 2", "gone 1"] if gone else []
+    assert calls == departures + [("end 2", gone), ("end 1", gone)]
+    assert context.over and context.gone == gone
