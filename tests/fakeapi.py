@@ -248,8 +248,8 @@ class FakeApiServer:
         self.open_watches = 0
         #: (method, path?query) of every API request, for assertions.
         self.requests: list[tuple[str, str]] = []
-        #: resourceVersion -> time.monotonic() when a watch first wrote its
-        #: event (the newest 1,000): when a client could have heard of it
+        #: resourceVersion -> time.monotonic() when a watch first began to
+        #: write its event (the newest 1,000): when a client could hear of it
         self.sent: dict[int, float] = {}
 
     # -- lifecycle ----------------------------------------------------------
@@ -626,8 +626,10 @@ class FakeApiServer:
                         continue
                     out = _translate(ev, match)
                     if out is not None:
-                        h.write_chunk(_dumps({"type": out, "object": ev.obj}))
+                        # marked first: a client that has read the event may
+                        # ask for the time at once
                         self._mark_sent(ev.rv)
+                        h.write_chunk(_dumps({"type": out, "object": ev.obj}))
                 now = time.monotonic()
                 if bookmarks and now >= next_bookmark:
                     h.write_chunk(_dumps({"type": "BOOKMARK", "object": {
