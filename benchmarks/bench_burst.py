@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +54,6 @@ import benchlib as bl  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GO_SOURCE = HERE / "goproxy" / "main.go"
-GO_HINT = "apt-get update && apt-get install -y golang-go"
 
 #: the bound we hold to: the interceptor's p99 against Go's, at 256 and 1,024
 P99_RATIO_MAX = 1.5
@@ -130,30 +128,6 @@ def parse_args(argv=None):
 
 
 # -- the Go reference -----------------------------------------------------------------
-
-
-def build_go(workdir: Path, install: bool) -> str:
-    go = shutil.which("go")
-    if go is None and install and os.geteuid() == 0 and shutil.which("apt-get"):
-        bl.log(f"installing golang-go from Debian ({GO_HINT})")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "golang-go"], env=env,
-                       stdout=subprocess.DEVNULL)
-        go = shutil.which("go")
-    if go is None:
-        sys.exit(f"missing go: install with `{GO_HINT}` (as root), then run again, "
-                 "or pass --no-go")
-    out = workdir / "goproxy"
-    env = dict(os.environ, GO111MODULE="off", CGO_ENABLED="0",
-               GOCACHE=str(workdir / "gocache"), GOPATH=str(workdir / "gopath"))
-    p = subprocess.run([go, "build", "-o", str(out), str(GO_SOURCE)], env=env,
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"go build failed:\n{p.stdout}{p.stderr}")
-    version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
-    bl.log(f"built the Go reference proxy ({version})")
-    return str(out)
 
 
 def backend_conf(dir: Path, port: int) -> Path:
@@ -254,7 +228,7 @@ class Burst:
         bl.wait_listening(be_port, backend["popen"], td.dir / "backend" / "stdout.log")
         self.backend_pids = [backend["master"], *backend["workers"]]
         if not a.no_go:
-            binary = build_go(td.dir, not a.no_install)
+            binary = bl.build_go(GO_SOURCE, td.dir, not a.no_install)
             g = start_go(td, binary, be_port, a.server_cpu)
             self.targets["go"] = {"label": "Go ReverseProxy", "url":
                                   f"http://127.0.0.1:{g['port']}/", "pids": [g["pid"]]}

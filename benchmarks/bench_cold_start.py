@@ -46,6 +46,24 @@ Scenarios (``--quick``: D = 2 s and N = 1, 100 and a 1,000 stress):
 - direct-pod routing, 10,000 held: all 200 within 2 s of readiness, none
   lost, RSS <= 250 MB while holding, Concurrency back to 0.
 
+References, run in the same harness in place of the interceptor (on core
+0, as it is), for ratios measured in the same run (``--scenarios
+direct:1000,go:1000,floor:1000``):
+
+- ``go:N``: ``benchmarks/goholder/main.go``, built with Debian's golang-go
+  (stdlib only): Go's ``httputil.ReverseProxy``, its transport set up as
+  the Go interceptor's, holding requests until its own EndpointSlice watch
+  says the pod is ready; ``GOMAXPROCS=1``.  Its transport bounds no
+  connections per host, so each released request dials
+  (``--go-max-conns N`` sets ``MaxConnsPerHost``);
+- ``floor:N``: ``benchmarks/floorholder.py``, one raw ``epoll`` loop that
+  does no proxy work: it forwards the request bytes as they came over 16
+  pod connections, each freed one taking the next held request.  What it
+  needs is what the harness and the kernel cost on this machine.
+
+The report then gives the interceptor's p50, p99 and CPU per request over
+each reference's, as medians over the runs of each.
+
 The report counts the pod connections accepted after T0: the dials the
 release made.  ``--env KEDA_HTTP_DIRECT_POD_WARM_CONNECTIONS=64`` measures
 with warm connections (off by default): the interceptor then connects to
@@ -110,6 +128,7 @@ from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+GO_SOURCE = HERE / "goholder" / "main.go"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
@@ -141,20 +160,36 @@ TARGET_STRESS_RSS_MB = 250.0
 # -- scenarios -------------------------------------------------------------------
 
 
+#: the references a scenario can run instead of keda-interceptor, by kind:
+#: (label, process name)
+REFERENCES = {
+    "go": ("Go reference, direct-pod", "goholder"),
+    "floor": ("floor (raw epoll), direct-pod", "floorholder"),
+}
+
+
 class Scenario:
-    def __init__(self, direct: bool, n: int, role: str = ""):
+    def __init__(self, direct: bool, n: int, role: str = "", ref: str = ""):
         self.direct = direct
         self.n = n
         #: "latency" (the p50/p99 targets), "stress" (the 10,000 targets) or ""
         self.role = role
+        #: a key of REFERENCES to run instead of keda-interceptor, or ""
+        self.ref = ref
 
     @property
     def name(self) -> str:
-        return f"{'direct' if self.direct else 'service'}:{self.n}"
+        return f"{self.ref or ('direct' if self.direct else 'service')}:{self.n}"
 
     @property
     def label(self) -> str:
+        if self.ref:
+            return REFERENCES[self.ref][0]
         return "direct-pod" if self.direct else "Service address"
+
+    @property
+    def proxy(self) -> str:
+        return REFERENCES[self.ref][1] if self.ref else "keda-interceptor"
 
 
 def scenarios_for(args) -> List[Scenario]:
@@ -162,15 +197,17 @@ def scenarios_for(args) -> List[Scenario]:
         out = []
         for item in args.scenarios.split(","):
             kind, _, n = item.strip().partition(":")
-            if kind not in ("direct", "service") or not n.isdigit():
-                sys.exit(f"--scenarios: bad item {item!r} (want direct:N or service:N)")
+            if kind not in ("direct", "service", *REFERENCES) or not n.isdigit():
+                sys.exit(f"--scenarios: bad item {item!r} (want direct:N, service:N, "
+                         "go:N or floor:N)")
             n = int(n)
             role = ""
             if kind == "direct" and n >= 10_000:
                 role = "stress"
             elif kind == "direct" and n == 1000:
                 role = "latency"
-            out.append(Scenario(kind == "direct", n, role))
+            out.append(Scenario(kind != "service", n, role,
+                                ref=kind if kind in REFERENCES else ""))
         return out
     if args.quick:
         return [Scenario(True, 1), Scenario(True, 100), Scenario(False, 1),
@@ -689,7 +726,7 @@ async def client_phase(sc: Scenario, args, ctx) -> dict:
                 on_done()
 
     out = {}
-    if args.warm_up and sc.direct:  # (the Service address only opens after T0)
+    if args.warm_up and sc.direct and not sc.ref:  # (the Service address only opens after T0)
         # an interceptor that has served traffic before, as one in a cluster
         # usually has: its forwarding code has run (CPython specialises code
         # as it runs it), though not for this Service (its own pool key)
@@ -1043,53 +1080,22 @@ def run_scenario(sc: Scenario, args) -> dict:
             ctx.pod_pid = started["workers"][0]
             ctx.nginx_master = started["master"]
         ctx.api_pid = api.child.p.pid
-        kubeconfig = write_kubeconfig(td.dir / "kubeconfig", api.url)
         proxy_port, admin_port = bl.free_ports(2)
-        env = dict(os.environ)
-        env.update(
-            KEDA_HTTP_PROXY_PORT=str(proxy_port),
-            KEDA_HTTP_ADMIN_PORT=str(admin_port),
-            OTEL_PROM_EXPORTER_ENABLED="false",
-            KUBECONFIG=str(kubeconfig),
-            KEDA_HTTP_SHUTDOWN_DELAY="0s",
-            KEDA_HTTP_DRAIN_TIMEOUT="1s",
-        )
-        if ctx_src(args) is not None:
-            # ahead of the editable install's path: keda_proxy comes from there
-            env["PYTHONPATH"] = os.pathsep.join(
-                [str(ctx_src(args))]
-                + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        # said either way: direct-pod routing is on by default
-        env["KEDA_HTTP_DIRECT_POD_ROUTING"] = "true" if sc.direct else "false"
-        if args.diag:
-            diag_dir = td.dir / "diag"
-            diag_dir.mkdir()
-            (diag_dir / "sitecustomize.py").write_text(DIAG_SITECUSTOMIZE)
-            env["PYTHONPATH"] = os.pathsep.join(
-                [str(diag_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-            env["COLDSTART_DIAG_OUT"] = str(td.dir / "diag.json")
-        for item in args.env:
-            k, _, v = item.partition("=")
-            env[k] = v
-        argv = [bl.twistd_path(), "-n", "--pidfile=",
-                *(["-r", args.reactor] if args.reactor != "default" else []),
-                "keda-interceptor"]
-        if cpu_ic is not None:
-            argv = ["taskset", "-c", str(cpu_ic), *argv]
-        logfile = td.dir / "keda-interceptor.log"
-        where = str(ctx_src(args) or ROOT)
-        bl.check_import_source(env, where)
-        p = td.procs.start("keda-interceptor", argv, logfile, env=env, cwd=where)
+        if sc.ref:
+            start = start_goholder if sc.ref == "go" else start_floorholder
+            p, logfile = start(td, args, api, proxy_port, admin_port, cpu_ic)
+        else:
+            p, logfile = start_interceptor(td, args, sc, api, proxy_port, admin_port, cpu_ic)
         ctx.pid, ctx.proxy_port, ctx.admin_port = p.pid, proxy_port, admin_port
-        bl.wait_ready(p, "keda-interceptor", logfile, admin_port, 60,
+        bl.wait_ready(p, sc.proxy, logfile, admin_port, 60,
                       also=lambda: queue_concurrency(admin_port) == 0)
         ctx.limits = _nofile_of(ctx.pid)
-        ctx.affinity = {"keda-interceptor": bl.affinity(ctx.pid),
+        ctx.affinity = {sc.proxy: bl.affinity(ctx.pid),
                         "pod": bl.affinity(ctx.pod_pid),
                         "fake API": bl.affinity(api.child.p.pid),
                         "client": bl.affinity(os.getpid())}
         rss_idle = bl.rss_kb(ctx.pid)
-        bl.log(f"{sc.name}: interceptor pid {ctx.pid} ready (RSS "
+        bl.log(f"{sc.name}: {sc.proxy} pid {ctx.pid} ready (RSS "
                f"{rss_idle['VmRSS'] / 1024:.0f} MB, nofile {ctx.limits}); opening {sc.n} "
                "connections")
         res = asyncio.run(client_phase(sc, args, ctx))
@@ -1103,7 +1109,7 @@ def run_scenario(sc: Scenario, args) -> dict:
             res["pod_stats"]["pod"] = {"connections": accepts - base_accepts - 1,
                                        "requests": requests - base_requests - 1}
         res["alive"] = p.poll() is None
-        if args.diag:
+        if args.diag and not sc.ref:
             p.send_signal(signal.SIGTERM)
             try:
                 p.wait(15)
@@ -1116,6 +1122,77 @@ def run_scenario(sc: Scenario, args) -> dict:
         res["affinity"] = ctx.affinity
         res["dir"] = str(td.dir)
         return res
+
+
+def start_interceptor(td: bl.Teardown, args, sc: Scenario, api: FakeApi, proxy_port: int,
+                      admin_port: int, cpu: Optional[int]):
+    """keda-interceptor under twistd, watching the fake API server: its
+    Popen and log file."""
+    kubeconfig = write_kubeconfig(td.dir / "kubeconfig", api.url)
+    env = dict(os.environ)
+    env.update(
+        KEDA_HTTP_PROXY_PORT=str(proxy_port),
+        KEDA_HTTP_ADMIN_PORT=str(admin_port),
+        OTEL_PROM_EXPORTER_ENABLED="false",
+        KUBECONFIG=str(kubeconfig),
+        KEDA_HTTP_SHUTDOWN_DELAY="0s",
+        KEDA_HTTP_DRAIN_TIMEOUT="1s",
+    )
+    if ctx_src(args) is not None:
+        # ahead of the editable install's path: keda_proxy comes from there
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(ctx_src(args))]
+            + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    # said either way: direct-pod routing is on by default
+    env["KEDA_HTTP_DIRECT_POD_ROUTING"] = "true" if sc.direct else "false"
+    if args.diag:
+        diag_dir = td.dir / "diag"
+        diag_dir.mkdir()
+        (diag_dir / "sitecustomize.py").write_text(DIAG_SITECUSTOMIZE)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(diag_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["COLDSTART_DIAG_OUT"] = str(td.dir / "diag.json")
+    for item in args.env:
+        k, _, v = item.partition("=")
+        env[k] = v
+    argv = [bl.twistd_path(), "-n", "--pidfile=",
+            *(["-r", args.reactor] if args.reactor != "default" else []),
+            "keda-interceptor"]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    logfile = td.dir / "keda-interceptor.log"
+    where = str(ctx_src(args) or ROOT)
+    bl.check_import_source(env, where)
+    return td.procs.start("keda-interceptor", argv, logfile, env=env, cwd=where), logfile
+
+
+def start_goholder(td: bl.Teardown, args, api: FakeApi, proxy_port: int, admin_port: int,
+                   cpu: Optional[int]):
+    """The Go reference (C{benchmarks/goholder/main.go}, built once per run)
+    on one core (GOMAXPROCS=1), watching the fake API server: its Popen
+    and log file."""
+    argv = [args.go_binary, "-listen", f"127.0.0.1:{proxy_port}",
+            "-admin", f"127.0.0.1:{admin_port}", "-api", api.url,
+            "-namespace", NS, "-service", APP, "-port-name", "http",
+            "-max-conns-per-host", str(args.go_max_conns)]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    logfile = td.dir / "goholder.log"
+    return td.procs.start("goholder", argv, logfile,
+                          env=dict(os.environ, GOMAXPROCS="1")), logfile
+
+
+def start_floorholder(td: bl.Teardown, args, api: FakeApi, proxy_port: int, admin_port: int,
+                      cpu: Optional[int]):
+    """The floor (C{benchmarks/floorholder.py}) on one core, watching the
+    fake API server: its Popen and log file."""
+    argv = [sys.executable, str(HERE / "floorholder.py"), "--listen",
+            f"127.0.0.1:{proxy_port}", "--admin", f"127.0.0.1:{admin_port}", "--api", api.url,
+            "--namespace", NS, "--service", APP, "--port-name", "http"]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    logfile = td.dir / "floorholder.log"
+    return td.procs.start("floorholder", argv, logfile), logfile
 
 
 def ctx_src(args) -> Optional[Path]:
@@ -1153,6 +1230,30 @@ def verdict(sc: Scenario, r: dict, delay: float) -> tuple:
         ok = base_ok and lat and delay <= min(lat) / 1000 and max(lat) / 1000 <= delay + 2
         return f"about D ({delay:g} s)", bool(ok)
     return "all 200, back to 0", bool(base_ok)
+
+
+def reference_ratios(results) -> list:
+    """[(N, reference kind, interceptor runs, reference runs, [(ours, theirs)
+    for p50 ms, p99 ms and CPU us per request])], each figure the median
+    over the direct-pod runs with all N answered 200, for each N and
+    reference that both ran."""
+    by = {}
+    for r in results.values():
+        sc = r["scenario"]
+        if "failed" in r or not sc.direct or r["ok"] != sc.n:
+            continue
+        lat = r["lat"]
+        by.setdefault((sc.n, sc.ref), []).append(
+            (percentile(lat, 50), percentile(lat, 99), r["cpu_ns"] / 1000 / sc.n))
+    out = []
+    for (n, ref), theirs in sorted(by.items()):
+        ours = by.get((n, ""))
+        if not ref or not ours:
+            continue
+        cells = [(percentile([row[i] for row in ours], 50),
+                  percentile([row[i] for row in theirs], 50)) for i in range(3)]
+        out.append((n, ref, len(ours), len(theirs), cells))
+    return out
 
 
 def fmt_ms(v) -> str:
@@ -1213,6 +1314,19 @@ def print_report(args, results, argv) -> bool:
               f"| {r['held_concurrency']} → {r['concurrency_after']} "
               f"| {r['cpu_s']['interceptor']:.2f} "
               f"| {target}: **{'PASS' if ok else 'FAIL'}** |")
+    ratios = reference_ratios(results)
+    if ratios:
+        print()
+        print("Against the references in this run (`go:N`: `benchmarks/goholder`, "
+              "`floor:N`: `benchmarks/floorholder.py`), medians over the runs of each, "
+              "keda-interceptor's / the reference's:")
+        print()
+        print("| N | reference | runs | p50 ms | p99 ms | CPU per request µs |")
+        print("|---:|---|---|---|---|---|")
+        for n, ref, runs, ref_runs, cells in ratios:
+            print(f"| {n:,} | {REFERENCES[ref][1]} | {runs} / {ref_runs} | " + " | ".join(
+                f"{ours:.1f} / {theirs:.1f} = ×{ours / theirs:.2f}"
+                for ours, theirs in cells) + " |")
     print()
     print("Columns: latencies run from T0, the instant just before the EndpointSlice "
           "`PUT` (ready: true) is sent to the fake API server, to the client's receipt of "
@@ -1338,6 +1452,9 @@ def parse_args(argv=None):
     ap.add_argument("--diag", action="store_true",
                     help="time the interceptor's garbage collections and long reactor "
                          "turns (a sitecustomize on its PYTHONPATH; keda_proxy unchanged)")
+    ap.add_argument("--go-max-conns", type=int, default=0, metavar="N",
+                    help="the Go reference's MaxConnsPerHost (0, the default, as the Go "
+                         "interceptor: no bound, so each released request dials)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = ap.parse_args(argv)
@@ -1372,6 +1489,10 @@ def main(argv=None) -> int:
 
 
 def _run_all(args, argv, scenarios) -> int:
+    if any(sc.ref == "go" for sc in scenarios) and getattr(args, "go_binary", None) is None:
+        with bl.Teardown("keda-coldstart-go-") as td:
+            args.go_binary = bl.build_go(GO_SOURCE, td.dir, True)
+            return _run_all(args, argv, scenarios)
     bl.log(f"keda-interceptor: {args.where}")
     results = {}
     for sc in scenarios:
