@@ -118,6 +118,7 @@ import re
 import resource
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -1250,8 +1251,8 @@ def reference_ratios(results) -> list:
         ours = by.get((n, ""))
         if not ref or not ours:
             continue
-        cells = [(percentile([row[i] for row in ours], 50),
-                  percentile([row[i] for row in theirs], 50)) for i in range(3)]
+        cells = [(statistics.median(row[i] for row in ours),
+                  statistics.median(row[i] for row in theirs)) for i in range(3)]
         out.append((n, ref, len(ours), len(theirs), cells))
     return out
 
