@@ -228,7 +228,7 @@ class Burst:
         bl.wait_listening(be_port, backend["popen"], td.dir / "backend" / "stdout.log")
         self.backend_pids = [backend["master"], *backend["workers"]]
         if not a.no_go:
-            binary = bl.build_go(GO_SOURCE, td.dir, not a.no_install)
+            binary = bl.build_go(GO_SOURCE, td.dir, not a.no_install, "pass --no-go")
             g = start_go(td, binary, be_port, a.server_cpu)
             self.targets["go"] = {"label": "Go ReverseProxy", "url":
                                   f"http://127.0.0.1:{g['port']}/", "pids": [g["pid"]]}

@@ -1083,8 +1083,7 @@ def run_scenario(sc: Scenario, args) -> dict:
         ctx.api_pid = api.child.p.pid
         proxy_port, admin_port = bl.free_ports(2)
         if sc.ref:
-            start = start_goholder if sc.ref == "go" else start_floorholder
-            p, logfile = start(td, args, api, proxy_port, admin_port, cpu_ic)
+            p, logfile = start_reference(td, args, sc, api, proxy_port, admin_port, cpu_ic)
         else:
             p, logfile = start_interceptor(td, args, sc, api, proxy_port, admin_port, cpu_ic)
         ctx.pid, ctx.proxy_port, ctx.admin_port = p.pid, proxy_port, admin_port
@@ -1167,33 +1166,22 @@ def start_interceptor(td: bl.Teardown, args, sc: Scenario, api: FakeApi, proxy_p
     return td.procs.start("keda-interceptor", argv, logfile, env=env, cwd=where), logfile
 
 
-def start_goholder(td: bl.Teardown, args, api: FakeApi, proxy_port: int, admin_port: int,
-                   cpu: Optional[int]):
-    """The Go reference (C{benchmarks/goholder/main.go}, built once per run)
-    on one core (GOMAXPROCS=1), watching the fake API server: its Popen
-    and log file."""
-    argv = [args.go_binary, "-listen", f"127.0.0.1:{proxy_port}",
-            "-admin", f"127.0.0.1:{admin_port}", "-api", api.url,
-            "-namespace", NS, "-service", APP, "-port-name", "http",
-            "-max-conns-per-host", str(args.go_max_conns)]
+def start_reference(td: bl.Teardown, args, sc: Scenario, api: FakeApi, proxy_port: int,
+                    admin_port: int, cpu: Optional[int]):
+    """A reference (L{REFERENCES}) in the interceptor's place, watching the
+    fake API server: its Popen and log file.  The Go one (built once per
+    run) gets one core's worth of Go runtime, GOMAXPROCS=1."""
+    flags = ["--listen", f"127.0.0.1:{proxy_port}", "--admin", f"127.0.0.1:{admin_port}",
+             "--api", api.url, "--namespace", NS, "--service", APP, "--port-name", "http"]
+    if sc.ref == "go":
+        argv = [args.go_binary, *flags, "--max-conns-per-host", str(args.go_max_conns)]
+        env = dict(os.environ, GOMAXPROCS="1")
+    else:
+        argv, env = [sys.executable, str(HERE / "floorholder.py"), *flags], None
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
-    logfile = td.dir / "goholder.log"
-    return td.procs.start("goholder", argv, logfile,
-                          env=dict(os.environ, GOMAXPROCS="1")), logfile
-
-
-def start_floorholder(td: bl.Teardown, args, api: FakeApi, proxy_port: int, admin_port: int,
-                      cpu: Optional[int]):
-    """The floor (C{benchmarks/floorholder.py}) on one core, watching the
-    fake API server: its Popen and log file."""
-    argv = [sys.executable, str(HERE / "floorholder.py"), "--listen",
-            f"127.0.0.1:{proxy_port}", "--admin", f"127.0.0.1:{admin_port}", "--api", api.url,
-            "--namespace", NS, "--service", APP, "--port-name", "http"]
-    if cpu is not None:
-        argv = ["taskset", "-c", str(cpu), *argv]
-    logfile = td.dir / "floorholder.log"
-    return td.procs.start("floorholder", argv, logfile), logfile
+    logfile = td.dir / f"{sc.proxy}.log"
+    return td.procs.start(sc.proxy, argv, logfile, env=env), logfile
 
 
 def ctx_src(args) -> Optional[Path]:
@@ -1458,6 +1446,7 @@ def parse_args(argv=None):
                          "interceptor: no bound, so each released request dials)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    ap.set_defaults(go_binary=None)
     args = ap.parse_args(argv)
     if args.delay is None:
         args.delay = 2.0 if args.quick else 10.0
@@ -1490,9 +1479,9 @@ def main(argv=None) -> int:
 
 
 def _run_all(args, argv, scenarios) -> int:
-    if any(sc.ref == "go" for sc in scenarios) and getattr(args, "go_binary", None) is None:
-        with bl.Teardown("keda-coldstart-go-") as td:
-            args.go_binary = bl.build_go(GO_SOURCE, td.dir, True)
+    if any(sc.ref == "go" for sc in scenarios) and args.go_binary is None:
+        with bl.Teardown("keda-coldstart-go-") as td:  # the binary, for every go:N
+            args.go_binary = bl.build_go(GO_SOURCE, td.dir, True, "leave out go:N")
             return _run_all(args, argv, scenarios)
     bl.log(f"keda-interceptor: {args.where}")
     results = {}

@@ -879,10 +879,11 @@ def start_fake_api(td: "Teardown", backend_port: int, routes: int,
 GO_HINT = "apt-get update && apt-get install -y golang-go"
 
 
-def build_go(source: Path, workdir: Path, install: bool) -> str:
+def build_go(source: Path, workdir: Path, install: bool, without: str) -> str:
     """Build a standard-library-only Go program (no modules) into
     C{workdir} with Debian's golang-go, installing it first when
-    C{install} and root; return the binary's path."""
+    C{install} and root; return the binary's path.  C{without} says how to
+    run the benchmark without Go."""
     go = shutil.which("go")
     if go is None and install and os.geteuid() == 0 and shutil.which("apt-get"):
         log(f"installing golang-go from Debian ({GO_HINT})")
@@ -893,7 +894,7 @@ def build_go(source: Path, workdir: Path, install: bool) -> str:
         go = shutil.which("go")
     if go is None:
         sys.exit(f"missing go: install with `{GO_HINT}` (as root), then run again, "
-                 "or pass --no-go")
+                 f"or {without}")
     out = workdir / source.parent.name
     env = dict(os.environ, GO111MODULE="off", CGO_ENABLED="0",
                GOCACHE=str(workdir / "gocache"), GOPATH=str(workdir / "gopath"))
