@@ -8,9 +8,10 @@ It is not a proxy: it parses nothing it does not need, forwards a client's
 request bytes as they came, keeps ``--conns`` keep-alive connections to
 the pod and gives each freed one the next held request, oldest first.  A
 response is whole when its Content-Length is in (the pod is the bench's
-nginx).  What it measures is the harness and the kernel on this machine:
-the fake API server's watch event, the pod's dials, and the two loopback
-sends and one receive each released request costs.  Compare the
+nginx), and requests and responses are small enough for one send each.
+What it measures is the harness and the kernel on this machine: the fake
+API server's watch event, the pod's dials, and the two loopback sends and
+one receive each released request costs.  Compare the
 interceptor with it in the same run, as with the Go reference.
 
 The admin address answers ``/readyz`` (200 once the watch is open) and
@@ -107,7 +108,8 @@ class Floor:
         self.pod = None
         self.clients = {}  # fd -> [socket, request bytes so far]
         self.held = deque()  # client fds with a whole request, oldest first
-        self.upstreams = {}  # fd -> [socket, client fd or None, response so far]
+        #: fd -> [socket, client fd or None, response so far, connected]
+        self.upstreams = {}
         self.pending = 0  # requests read and not yet answered
 
     def run(self) -> None:
@@ -149,8 +151,8 @@ class Floor:
         if b"\r\n\r\n" in entry[1]:
             self.pending += 1
             self.held.append(fd)
-            for up in self.upstreams:
-                if self.upstreams[up][1] is None and self.held:
+            for up, entry in self.upstreams.items():
+                if entry[3] and entry[1] is None and self.held:
                     self.send_next(up)
 
     def watch_readable(self) -> None:
@@ -166,7 +168,7 @@ class Floor:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if s.connect_ex(pod) not in (0, errno.EINPROGRESS):
                     raise SystemExit(f"floorholder: cannot connect to {pod}")
-                self.upstreams[s.fileno()] = [s, None, b""]
+                self.upstreams[s.fileno()] = [s, None, b"", False]
                 self.ep.register(s.fileno(), IN | OUT)
 
     def send_next(self, up: int) -> None:
@@ -183,6 +185,7 @@ class Floor:
     def upstream_event(self, up: int, ev: int) -> None:
         entry = self.upstreams[up]
         if ev & OUT:  # connected
+            entry[3] = True
             self.ep.modify(up, IN)
             if self.held:
                 self.send_next(up)
