@@ -43,26 +43,30 @@ def log(msg: str) -> None:
 
 # -- tools -------------------------------------------------------------------
 
-APT_HINT = "apt-get update && apt-get install -y nginx wrk"
+#: the Debian package of a tool, where the names differ
+_PACKAGES = {"go": "golang-go"}
 
 
-def ensure_tools(names: Iterable[str], install: bool = True) -> Dict[str, str]:
-    """Paths of the Debian tools needed (``nginx``, ``wrk``).  Missing ones
-    are installed with apt-get when running as root and C{install} is true;
-    otherwise exit 2 with the command to run."""
+def ensure_tools(names: Iterable[str], install: bool = True, without: str = "") -> Dict[str, str]:
+    """Paths of the Debian tools needed (``nginx``, ``wrk``, ``go``).
+    Missing ones are installed with apt-get when running as root and
+    C{install} is true; otherwise exit with the command to run (and
+    C{without}: how to do without them, if one can)."""
     names = list(names)
     missing = [n for n in names if _which(n) is None]
+    packages = [_PACKAGES.get(n, n) for n in missing]
+    hint = f"apt-get update && apt-get install -y {' '.join(packages)}"
     if missing and install and os.geteuid() == 0 and shutil.which("apt-get"):
-        log(f"installing {' '.join(missing)} from Debian ({APT_HINT})")
+        log(f"installing {' '.join(packages)} from Debian ({hint})")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=False, env=env,
                        stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False, env=env,
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=False, env=env,
                        stdout=subprocess.DEVNULL)
         missing = [n for n in names if _which(n) is None]
     if missing:
-        sys.exit(f"missing {', '.join(missing)}: install with `{APT_HINT}` "
-                 "(as root), then run again")
+        sys.exit(f"missing {', '.join(missing)}: install with `{hint}` "
+                 f"(as root), then run again{', or ' + without if without else ''}")
     return {n: _which(n) for n in names}
 
 
@@ -876,25 +880,12 @@ def start_fake_api(td: "Teardown", backend_port: int, routes: int,
 
 # -- Go references -------------------------------------------------------------------
 
-GO_HINT = "apt-get update && apt-get install -y golang-go"
-
 
 def build_go(source: Path, workdir: Path, install: bool, without: str) -> str:
     """Build a standard-library-only Go program (no modules) into
-    C{workdir} with Debian's golang-go, installing it first when
-    C{install} and root; return the binary's path.  C{without} says how to
-    run the benchmark without Go."""
-    go = shutil.which("go")
-    if go is None and install and os.geteuid() == 0 and shutil.which("apt-get"):
-        log(f"installing golang-go from Debian ({GO_HINT})")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "golang-go"], env=env,
-                       stdout=subprocess.DEVNULL)
-        go = shutil.which("go")
-    if go is None:
-        sys.exit(f"missing go: install with `{GO_HINT}` (as root), then run again, "
-                 f"or {without}")
+    C{workdir} with Debian's golang-go (L{ensure_tools}; C{without} says
+    how to run the benchmark without Go); return the binary's path."""
+    go = ensure_tools(["go"], install, without)["go"]
     out = workdir / source.parent.name
     env = dict(os.environ, GO111MODULE="off", CGO_ENABLED="0",
                GOCACHE=str(workdir / "gocache"), GOPATH=str(workdir / "gopath"))
