@@ -151,8 +151,8 @@ class Floor:
         if b"\r\n\r\n" in entry[1]:
             self.pending += 1
             self.held.append(fd)
-            for up, entry in self.upstreams.items():
-                if entry[3] and entry[1] is None and self.held:
+            for up, up_entry in self.upstreams.items():
+                if up_entry[3] and up_entry[1] is None and self.held:
                     self.send_next(up)
 
     def watch_readable(self) -> None:
@@ -172,15 +172,19 @@ class Floor:
                 self.ep.register(s.fileno(), IN | OUT)
 
     def send_next(self, up: int) -> None:
+        """Give pod connection C{up} the oldest held request whose client is
+        still there, if any."""
         entry = self.upstreams[up]
-        fd = self.held.popleft()
-        client = self.clients.get(fd)
-        if client is None:
-            self.pending -= 1
+        while self.held:
+            fd = self.held.popleft()
+            client = self.clients.get(fd)
+            if client is None:  # gone while held
+                self.pending -= 1
+                continue
+            entry[1], entry[2] = fd, b""
+            entry[0].send(client[1])
+            client[1] = b""
             return
-        entry[1], entry[2] = fd, b""
-        entry[0].send(client[1])
-        client[1] = b""
 
     def upstream_event(self, up: int, ev: int) -> None:
         entry = self.upstreams[up]
