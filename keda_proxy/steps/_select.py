@@ -10,6 +10,7 @@ from zope.interface import implementer
 from keda_proxy.interfaces import IRequestStep
 from keda_proxy.steps._responses import write_error
 from keda_proxy.steps._targets import RouteError, Target, switch_pod
+from keda_proxy.wire._memo import remember
 
 log = Logger()
 
@@ -72,7 +73,9 @@ class SelectEndpoint:
             return hit[2]
         target = Target(service.scheme, pod[0], pod[1], service.server_name,
                         service.port_name, alternatives=candidates, service=service)
-        if len(self._pod_targets) > 10_000:
-            self._pod_targets.clear()
-        self._pod_targets[key] = (service, candidates, target)
+        remember(self._pod_targets, key, (service, candidates, target), _POD_TARGETS_LIMIT)
         return target
+
+
+#: pod targets kept (L{SelectEndpoint._pod_target})
+_POD_TARGETS_LIMIT = 10_000
